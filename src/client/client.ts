@@ -1,0 +1,95 @@
+/**
+ * A small typed client for the app API, for a seller's Node.js app and for the `report` and `status`
+ * commands. It talks HTTP over the unix socket (or loopback TCP) with only `node:http`.
+ */
+import { request } from 'node:http';
+
+/** One usage report. */
+export interface UsageInput {
+  readonly dimension: string;
+  readonly quantity: number;
+  readonly tags?: Readonly<Record<string, string>>;
+  readonly id?: string;
+}
+
+/** Where the sidecar's app API listens: a unix socket path, or a loopback host and port. */
+export type ApiAddress = { readonly socketPath: string } | { readonly host: string; readonly port: number };
+
+/** A reply of the app API. */
+export interface ApiReply<T = unknown> {
+  readonly status: number;
+  readonly body: T;
+}
+
+/** The error body every non-2xx reply carries. */
+export interface ApiErrorBody {
+  readonly error: { readonly code: string; readonly message: string; readonly index?: number };
+}
+
+/** Client for the sidecar's app API. Errors of the transport reject; API errors resolve with their status. */
+export class SidecarClient {
+  readonly #address: ApiAddress;
+  readonly #timeoutMs: number;
+
+  constructor(address: ApiAddress, options: { timeoutMs?: number } = {}) {
+    this.#address = address;
+    this.#timeoutMs = options.timeoutMs ?? 10_000;
+  }
+
+  /** Reports one record or a batch. `202` means the usage is durable in the sidecar's ledger. */
+  report(
+    records: UsageInput | readonly UsageInput[],
+  ): Promise<ApiReply<{ accepted: number; duplicates: number } | ApiErrorBody>> {
+    const body = Array.isArray(records) ? { records } : records;
+    return this.call('POST', '/v1/usage', body);
+  }
+
+  /** The sidecar's status (`GET /v1/status`). */
+  status(): Promise<ApiReply> {
+    return this.call('GET', '/v1/status');
+  }
+
+  /** Any call to the API; the body is sent as JSON and the reply parsed as JSON. */
+  call<T = unknown>(method: string, path: string, body?: unknown): Promise<ApiReply<T>> {
+    const payload = body === undefined ? undefined : JSON.stringify(body);
+    return new Promise((resolve, reject) => {
+      const req = request(
+        {
+          ...this.#address,
+          method,
+          path,
+          timeout: this.#timeoutMs,
+          headers:
+            payload === undefined
+              ? {}
+              : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) },
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (chunk: Buffer) => chunks.push(chunk));
+          res.on('end', () => {
+            const text = Buffer.concat(chunks).toString('utf8');
+            try {
+              resolve({
+                status: res.statusCode ?? 0,
+                body: (text === '' ? undefined : JSON.parse(text)) as T,
+              });
+            } catch (err) {
+              reject(
+                new Error(`the sidecar answered ${res.statusCode} with a body that is not JSON`, {
+                  cause: err,
+                }),
+              );
+            }
+          });
+          res.on('error', reject);
+        },
+      );
+      req.on('timeout', () =>
+        req.destroy(new Error(`no answer from the sidecar within ${this.#timeoutMs} ms`)),
+      );
+      req.on('error', reject);
+      req.end(payload);
+    });
+  }
+}

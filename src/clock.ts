@@ -1,0 +1,41 @@
+/**
+ * Time, injected. Everything that decides which hour usage belongs to, when an hour may be sealed or when a
+ * record must be carried reads time through a {@link Clock}, so tests can move it to absolute instants.
+ */
+
+/** Cancels a timer created by {@link Clock.setTimer}. Idempotent. */
+export type CancelTimer = () => void;
+
+/** A source of wall-clock time and timers at absolute instants (epoch milliseconds, UTC). */
+export interface Clock {
+  /** Current time in epoch milliseconds. */
+  now(): number;
+  /** Calls `fn` once at or after `atMs`. Timers do not keep the process alive. */
+  setTimer(atMs: number, fn: () => void): CancelTimer;
+}
+
+/** Longest delay Node.js timers accept (2^31-1 ms, about 24.8 days). */
+const MAX_TIMEOUT_MS = 2_147_483_647;
+
+/** The real clock. */
+export const systemClock: Clock = {
+  now: () => Date.now(),
+  setTimer(atMs, fn) {
+    let handle: NodeJS.Timeout | undefined;
+    const arm = (): void => {
+      const delayMs = Math.max(0, atMs - Date.now());
+      handle = setTimeout(delayMs > MAX_TIMEOUT_MS ? arm : fn, Math.min(delayMs, MAX_TIMEOUT_MS));
+      handle.unref();
+    };
+    arm();
+    return () => clearTimeout(handle);
+  },
+};
+
+/** One hour in milliseconds. */
+export const HOUR_MS = 3_600_000;
+
+/** Start of the UTC hour that contains `ms`. */
+export function hourStart(ms: number): number {
+  return Math.floor(ms / HOUR_MS) * HOUR_MS;
+}

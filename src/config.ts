@@ -1,0 +1,338 @@
+/**
+ * Configuration: the `METERING_*` and `AWS_*` environment variables, read once at startup into a frozen, typed
+ * {@link Config}. Every problem is collected and reported in one {@link ConfigError} (exit code 78) naming the
+ * variable, the value received and what was expected. The table in docs/configuration.md mirrors this file.
+ */
+import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
+import { resolve } from 'node:path';
+import { validate as validateCron } from 'node-cron';
+import { ConfigError, type ConfigProblem } from './errors.js';
+
+/** How entitlement is checked at startup. */
+export type EntitlementMode = 'register-usage' | 'dry-run' | 'none';
+
+/** A TCP address to listen on. */
+export interface ListenAddress {
+  readonly host: string;
+  readonly port: number;
+}
+
+/** The sidecar's configuration. Frozen; created only by {@link loadConfig}. */
+export interface Config {
+  readonly productCode: string;
+  readonly entitlement: EntitlementMode;
+  readonly publicKeyVersion: number;
+  /** PEM of the product public key, from METERING_PUBLIC_KEY or METERING_PUBLIC_KEY_FILE. */
+  readonly publicKeyPem: string | undefined;
+  /** Allow-list of dimension names; undefined accepts any valid name. */
+  readonly dimensions: readonly string[] | undefined;
+  /** Unix socket path for the app API; undefined when `off`. */
+  readonly socketPath: string | undefined;
+  /** Loopback TCP address for the app API; undefined when `off`. */
+  readonly listen: ListenAddress | undefined;
+  /** Admin listener address; undefined when `off`. */
+  readonly adminListen: ListenAddress | undefined;
+  readonly stateDir: string;
+  readonly schedule: string;
+  readonly sendJitterSeconds: number;
+  readonly dryRun: boolean;
+  readonly shutdownTimeoutSeconds: number;
+  readonly logLevel: LogLevel;
+  readonly local: boolean;
+  readonly region: string;
+  /** Endpoint override for Marketplace Metering; undefined uses the SDK's regional endpoint. */
+  readonly endpoint: string | undefined;
+  /** True when long-term keys are in the environment (AWS accepts only the task role or IRSA for metering). */
+  readonly staticCredentials: boolean;
+}
+
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+
+const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+const ENTITLEMENT_MODES: readonly EntitlementMode[] = ['register-usage', 'dry-run', 'none'];
+
+/** Product code constraint. @see ../shared/reference/aws-metering-api.md §2.1 (len ≤255, `^[-a-zA-Z0-9/=:_.@]*$`). */
+const PRODUCT_CODE_PATTERN = /^[-a-zA-Z0-9/=:_.@]{1,255}$/;
+
+/**
+ * Dimension names are set at listing time; AWS allows 1..255 characters of any kind
+ * (aws-metering-api.md §2.2). The sidecar refuses control characters so a name is always printable in logs.
+ */
+export const DIMENSION_PATTERN = /^[^\p{Cc}]{1,255}$/u;
+
+/** At most 24 pricing dimensions per container product. @see aws-metering-api.md §3.3 */
+const MAX_DIMENSIONS = 24;
+
+/** AWS region names, e.g. `us-east-1`, `us-gov-west-1`, `cn-northwest-1`. */
+const REGION_PATTERN = /^[a-z]{2}(-[a-z]+)+-\d+$/;
+
+/** Defaults used with METERING_LOCAL=true, so `npm run local` works without root or an AWS account. */
+const LOCAL_DEFAULTS = {
+  productCode: 'local-product',
+  region: 'us-east-1',
+  stateDir: '.metering-local/state',
+  socketPath: '.metering-local/metering.sock',
+} as const;
+
+const DEFAULTS = {
+  entitlement: 'register-usage',
+  publicKeyVersion: '1',
+  socket: '/run/metering/metering.sock',
+  listen: '127.0.0.1:8181',
+  adminListen: '0.0.0.0:9181',
+  stateDir: '/var/lib/metering',
+  schedule: '0 * * * *',
+  sendJitterSeconds: '300',
+  shutdownTimeoutSeconds: '20',
+  logLevel: 'info',
+} as const;
+
+type Env = Readonly<Record<string, string | undefined>>;
+
+/** Options that the command line adds on top of the environment. */
+export interface ConfigOverrides {
+  /** `run --local`: same as METERING_LOCAL=true. */
+  readonly local?: boolean;
+}
+
+/**
+ * Reads the configuration from `env` (normally `process.env`).
+ * @throws ConfigError listing every invalid variable.
+ */
+export function loadConfig(env: Env, overrides: ConfigOverrides = {}): Config {
+  const problems: ConfigProblem[] = [];
+  const problem = (variable: string, expected: string): void => {
+    problems.push({ variable, value: env[variable], expected });
+  };
+  const get = (variable: string): string | undefined => {
+    const value = env[variable];
+    return value === undefined || value.trim() === '' ? undefined : value.trim();
+  };
+
+  const local = overrides.local === true || parseBoolean(env, 'METERING_LOCAL', false, problem);
+
+  const productCode = get('METERING_PRODUCT_CODE') ?? (local ? LOCAL_DEFAULTS.productCode : undefined);
+  if (productCode === undefined)
+    problem('METERING_PRODUCT_CODE', 'the product code from the AWS Marketplace portal');
+  else if (!PRODUCT_CODE_PATTERN.test(productCode)) {
+    problem('METERING_PRODUCT_CODE', '1-255 characters of a-z A-Z 0-9 - / = : _ . @');
+  }
+
+  const entitlementRaw = get('METERING_ENTITLEMENT') ?? DEFAULTS.entitlement;
+  const entitlement = ENTITLEMENT_MODES.find((m) => m === entitlementRaw);
+  if (entitlement === undefined) problem('METERING_ENTITLEMENT', `one of ${ENTITLEMENT_MODES.join(', ')}`);
+
+  const publicKeyVersion = parseInteger(
+    env,
+    'METERING_PUBLIC_KEY_VERSION',
+    DEFAULTS.publicKeyVersion,
+    1,
+    2 ** 31 - 1,
+    problem,
+  );
+  const publicKeyPem = readPublicKey(env, problem);
+
+  let dimensions: string[] | undefined;
+  const dimensionsRaw = get('METERING_DIMENSIONS');
+  if (dimensionsRaw !== undefined) {
+    dimensions = [...new Set(dimensionsRaw.split(',').map((d) => d.trim()))];
+    if (dimensions.some((d) => !DIMENSION_PATTERN.test(d))) {
+      problem(
+        'METERING_DIMENSIONS',
+        'a comma-separated list of dimension names (1-255 printable characters each)',
+      );
+    } else if (dimensions.length > MAX_DIMENSIONS) {
+      problem('METERING_DIMENSIONS', `at most ${MAX_DIMENSIONS} dimensions (the AWS limit per product)`);
+    }
+  }
+  if (entitlement === 'dry-run' && dimensions === undefined) {
+    problem('METERING_DIMENSIONS', 'the product dimensions (required with METERING_ENTITLEMENT=dry-run)');
+  }
+
+  const socketRaw = get('METERING_SOCKET') ?? (local ? LOCAL_DEFAULTS.socketPath : DEFAULTS.socket);
+  const socketPath = socketRaw === 'off' ? undefined : resolve(socketRaw);
+  if (socketPath !== undefined && Buffer.byteLength(socketPath) > 107) {
+    problem('METERING_SOCKET', 'a unix socket path of at most 107 bytes, or off');
+  }
+
+  const listen = parseListen(env, 'METERING_LISTEN', DEFAULTS.listen, true, problem);
+  const adminListen = parseListen(env, 'METERING_ADMIN_LISTEN', DEFAULTS.adminListen, false, problem);
+  if (socketPath === undefined && listen === undefined) {
+    problem(
+      'METERING_LISTEN',
+      'an address while METERING_SOCKET=off (the app API needs at least one listener)',
+    );
+  }
+  if (listen && adminListen && listen.port !== 0 && listen.port === adminListen.port) {
+    problem('METERING_ADMIN_LISTEN', 'a port different from METERING_LISTEN');
+  }
+
+  const stateDir = resolve(
+    get('METERING_STATE_DIR') ?? (local ? LOCAL_DEFAULTS.stateDir : DEFAULTS.stateDir),
+  );
+
+  const schedule = get('METERING_SCHEDULE') ?? DEFAULTS.schedule;
+  if (!validateCron(schedule)) problem('METERING_SCHEDULE', 'a cron expression such as "0 * * * *"');
+
+  const sendJitterSeconds = parseInteger(
+    env,
+    'METERING_SEND_JITTER_SECONDS',
+    DEFAULTS.sendJitterSeconds,
+    0,
+    3300,
+    problem,
+  );
+  const dryRun = parseBoolean(env, 'METERING_DRY_RUN', false, problem);
+  const shutdownTimeoutSeconds = parseInteger(
+    env,
+    'METERING_SHUTDOWN_TIMEOUT_SECONDS',
+    DEFAULTS.shutdownTimeoutSeconds,
+    1,
+    3600,
+    problem,
+  );
+
+  const logLevelRaw = (get('METERING_LOG_LEVEL') ?? DEFAULTS.logLevel).toLowerCase();
+  const logLevel = LOG_LEVELS.find((l) => l === logLevelRaw);
+  if (logLevel === undefined) problem('METERING_LOG_LEVEL', `one of ${LOG_LEVELS.join(', ')}`);
+
+  const region = get('AWS_REGION') ?? (local ? LOCAL_DEFAULTS.region : undefined);
+  if (region === undefined)
+    problem('AWS_REGION', "the task's or pod's own Region (ECS and the EKS webhook set it)");
+  else if (!REGION_PATTERN.test(region)) problem('AWS_REGION', 'a Region name such as us-east-1');
+
+  const endpoint = get('AWS_ENDPOINT_URL_MARKETPLACE_METERING');
+  if (endpoint !== undefined && !isHttpUrl(endpoint)) {
+    problem('AWS_ENDPOINT_URL_MARKETPLACE_METERING', 'an http:// or https:// URL');
+  }
+  if (local && endpoint !== undefined) {
+    problem(
+      'AWS_ENDPOINT_URL_MARKETPLACE_METERING',
+      'unset with METERING_LOCAL=true (local mode runs its own emulator)',
+    );
+  }
+
+  if (problems.length > 0) throw new ConfigError(problems);
+
+  return Object.freeze({
+    productCode: productCode!,
+    entitlement: entitlement!,
+    publicKeyVersion,
+    publicKeyPem,
+    dimensions: dimensions ? Object.freeze(dimensions) : undefined,
+    socketPath,
+    listen,
+    adminListen,
+    stateDir,
+    schedule,
+    sendJitterSeconds,
+    dryRun,
+    shutdownTimeoutSeconds,
+    logLevel: logLevel!,
+    local,
+    region: region!,
+    endpoint,
+    staticCredentials: get('AWS_ACCESS_KEY_ID') !== undefined,
+  });
+}
+
+type Report = (variable: string, expected: string) => void;
+
+function parseBoolean(env: Env, variable: string, fallback: boolean, problem: Report): boolean {
+  const raw = env[variable]?.trim().toLowerCase();
+  if (raw === undefined || raw === '') return fallback;
+  if (raw === 'true' || raw === '1' || raw === 'yes') return true;
+  if (raw === 'false' || raw === '0' || raw === 'no') return false;
+  problem(variable, 'true or false');
+  return fallback;
+}
+
+function parseInteger(
+  env: Env,
+  variable: string,
+  fallback: string,
+  min: number,
+  max: number,
+  problem: Report,
+): number {
+  const raw = env[variable]?.trim() || fallback;
+  const value = /^\d+$/.test(raw) ? Number(raw) : NaN;
+  if (!Number.isSafeInteger(value) || value < min || value > max) {
+    problem(variable, `an integer from ${min} to ${max}`);
+    return Number(fallback);
+  }
+  return value;
+}
+
+function parseListen(
+  env: Env,
+  variable: string,
+  fallback: string,
+  loopbackOnly: boolean,
+  problem: Report,
+): ListenAddress | undefined {
+  const raw = env[variable]?.trim() || fallback;
+  if (raw === 'off') return undefined;
+  const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(raw);
+  const host = match?.[1] ?? match?.[2];
+  const port = match ? Number(match[3]) : NaN;
+  if (!match || host === undefined || port > 65535 || (host !== 'localhost' && isIP(host) === 0)) {
+    problem(variable, 'HOST:PORT with an IP address (e.g. 127.0.0.1:8181, [::1]:8181), or off');
+    return undefined;
+  }
+  if (loopbackOnly && !isLoopback(host)) {
+    problem(
+      variable,
+      'a loopback address (127.0.0.0/8, ::1 or localhost): the app API is never exposed off the host',
+    );
+    return undefined;
+  }
+  return Object.freeze({ host, port });
+}
+
+/** True for 127.0.0.0/8, ::1 and localhost. */
+export function isLoopback(host: string): boolean {
+  if (host === 'localhost' || host === '::1') return true;
+  if (isIP(host) === 4) return host.startsWith('127.');
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(host);
+  return mapped !== null && mapped[1].startsWith('127.');
+}
+
+function isHttpUrl(value: string): boolean {
+  try {
+    const url = new URL(value);
+    return url.protocol === 'http:' || url.protocol === 'https:';
+  } catch {
+    return false;
+  }
+}
+
+function readPublicKey(env: Env, problem: Report): string | undefined {
+  const inline = env['METERING_PUBLIC_KEY']?.trim();
+  const file = env['METERING_PUBLIC_KEY_FILE']?.trim();
+  if (inline && file) {
+    problem('METERING_PUBLIC_KEY_FILE', 'unset when METERING_PUBLIC_KEY is set (give the key one way)');
+    return undefined;
+  }
+  let pem: string | undefined = inline || undefined;
+  if (file) {
+    try {
+      pem = readFileSync(file, 'utf8').trim();
+    } catch (err) {
+      problem(
+        'METERING_PUBLIC_KEY_FILE',
+        `a readable PEM file (${(err as NodeJS.ErrnoException).code ?? 'unreadable'})`,
+      );
+      return undefined;
+    }
+  }
+  if (pem !== undefined && !/-----BEGIN PUBLIC KEY-----[\s\S]+-----END PUBLIC KEY-----/.test(pem)) {
+    problem(
+      file ? 'METERING_PUBLIC_KEY_FILE' : 'METERING_PUBLIC_KEY',
+      'a PEM public key (-----BEGIN PUBLIC KEY-----)',
+    );
+    return undefined;
+  }
+  return pem;
+}

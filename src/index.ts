@@ -1,0 +1,17 @@
+/**
+ * The library surface of `metering-sidecar`, for a seller's app and tests: the app API client and the
+ * Marketplace Metering emulator.
+ */
+export {
+  SidecarClient,
+  type ApiAddress,
+  type ApiReply,
+  type ApiErrorBody,
+  type UsageInput,
+} from './client/client.js';
+export {
+  MeteringEmulator,
+  type EmulatorOptions,
+  type EmulatorCall,
+  type MeteredRecord,
+} from './emulator/emulator.js';

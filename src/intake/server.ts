@@ -1,0 +1,280 @@
+/**
+ * The app API over HTTP, on a unix socket and on loopback TCP (never on another address). Requests are parsed
+ * by the pure functions of `usage.ts`, handed to the ledger, and answered `202` only after the ledger has
+ * committed them. A rejected request changes nothing. Bodies over 1 MiB are cut off as they stream in.
+ * @see ../shared/DESIGN.md "App API"
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { connect } from 'node:net';
+import { chmodSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
+import { dirname } from 'node:path';
+import type { ListenAddress } from '../config.js';
+import { ListenError, StorageUnavailableError } from '../errors.js';
+import type { SqliteLedger } from '../ledger/ledger.js';
+import type { Logger } from '../log.js';
+import { ERROR_STATUS, MAX_BODY_BYTES, parseUsage, rejection, type Rejection } from './usage.js';
+
+/**
+ * Mode of the socket file: read and write for everyone. The app container usually runs as another user than
+ * the sidecar; the socket lives on a volume shared only by the containers of one task or pod, so the volume
+ * mount is the access control (see docs/api.md).
+ */
+export const SOCKET_MODE = 0o666;
+
+/** A slow client gets this long to send its headers, and the whole request. */
+const HEADERS_TIMEOUT_MS = 10_000;
+const REQUEST_TIMEOUT_MS = 30_000;
+
+/** How long stop() waits for in-flight requests before closing their connections. */
+const STOP_GRACE_MS = 10_000;
+
+/** Options of {@link IntakeServer}. */
+export interface IntakeOptions {
+  readonly socketPath: string | undefined;
+  readonly listen: ListenAddress | undefined;
+  readonly dimensions: readonly string[] | undefined;
+  readonly ledger: SqliteLedger;
+  readonly logger: Logger;
+  /** Undefined while usage may be accepted; otherwise the NotEntitled rejection to answer. */
+  readonly gate: () => Rejection | undefined;
+  /** Body of `GET /v1/status`. */
+  readonly status: () => unknown;
+  /** Body of `GET /v1/entitlement`. */
+  readonly entitlement: () => unknown;
+}
+
+/** The app API server. `start()` opens every configured listener; `stop()` drains them. */
+export class IntakeServer {
+  readonly #options: IntakeOptions;
+  readonly #servers: Server[] = [];
+  #tcpAddress: ListenAddress | undefined;
+  #listening = false;
+
+  constructor(options: IntakeOptions) {
+    this.#options = options;
+  }
+
+  /** The TCP address actually bound (port 0 resolved), if TCP is on. */
+  get tcpAddress(): ListenAddress | undefined {
+    return this.#tcpAddress;
+  }
+
+  /** True while every configured listener accepts connections. */
+  get listening(): boolean {
+    return this.#listening;
+  }
+
+  /**
+   * Opens the unix socket (replacing a stale socket file left by a crash) and the loopback listener.
+   * @throws ListenError when a listener cannot be opened.
+   */
+  async start(): Promise<void> {
+    const { socketPath, listen } = this.#options;
+    if (socketPath !== undefined) {
+      await prepareSocketPath(socketPath);
+      const server = this.#createServer();
+      await listenOn(server, { path: socketPath }, `unix socket ${socketPath}`);
+      chmodSync(socketPath, SOCKET_MODE);
+      this.#options.logger.info({ socket: socketPath }, 'app API listening on unix socket');
+    }
+    if (listen !== undefined) {
+      const server = this.#createServer();
+      await listenOn(server, { host: listen.host, port: listen.port }, `${listen.host}:${listen.port}`);
+      const address = server.address();
+      if (address !== null && typeof address === 'object')
+        this.#tcpAddress = { host: listen.host, port: address.port };
+      this.#options.logger.info({ address: this.#tcpAddress }, 'app API listening on loopback TCP');
+    }
+    this.#listening = true;
+  }
+
+  /** Stops accepting, lets in-flight requests finish (their batches commit and are answered), then closes. */
+  async stop(): Promise<void> {
+    this.#listening = false;
+    const servers = this.#servers.splice(0);
+    await Promise.all(
+      servers.map(
+        (server) =>
+          new Promise<void>((resolve) => {
+            const force = setTimeout(() => server.closeAllConnections(), STOP_GRACE_MS);
+            server.close(() => {
+              clearTimeout(force);
+              resolve();
+            });
+            server.closeIdleConnections();
+          }),
+      ),
+    );
+  }
+
+  #createServer(): Server {
+    const server = createServer((req, res) => {
+      this.#handle(req, res).catch((err: unknown) => {
+        this.#options.logger.error({ err, code: 'ERR_INTERNAL' }, 'app API request failed');
+        if (!res.headersSent)
+          reply(res, 500, errorBody(rejection('Internal', 'internal error; see the sidecar log')));
+        else res.destroy();
+      });
+    });
+    server.headersTimeout = HEADERS_TIMEOUT_MS;
+    server.requestTimeout = REQUEST_TIMEOUT_MS;
+    this.#servers.push(server);
+    return server;
+  }
+
+  async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const path = (req.url ?? '/').split('?')[0];
+    const route = ROUTES[path ?? ''];
+    if (route === undefined) return fail(res, rejection('NotFound', `no such endpoint: ${path}`));
+    if (!route.includes(req.method ?? '')) {
+      res.setHeader('allow', route.join(', '));
+      return fail(
+        res,
+        rejection('MethodNotAllowed', `${req.method} is not allowed on ${path}; use ${route.join(' or ')}`),
+      );
+    }
+    if (path === '/v1/status') return reply(res, 200, this.#options.status());
+    if (path === '/v1/entitlement') return reply(res, 200, this.#options.entitlement());
+    return this.#postUsage(req, res);
+  }
+
+  async #postUsage(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const gate = this.#options.gate();
+    if (gate !== undefined) return discardAndFail(req, res, gate);
+    const type = (req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
+    if (type !== 'application/json') {
+      return discardAndFail(
+        req,
+        res,
+        rejection('UnsupportedMediaType', 'send the body as JSON with Content-Type: application/json'),
+      );
+    }
+    const body = await readBody(req, MAX_BODY_BYTES);
+    if (body === undefined) {
+      res.shouldKeepAlive = false;
+      return fail(res, rejection('TooLarge', `the body exceeds ${MAX_BODY_BYTES} bytes`));
+    }
+    const reports = parseUsage(body, this.#options.dimensions);
+    if ('kind' in reports) return fail(res, reports);
+    let result;
+    try {
+      result = await this.#options.ledger.record(reports);
+    } catch (err) {
+      if (!(err instanceof StorageUnavailableError)) throw err;
+      this.#options.logger.error({ err, code: err.code }, 'usage refused: the ledger cannot commit');
+      return fail(
+        res,
+        rejection('StorageUnavailable', 'the sidecar cannot store usage right now; retry later'),
+      );
+    }
+    if (result.kind === 'rejection') return fail(res, result);
+    return reply(res, 202, { accepted: result.accepted, duplicates: result.duplicates });
+  }
+}
+
+const ROUTES: Readonly<Record<string, readonly string[]>> = {
+  '/v1/usage': ['POST'],
+  '/v1/status': ['GET'],
+  '/v1/entitlement': ['GET'],
+};
+
+/**
+ * Reads a request body up to `limit` bytes. Resolves undefined as soon as the body (or its declared length)
+ * exceeds the limit, without buffering the rest.
+ */
+function readBody(req: IncomingMessage, limit: number): Promise<string | undefined> {
+  const declared = Number(req.headers['content-length']);
+  if (Number.isFinite(declared) && declared > limit) {
+    req.resume();
+    return Promise.resolve(undefined);
+  }
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const onData = (chunk: Buffer): void => {
+      size += chunk.length;
+      if (size > limit) {
+        req.off('data', onData);
+        req.off('end', onEnd);
+        chunks.length = 0;
+        req.resume();
+        resolve(undefined);
+        return;
+      }
+      chunks.push(chunk);
+    };
+    const onEnd = (): void => resolve(Buffer.concat(chunks, size).toString('utf8'));
+    req.on('data', onData);
+    req.on('end', onEnd);
+    req.on('error', reject);
+  });
+}
+
+function discardAndFail(req: IncomingMessage, res: ServerResponse, problem: Rejection): void {
+  req.resume();
+  fail(res, problem);
+}
+
+function fail(res: ServerResponse, problem: Rejection): void {
+  reply(res, ERROR_STATUS[problem.code], errorBody(problem));
+}
+
+function errorBody(problem: Rejection): unknown {
+  return {
+    error: {
+      code: problem.code,
+      message: problem.message,
+      ...(problem.index !== undefined ? { index: problem.index } : {}),
+    },
+  };
+}
+
+function reply(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+  res.end(text);
+  // A body cut off at the size limit is never read to its end: close the connection after answering.
+  if (!res.shouldKeepAlive) res.once('finish', () => res.socket?.destroySoon());
+}
+
+/**
+ * Makes the socket path usable: creates its directory, and removes a socket file left by a crashed process
+ * (nobody answers on it). A live socket or any other kind of file at the path is an error, not deleted.
+ */
+async function prepareSocketPath(path: string): Promise<void> {
+  mkdirSync(dirname(path), { recursive: true });
+  let stat;
+  try {
+    stat = lstatSync(path);
+  } catch {
+    return; // Nothing there: the usual case.
+  }
+  if (!stat.isSocket()) {
+    throw new ListenError(
+      `${path} exists and is not a socket; remove it or set METERING_SOCKET to another path`,
+    );
+  }
+  const alive = await new Promise<boolean>((resolve) => {
+    const probe = connect(path);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
+  if (alive) throw new ListenError(`another process is listening on ${path}; is a second sidecar running?`);
+  unlinkSync(path);
+}
+
+function listenOn(
+  server: Server,
+  options: { path: string } | { host: string; port: number },
+  label: string,
+): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', (err: NodeJS.ErrnoException) => {
+      reject(new ListenError(`cannot listen on ${label} (${err.code ?? err.message})`, { cause: err }));
+    });
+    server.listen(options, () => resolve());
+  });
+}

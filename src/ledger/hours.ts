@@ -1,0 +1,203 @@
+/**
+ * The hour rules, as pure functions (no I/O, no timers). AWS accepts one MeterUsage record per (task or pod,
+ * dimension, UTC hour); these functions decide which hour an arrival is counted in, when an hour may be sealed,
+ * what the sealed record says (timestamp, allocations, ClientToken), what is capped, and when an unsent record
+ * must be carried. The SQLite ledger applies them; tests exercise them with explicit instants.
+ * @see ../shared/DESIGN.md "The hour rules" and ../shared/reference/aws-metering-api.md §3.1–3.3
+ */
+import { createHash } from 'node:crypto';
+import { HOUR_MS, hourStart } from '../clock.js';
+
+/**
+ * Largest UsageQuantity / AllocatedUsageQuantity AWS accepts (2^31-1).
+ * @see aws-metering-api.md §2.2, §2.5
+ */
+export const MAX_QUANTITY = 2_147_483_647;
+
+/**
+ * AWS accepts MeterUsage records up to six hours after their Timestamp.
+ * @see aws-metering-api.md §3.2
+ */
+export const MAX_RECORD_AGE_MS = 6 * HOUR_MS;
+
+/**
+ * A record still unsent this close to the end of its six-hour window is carried instead of sent: the margin
+ * leaves room for the send itself, retries and clock skew between the task and AWS.
+ */
+export const CARRY_MARGIN_MS = 15 * 60_000;
+
+/** At most 2,500 UsageAllocations (tag sets) per record. @see aws-metering-api.md §2.5, §3.3 */
+export const MAX_TAG_SETS = 2500;
+
+/** At most 5 tags per allocation, read conservatively as 5 distinct keys per record. @see aws-metering-api.md §3.3 */
+export const MAX_TAG_KEYS = 5;
+
+/** Tag key length limit. @see aws-metering-api.md §2.5 (TagKey len 1..100) */
+export const MAX_TAG_KEY_LENGTH = 100;
+
+/** Tag value length limit. @see aws-metering-api.md §2.5 (TagValue len 1..256) */
+export const MAX_TAG_VALUE_LENGTH = 256;
+
+/**
+ * The Seller Guide's documented tag characters `a-zA-Z0-9+ -=._:/@` (aws-metering-api.md §3.3). The model's
+ * regex reads ` -=` as a range that admits more; the sidecar keeps to the documented set.
+ */
+export const TAG_PATTERN = /^[a-zA-Z0-9+ \-=._:/@]+$/;
+
+/** Tags of one usage report; a key/value map. */
+export type Tags = Readonly<Record<string, string>>;
+
+/** The canonical text of a tag set: JSON with keys sorted; `{}` for no tags. Equal sets give equal text. */
+export function canonicalTags(tags: Tags | undefined): string {
+  if (tags === undefined) return '{}';
+  // fromEntries defines own properties, so even a key named "__proto__" is kept as data.
+  const sorted = Object.entries(tags).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  return JSON.stringify(Object.fromEntries(sorted));
+}
+
+/**
+ * The hour an arrival at `arrivalMs` is counted in: its own UTC hour, unless that (dimension, hour) is already
+ * sealed (after a shutdown flush and a restart in the same hour), in which case the next hour not yet sealed.
+ */
+export function targetHour(arrivalMs: number, isSealed: (hourStartMs: number) => boolean): number {
+  let hourMs = hourStart(arrivalMs);
+  while (isSealed(hourMs)) hourMs += HOUR_MS;
+  return hourMs;
+}
+
+/**
+ * The time recorded for an arrival in a bucket of `hourStartMs`: the arrival itself, or the start of the hour
+ * when the arrival was moved to a later hour. Always inside the bucket's hour and never before the arrival, so
+ * never before the software started.
+ */
+export function bucketTime(arrivalMs: number, hourStartMs: number): number {
+  return Math.min(Math.max(arrivalMs, hourStartMs), hourStartMs + HOUR_MS - 1);
+}
+
+/**
+ * Whether the hour starting at `hourStartMs` may be sealed at `nowMs`: once it has closed, or at shutdown
+ * (`includeOpen`) also the open hour. An hour that has not begun is never sealed: a record for it would carry
+ * a future timestamp.
+ */
+export function maySeal(hourStartMs: number, nowMs: number, includeOpen: boolean): boolean {
+  const currentHourMs = hourStart(nowMs);
+  return includeOpen ? hourStartMs <= currentHourMs : hourStartMs < currentHourMs;
+}
+
+/** Usage of one tag set in one (dimension, hour). */
+export interface Bucket {
+  readonly tagsKey: string;
+  readonly quantity: number;
+  readonly firstAtMs: number;
+}
+
+/** One UsageAllocation of a sealed record. */
+export interface Allocation {
+  readonly tagsKey: string;
+  readonly quantity: number;
+}
+
+/** The outcome of sealing one (dimension, hour). */
+export interface Seal {
+  /** Total to bill for the hour, at most {@link MAX_QUANTITY}. */
+  readonly quantity: number;
+  /** The record's Timestamp: the first usage in the hour's buckets. */
+  readonly timestampMs: number;
+  /** One allocation per tag set, summing to `quantity`; sorted by tag set. */
+  readonly allocations: readonly Allocation[];
+  /** Usage over the cap, per tag set, to be carried into the next hour. */
+  readonly excess: readonly Allocation[];
+}
+
+/**
+ * Seals the buckets of one (dimension, hour) into a record. Returns undefined when the hour's total is zero:
+ * zero-usage hours send nothing (and do not lock the hour). A total over {@link MAX_QUANTITY} is capped; the
+ * excess stays with its tag sets in `excess`, filled in tag-set order so the result is deterministic.
+ */
+export function seal(buckets: readonly Bucket[]): Seal | undefined {
+  const sorted = [...buckets].sort((a, b) => (a.tagsKey < b.tagsKey ? -1 : a.tagsKey > b.tagsKey ? 1 : 0));
+  const total = sorted.reduce((sum, b) => sum + b.quantity, 0);
+  if (total === 0) return undefined;
+  const allocations: Allocation[] = [];
+  const excess: Allocation[] = [];
+  let room = MAX_QUANTITY;
+  for (const bucket of sorted) {
+    const billed = Math.min(bucket.quantity, room);
+    room -= billed;
+    if (billed > 0) allocations.push({ tagsKey: bucket.tagsKey, quantity: billed });
+    if (bucket.quantity > billed)
+      excess.push({ tagsKey: bucket.tagsKey, quantity: bucket.quantity - billed });
+  }
+  const timestampMs = Math.min(...sorted.filter((b) => b.quantity > 0).map((b) => b.firstAtMs));
+  return {
+    quantity: total - excess.reduce((sum, e) => sum + e.quantity, 0),
+    timestampMs,
+    allocations,
+    excess,
+  };
+}
+
+/**
+ * The ClientToken of the record for (dimension, hour) in the ledger `ledgerId`: a UUID-shaped SHA-256 digest.
+ * Deterministic, so a resend after a crash carries the same token; unique to the ledger, whose id is random, so
+ * two tasks of one buyer never present the same token (AWS could take the second for a retry of the first).
+ * @see aws-metering-api.md §2.2 (ClientToken len 1..64)
+ */
+export function clientToken(ledgerId: string, dimension: string, hourStartMs: number): string {
+  const hex = createHash('sha256').update(`${ledgerId}\n${dimension}\n${hourStartMs}`).digest('hex');
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20, 32)}`;
+}
+
+/** The instant after which a record with this Timestamp is carried instead of sent. */
+export function carryDeadline(timestampMs: number): number {
+  return timestampMs + MAX_RECORD_AGE_MS - CARRY_MARGIN_MS;
+}
+
+/** The MeterUsage request of a sealed record, as stored in the ledger and resent byte-identical. */
+export interface MeterUsageRequest {
+  readonly ProductCode: string;
+  /** Epoch milliseconds; converted to a Date when sent. */
+  readonly TimestampMs: number;
+  readonly UsageDimension: string;
+  readonly UsageQuantity: number;
+  readonly UsageAllocations?: readonly {
+    readonly AllocatedUsageQuantity: number;
+    readonly Tags?: readonly { readonly Key: string; readonly Value: string }[];
+  }[];
+  readonly ClientToken: string;
+  readonly DryRun?: boolean;
+}
+
+/**
+ * Builds the request for a sealed record. UsageAllocations are sent only when some usage is tagged; an hour of
+ * untagged usage sends the plain total. Every allocation carries its tags, at most one carries none.
+ */
+export function meterUsageRequest(options: {
+  productCode: string;
+  dimension: string;
+  seal: Seal;
+  clientToken: string;
+  dryRun: boolean;
+}): MeterUsageRequest {
+  const { seal: s } = options;
+  const tagged = s.allocations.some((a) => a.tagsKey !== '{}');
+  return {
+    ProductCode: options.productCode,
+    TimestampMs: s.timestampMs,
+    UsageDimension: options.dimension,
+    UsageQuantity: s.quantity,
+    ...(tagged
+      ? {
+          UsageAllocations: s.allocations.map((a) => {
+            const tags = Object.entries(JSON.parse(a.tagsKey) as Record<string, string>);
+            return {
+              AllocatedUsageQuantity: a.quantity,
+              ...(tags.length > 0 ? { Tags: tags.map(([Key, Value]) => ({ Key, Value })) } : {}),
+            };
+          }),
+        }
+      : {}),
+    ClientToken: options.clientToken,
+    ...(options.dryRun ? { DryRun: true } : {}),
+  };
+}

@@ -1,0 +1,667 @@
+/**
+ * The hour ledger: the single source of truth for usage, on SQLite (better-sqlite3) in METERING_STATE_DIR with
+ * WAL and synchronous=FULL, so a commit survives a crash or power loss. Usage accumulates in buckets per
+ * (dimension, hour, tag set); sealing turns an hour's buckets into one record per dimension, stored with its
+ * exact MeterUsage request; the sender then marks each record sent, carried or failed.
+ *
+ * Contract: a crash at any moment leaves every acknowledged batch counted exactly once. `record()` resolves only
+ * after the transaction holding the batch has committed; batches that arrive together share one commit (group
+ * commit). Sealing a bucket, storing its record and deleting the bucket happen in one transaction, as does every
+ * carry. An unreadable or newer-schema database raises {@link LedgerCorruptError}; it is never reset.
+ */
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { randomUUID } from 'node:crypto';
+import Database from 'better-sqlite3';
+import type { Clock } from '../clock.js';
+import { HOUR_MS } from '../clock.js';
+import { LedgerCorruptError, StorageUnavailableError } from '../errors.js';
+import { rejection, type Rejection, type UsageReport } from '../intake/usage.js';
+import {
+  MAX_TAG_KEYS,
+  MAX_TAG_SETS,
+  bucketTime,
+  carryDeadline,
+  clientToken,
+  maySeal,
+  meterUsageRequest,
+  seal,
+  targetHour,
+  type MeterUsageRequest,
+} from './hours.js';
+
+/** Database file name inside the state directory. */
+export const LEDGER_FILE = 'ledger.db';
+
+/** Schema version written to `PRAGMA user_version`; a newer file is refused, never downgraded. */
+const SCHEMA_VERSION = 1;
+
+/** Idempotency keys are kept 24 hours (DESIGN.md, app API). */
+export const IDEMPOTENCY_TTL_MS = 24 * HOUR_MS;
+
+/** Settled (sent or carried) records are kept this long for status and audits; failed ones until a human acts. */
+const SETTLED_RETENTION_MS = 30 * 24 * HOUR_MS;
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS buckets (
+  dimension TEXT NOT NULL,
+  hour_ms INTEGER NOT NULL,
+  tags TEXT NOT NULL,
+  quantity INTEGER NOT NULL,
+  first_at_ms INTEGER NOT NULL,
+  PRIMARY KEY (dimension, hour_ms, tags)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS records (
+  id INTEGER PRIMARY KEY,
+  dimension TEXT NOT NULL,
+  hour_ms INTEGER NOT NULL,
+  quantity INTEGER NOT NULL,
+  timestamp_ms INTEGER NOT NULL,
+  client_token TEXT NOT NULL,
+  request TEXT NOT NULL,
+  status TEXT NOT NULL CHECK (status IN ('pending', 'sent', 'carried', 'failed')),
+  attempts INTEGER NOT NULL DEFAULT 0,
+  next_attempt_ms INTEGER NOT NULL,
+  maybe_delivered INTEGER NOT NULL DEFAULT 0,
+  last_error TEXT,
+  metering_record_id TEXT,
+  sealed_at_ms INTEGER NOT NULL,
+  settled_at_ms INTEGER,
+  carried_to_hour_ms INTEGER,
+  UNIQUE (dimension, hour_ms)
+) STRICT;
+CREATE INDEX IF NOT EXISTS records_status ON records (status, next_attempt_ms);
+CREATE TABLE IF NOT EXISTS idempotency_keys (id TEXT PRIMARY KEY, at_ms INTEGER NOT NULL) STRICT, WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idempotency_keys_at ON idempotency_keys (at_ms);
+`;
+
+/** Where a sealed record stands: `pending → sent`, or `carried`, or `failed` with the AWS error kept. */
+export type RecordStatus = 'pending' | 'sent' | 'carried' | 'failed';
+
+/** A sealed record as stored. */
+export interface StoredRecord {
+  readonly id: number;
+  readonly dimension: string;
+  readonly hourStartMs: number;
+  readonly quantity: number;
+  readonly timestampMs: number;
+  readonly clientToken: string;
+  readonly request: MeterUsageRequest;
+  readonly status: RecordStatus;
+  readonly attempts: number;
+  readonly nextAttemptMs: number;
+  /** An earlier attempt may have reached AWS (timeout or reset after sending): see {@link SqliteLedger.carry}. */
+  readonly maybeDelivered: boolean;
+  readonly lastError: string | undefined;
+  readonly meteringRecordId: string | undefined;
+}
+
+/** Answer to an accepted `record()`. */
+export interface RecordResult {
+  readonly kind: 'recorded';
+  readonly accepted: number;
+  readonly duplicates: number;
+}
+
+/** Usage of one dimension in an hour not yet sealed. */
+export interface OpenUsage {
+  readonly dimension: string;
+  readonly hourStartMs: number;
+  readonly quantity: number;
+  readonly tagSets: number;
+}
+
+/** A summary of the ledger for `/v1/status` and the exit code at shutdown. */
+export interface LedgerStatus {
+  readonly ledgerId: string;
+  readonly open: readonly OpenUsage[];
+  readonly records: Readonly<Record<RecordStatus, number>>;
+  /** Seconds since the Timestamp of the oldest pending record; null when nothing is pending. */
+  readonly oldestUnsentAgeSeconds: number | null;
+  readonly failed: readonly {
+    dimension: string;
+    hourStartMs: number;
+    quantity: number;
+    error: string | undefined;
+  }[];
+}
+
+/** Options of {@link SqliteLedger.open}. */
+export interface LedgerOptions {
+  readonly stateDir: string;
+  readonly productCode: string;
+  readonly dryRun: boolean;
+  readonly clock: Clock;
+}
+
+interface RecordRow {
+  id: number;
+  dimension: string;
+  hour_ms: number;
+  quantity: number;
+  timestamp_ms: number;
+  client_token: string;
+  request: string;
+  status: RecordStatus;
+  attempts: number;
+  next_attempt_ms: number;
+  maybe_delivered: number;
+  last_error: string | null;
+  metering_record_id: string | null;
+}
+
+interface Queued {
+  readonly reports: readonly UsageReport[];
+  readonly arrivalMs: number;
+  readonly resolve: (result: RecordResult | Rejection) => void;
+  readonly reject: (err: unknown) => void;
+}
+
+/** Thrown inside a batch's savepoint to roll back just that batch. */
+class BatchRejected extends Error {
+  constructor(readonly rejection: Rejection) {
+    super(rejection.message);
+  }
+}
+
+/** The SQLite hour ledger. Create with {@link SqliteLedger.open}; one instance per database file. */
+export class SqliteLedger {
+  readonly #db: Database.Database;
+  readonly #options: LedgerOptions;
+  readonly #ledgerId: string;
+  /** Sealed hours per dimension: late usage for these goes to the next hour. Mirrors `records`. */
+  readonly #sealed = new Map<string, Set<number>>();
+  #queue: Queued[] = [];
+  #flushScheduled = false;
+  #closed = false;
+  readonly #stmt: ReturnType<SqliteLedger['prepare']>;
+
+  private constructor(db: Database.Database, options: LedgerOptions, ledgerId: string) {
+    this.#db = db;
+    this.#options = options;
+    this.#ledgerId = ledgerId;
+    this.#stmt = this.prepare();
+    for (const row of this.#db.prepare('SELECT dimension, hour_ms FROM records').all() as {
+      dimension: string;
+      hour_ms: number;
+    }[]) {
+      this.#markSealed(row.dimension, row.hour_ms);
+    }
+  }
+
+  /**
+   * Opens (or creates) the ledger in `options.stateDir`.
+   * @throws LedgerCorruptError when the file is not a readable ledger of this or an older schema.
+   * @throws StorageUnavailableError when the directory or file cannot be created or written.
+   */
+  static open(options: LedgerOptions): SqliteLedger {
+    const path = join(options.stateDir, LEDGER_FILE);
+    let db: Database.Database;
+    try {
+      mkdirSync(options.stateDir, { recursive: true });
+      db = new Database(path);
+    } catch (err) {
+      throw new StorageUnavailableError(
+        `cannot open the ledger at ${path} (${describe(err)}): check that METERING_STATE_DIR is a writable volume`,
+        { cause: err },
+      );
+    }
+    try {
+      const version = db.pragma('user_version', { simple: true }) as number;
+      if (version > SCHEMA_VERSION) {
+        throw new LedgerCorruptError(
+          `the ledger at ${path} has schema ${version}, newer than this version understands (${SCHEMA_VERSION}): run the newer sidecar version, or move the file aside only after its records were sent`,
+        );
+      }
+      const check = db.pragma('quick_check', { simple: true }) as string;
+      if (check !== 'ok')
+        throw new LedgerCorruptError(`the ledger at ${path} failed its integrity check: ${check}`);
+      db.pragma('journal_mode = WAL');
+      db.pragma('synchronous = FULL');
+      db.pragma('busy_timeout = 5000');
+      const ledgerId = db.transaction(() => {
+        db.exec(SCHEMA);
+        if (version === 0) {
+          db.prepare("INSERT INTO meta (key, value) VALUES ('ledger_id', ?)").run(randomUUID());
+          db.pragma(`user_version = ${SCHEMA_VERSION}`);
+        }
+        const row = db.prepare("SELECT value FROM meta WHERE key = 'ledger_id'").get() as
+          { value: string } | undefined;
+        if (row === undefined) throw new LedgerCorruptError(`the ledger at ${path} has no ledger id`);
+        return row.value;
+      })();
+      return new SqliteLedger(db, options, ledgerId);
+    } catch (err) {
+      db.close();
+      if (err instanceof LedgerCorruptError) throw err;
+      if (isCorruption(err)) {
+        throw new LedgerCorruptError(
+          `the ledger at ${path} is not a readable database (${describe(err)}); it is kept as it is: restore it or move it aside only after checking what it held`,
+          { cause: err },
+        );
+      }
+      throw new StorageUnavailableError(`cannot open the ledger at ${path} (${describe(err)})`, {
+        cause: err,
+      });
+    }
+  }
+
+  private prepare() {
+    const db = this.#db;
+    return {
+      keyExists: db.prepare('SELECT 1 FROM idempotency_keys WHERE id = ?').pluck(),
+      insertKey: db.prepare('INSERT INTO idempotency_keys (id, at_ms) VALUES (?, ?)'),
+      addToBucket: db.prepare(
+        'UPDATE buckets SET quantity = quantity + ?, first_at_ms = min(first_at_ms, ?) WHERE dimension = ? AND hour_ms = ? AND tags = ?',
+      ),
+      insertBucket: db.prepare(
+        'INSERT INTO buckets (dimension, hour_ms, tags, quantity, first_at_ms) VALUES (?, ?, ?, ?, ?)',
+      ),
+      countTagSets: db.prepare('SELECT count(*) FROM buckets WHERE dimension = ? AND hour_ms = ?').pluck(),
+      countTagKeys: db
+        .prepare(
+          'SELECT count(DISTINCT t.key) FROM buckets b, json_each(b.tags) t WHERE b.dimension = ? AND b.hour_ms = ?',
+        )
+        .pluck(),
+      bucketHours: db.prepare('SELECT DISTINCT dimension, hour_ms FROM buckets ORDER BY hour_ms, dimension'),
+      bucketsOf: db.prepare(
+        'SELECT tags, quantity, first_at_ms FROM buckets WHERE dimension = ? AND hour_ms = ? ORDER BY tags',
+      ),
+      deleteBuckets: db.prepare('DELETE FROM buckets WHERE dimension = ? AND hour_ms = ?'),
+      insertRecord: db.prepare(
+        `INSERT INTO records (dimension, hour_ms, quantity, timestamp_ms, client_token, request, status, next_attempt_ms, sealed_at_ms)
+         VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?) RETURNING *`,
+      ),
+      due: db.prepare(
+        "SELECT * FROM records WHERE status = 'pending' AND next_attempt_ms <= ? ORDER BY timestamp_ms, id",
+      ),
+      pending: db.prepare("SELECT * FROM records WHERE status = 'pending' ORDER BY timestamp_ms, id"),
+      nextAttempt: db.prepare("SELECT min(next_attempt_ms) FROM records WHERE status = 'pending'").pluck(),
+      byId: db.prepare('SELECT * FROM records WHERE id = ?'),
+      markSent: db.prepare(
+        "UPDATE records SET status = 'sent', metering_record_id = ?, settled_at_ms = ?, attempts = attempts + 1 WHERE id = ? AND status = 'pending'",
+      ),
+      markRetry: db.prepare(
+        "UPDATE records SET attempts = attempts + 1, next_attempt_ms = ?, last_error = ?, maybe_delivered = max(maybe_delivered, ?) WHERE id = ? AND status = 'pending'",
+      ),
+      markFailed: db.prepare(
+        "UPDATE records SET status = 'failed', last_error = ?, settled_at_ms = ?, attempts = attempts + ? WHERE id = ? AND status = 'pending'",
+      ),
+      markCarried: db.prepare(
+        "UPDATE records SET status = 'carried', last_error = ?, settled_at_ms = ?, carried_to_hour_ms = ? WHERE id = ? AND status = 'pending'",
+      ),
+      statusCounts: db.prepare('SELECT status, count(*) AS n FROM records GROUP BY status'),
+      openUsage: db.prepare(
+        'SELECT dimension, hour_ms, sum(quantity) AS quantity, count(*) AS tag_sets FROM buckets GROUP BY dimension, hour_ms ORDER BY hour_ms, dimension',
+      ),
+      oldestPending: db.prepare("SELECT min(timestamp_ms) FROM records WHERE status = 'pending'").pluck(),
+      failed: db.prepare(
+        "SELECT dimension, hour_ms, quantity, last_error FROM records WHERE status = 'failed' ORDER BY hour_ms DESC LIMIT 100",
+      ),
+      pruneKeys: db.prepare('DELETE FROM idempotency_keys WHERE at_ms < ?'),
+      pruneSettled: db.prepare(
+        "DELETE FROM records WHERE status IN ('sent', 'carried') AND settled_at_ms < ? RETURNING dimension, hour_ms",
+      ),
+    };
+  }
+
+  /** The random id created with this ledger; part of every ClientToken. */
+  get ledgerId(): string {
+    return this.#ledgerId;
+  }
+
+  /**
+   * Adds a batch of validated reports, counted in the hour of arrival (or the next unsealed hour, for a
+   * dimension whose hour is already sealed). All or nothing: resolves with the counts once the batch has
+   * committed, or with a {@link Rejection} (TooManyTagSets, InvalidTags) that stored nothing. Reports whose
+   * idempotency key was seen in the last 24 hours, or earlier in the batch, are acknowledged as duplicates.
+   * @throws StorageUnavailableError (as a rejected promise) when the commit failed; nothing was stored.
+   */
+  record(reports: readonly UsageReport[]): Promise<RecordResult | Rejection> {
+    if (this.#closed) return Promise.reject(new StorageUnavailableError('the ledger is closed'));
+    return new Promise((resolve, reject) => {
+      this.#queue.push({ reports, arrivalMs: this.#options.clock.now(), resolve, reject });
+      if (!this.#flushScheduled) {
+        this.#flushScheduled = true;
+        // Group commit: every batch queued before the next turn of the event loop shares one transaction.
+        setImmediate(() => this.#flush());
+      }
+    });
+  }
+
+  /** Commits every queued batch in one transaction; each batch in its own savepoint. */
+  #flush(): void {
+    this.#flushScheduled = false;
+    const queue = this.#queue;
+    this.#queue = [];
+    if (queue.length === 0) return;
+    const results: (RecordResult | Rejection)[] = [];
+    try {
+      this.#db.transaction(() => {
+        for (const item of queue) {
+          try {
+            results.push(this.#db.transaction(() => this.#apply(item.reports, item.arrivalMs))());
+          } catch (err) {
+            if (!(err instanceof BatchRejected)) throw err;
+            results.push(err.rejection);
+          }
+        }
+      })();
+    } catch (err) {
+      const failure = new StorageUnavailableError(`the ledger could not commit (${describe(err)})`, {
+        cause: err,
+      });
+      for (const item of queue) item.reject(failure);
+      return;
+    }
+    queue.forEach((item, i) => item.resolve(results[i]));
+  }
+
+  #apply(reports: readonly UsageReport[], arrivalMs: number): RecordResult {
+    const stmt = this.#stmt;
+    let duplicates = 0;
+    const seenIds = new Set<string>();
+    // Sum the batch per (dimension, tag set) first: one statement per bucket, not per report.
+    const sums = new Map<string, Map<string, { quantity: number; index: number }>>();
+    reports.forEach((report, index) => {
+      if (report.id !== undefined) {
+        if (seenIds.has(report.id) || stmt.keyExists.get(report.id) !== undefined) {
+          duplicates++;
+          return;
+        }
+        seenIds.add(report.id);
+        stmt.insertKey.run(report.id, arrivalMs);
+      }
+      let byTags = sums.get(report.dimension);
+      if (byTags === undefined) {
+        byTags = new Map<string, { quantity: number; index: number }>();
+        sums.set(report.dimension, byTags);
+      }
+      const sum = byTags.get(report.tagsKey);
+      if (sum === undefined) byTags.set(report.tagsKey, { quantity: report.quantity, index });
+      else sum.quantity += report.quantity;
+    });
+    for (const [dimension, byTags] of sums) {
+      const hourMs = targetHour(arrivalMs, (h) => this.#isSealed(dimension, h));
+      const atMs = bucketTime(arrivalMs, hourMs);
+      let firstNewIndex: number | undefined;
+      for (const [tagsKey, sum] of byTags) {
+        if (stmt.addToBucket.run(sum.quantity, atMs, dimension, hourMs, tagsKey).changes === 0) {
+          stmt.insertBucket.run(dimension, hourMs, tagsKey, sum.quantity, atMs);
+          firstNewIndex ??= sum.index;
+        }
+      }
+      if (firstNewIndex !== undefined)
+        this.#checkTagLimits(dimension, hourMs, firstNewIndex, reports.length > 1);
+    }
+    return { kind: 'recorded', accepted: reports.length - duplicates, duplicates };
+  }
+
+  /** Refuses a batch that would give one record more tag sets or tag keys than AWS accepts. */
+  #checkTagLimits(dimension: string, hourMs: number, index: number, batch: boolean): void {
+    const at = batch ? index : undefined;
+    const tagSets = this.#stmt.countTagSets.get(dimension, hourMs) as number;
+    if (tagSets > MAX_TAG_SETS) {
+      throw new BatchRejected(
+        rejection(
+          'TooManyTagSets',
+          `dimension ${JSON.stringify(dimension)} would have ${tagSets} tag sets this hour; AWS accepts at most ${MAX_TAG_SETS} per record`,
+          at,
+        ),
+      );
+    }
+    const tagKeys = this.#stmt.countTagKeys.get(dimension, hourMs) as number;
+    if (tagKeys > MAX_TAG_KEYS) {
+      throw new BatchRejected(
+        rejection(
+          'InvalidTags',
+          `dimension ${JSON.stringify(dimension)} would use ${tagKeys} distinct tag keys this hour; AWS accepts at most ${MAX_TAG_KEYS} per record`,
+          at,
+        ),
+      );
+    }
+  }
+
+  /**
+   * Seals every (dimension, hour) that may be sealed at `nowMs` (closed hours; with `includeOpen`, at shutdown,
+   * also the open hour) into pending records, each with its stored MeterUsage request. Excess over the quantity
+   * cap moves to the next hour. Each (dimension, hour) is sealed at most once. Returns the new records.
+   * @throws StorageUnavailableError when the transaction could not commit; nothing changed.
+   */
+  seal(nowMs: number, includeOpen: boolean): StoredRecord[] {
+    const stmt = this.#stmt;
+    const sealedNow: { dimension: string; hourMs: number }[] = [];
+    try {
+      const records = this.#db.transaction(() => {
+        const out: StoredRecord[] = [];
+        const hours = stmt.bucketHours.all() as { dimension: string; hour_ms: number }[];
+        for (const { dimension, hour_ms: hourMs } of hours) {
+          if (!maySeal(hourMs, nowMs, includeOpen) || this.#isSealed(dimension, hourMs)) continue;
+          const buckets = (
+            stmt.bucketsOf.all(dimension, hourMs) as { tags: string; quantity: number; first_at_ms: number }[]
+          ).map((b) => ({ tagsKey: b.tags, quantity: b.quantity, firstAtMs: b.first_at_ms }));
+          stmt.deleteBuckets.run(dimension, hourMs);
+          const sealed = seal(buckets);
+          if (sealed === undefined) continue; // Zero usage: nothing to send, and the hour stays unlocked.
+          const token = clientToken(this.#ledgerId, dimension, hourMs);
+          const request = meterUsageRequest({
+            productCode: this.#options.productCode,
+            dimension,
+            seal: sealed,
+            clientToken: token,
+            dryRun: this.#options.dryRun,
+          });
+          const row = stmt.insertRecord.get(
+            dimension,
+            hourMs,
+            sealed.quantity,
+            sealed.timestampMs,
+            token,
+            JSON.stringify(request),
+            nowMs,
+            nowMs,
+          ) as RecordRow;
+          sealedNow.push({ dimension, hourMs });
+          out.push(toRecord(row));
+          // The cap's excess is carried into the next hour not yet sealed, keeping its tag sets.
+          for (const excess of sealed.excess) {
+            const nextHourMs = targetHour(hourMs + HOUR_MS, (h) => this.#isSealed(dimension, h));
+            this.#addCarried(dimension, nextHourMs, excess.tagsKey, excess.quantity, nextHourMs);
+          }
+        }
+        return out;
+      })();
+      for (const { dimension, hourMs } of sealedNow) this.#markSealed(dimension, hourMs);
+      return records;
+    } catch (err) {
+      throw new StorageUnavailableError(`the ledger could not seal (${describe(err)})`, { cause: err });
+    }
+  }
+
+  /** Pending records whose next attempt is due at `nowMs`, oldest first. */
+  due(nowMs: number): StoredRecord[] {
+    return (this.#stmt.due.all(nowMs) as RecordRow[]).map(toRecord);
+  }
+
+  /** Every pending record, oldest first. */
+  pending(): StoredRecord[] {
+    return (this.#stmt.pending.all() as RecordRow[]).map(toRecord);
+  }
+
+  /** When the earliest pending record is due for its next attempt; undefined when nothing is pending. */
+  nextAttemptMs(): number | undefined {
+    const value = this.#stmt.nextAttempt.get() as number | null;
+    return value ?? undefined;
+  }
+
+  /** Reads one record. */
+  get(id: number): StoredRecord | undefined {
+    const row = this.#stmt.byId.get(id) as RecordRow | undefined;
+    return row && toRecord(row);
+  }
+
+  /** AWS accepted the record. Idempotent: only a pending record changes. */
+  markSent(id: number, meteringRecordId: string, nowMs: number): void {
+    this.#write(() => this.#stmt.markSent.run(meteringRecordId, nowMs, id));
+  }
+
+  /** A transient failure: try again at `nextAttemptMs`. `maybeDelivered` is sticky once set. */
+  markRetry(id: number, error: string, nextAttemptMs: number, maybeDelivered: boolean): void {
+    this.#write(() => this.#stmt.markRetry.run(nextAttemptMs, error, maybeDelivered ? 1 : 0, id));
+  }
+
+  /** AWS refused the record for good: kept with the error for a human. Never resent. */
+  markFailed(id: number, error: string, nowMs: number, attempted = true): void {
+    this.#write(() => this.#stmt.markFailed.run(error, nowMs, attempted ? 1 : 0, id));
+  }
+
+  /**
+   * Carries a pending record whose six-hour window is closing (or that AWS called out of bounds): its quantity,
+   * per tag set, is added to the hour open at `nowMs` (or the next unsealed hour), and the record is marked
+   * carried, in one transaction. Returns the hour it went to.
+   */
+  carry(id: number, nowMs: number, reason: string): number | undefined {
+    return this.#write(() =>
+      this.#db.transaction(() => {
+        const row = this.#stmt.byId.get(id) as RecordRow | undefined;
+        if (row === undefined || row.status !== 'pending') return undefined;
+        const record = toRecord(row);
+        const hourMs = targetHour(nowMs, (h) => this.#isSealed(record.dimension, h));
+        const atMs = bucketTime(nowMs, hourMs);
+        const allocations = record.request.UsageAllocations ?? [{ AllocatedUsageQuantity: record.quantity }];
+        for (const allocation of allocations) {
+          const tagsKey = JSON.stringify(
+            Object.fromEntries((allocation.Tags ?? []).map((t) => [t.Key, t.Value])),
+          );
+          this.#addCarried(record.dimension, hourMs, tagsKey, allocation.AllocatedUsageQuantity, atMs);
+        }
+        this.#stmt.markCarried.run(reason, nowMs, hourMs, id);
+        return hourMs;
+      })(),
+    );
+  }
+
+  #addCarried(dimension: string, hourMs: number, tagsKey: string, quantity: number, atMs: number): void {
+    if (this.#stmt.addToBucket.run(quantity, atMs, dimension, hourMs, tagsKey).changes === 0) {
+      this.#stmt.insertBucket.run(dimension, hourMs, tagsKey, quantity, atMs);
+    }
+  }
+
+  /** Records that must be carried at `nowMs` because their six-hour window is closing. */
+  expiring(nowMs: number): StoredRecord[] {
+    return this.pending().filter((r) => carryDeadline(r.timestampMs) <= nowMs);
+  }
+
+  /** A summary for status and for the exit code at shutdown. */
+  status(nowMs: number): LedgerStatus {
+    const records: Record<RecordStatus, number> = { pending: 0, sent: 0, carried: 0, failed: 0 };
+    for (const row of this.#stmt.statusCounts.all() as { status: RecordStatus; n: number }[])
+      records[row.status] = row.n;
+    const oldest = this.#stmt.oldestPending.get() as number | null;
+    return {
+      ledgerId: this.#ledgerId,
+      open: (
+        this.#stmt.openUsage.all() as {
+          dimension: string;
+          hour_ms: number;
+          quantity: number;
+          tag_sets: number;
+        }[]
+      ).map((r) => ({
+        dimension: r.dimension,
+        hourStartMs: r.hour_ms,
+        quantity: r.quantity,
+        tagSets: r.tag_sets,
+      })),
+      records,
+      oldestUnsentAgeSeconds: oldest === null ? null : Math.max(0, Math.floor((nowMs - oldest) / 1000)),
+      failed: (
+        this.#stmt.failed.all() as {
+          dimension: string;
+          hour_ms: number;
+          quantity: number;
+          last_error: string | null;
+        }[]
+      ).map((r) => ({
+        dimension: r.dimension,
+        hourStartMs: r.hour_ms,
+        quantity: r.quantity,
+        error: r.last_error ?? undefined,
+      })),
+    };
+  }
+
+  /** Forgets idempotency keys older than 24 hours and settled records past retention. */
+  prune(nowMs: number): void {
+    this.#write(() =>
+      this.#db.transaction(() => {
+        this.#stmt.pruneKeys.run(nowMs - IDEMPOTENCY_TTL_MS);
+        for (const row of this.#stmt.pruneSettled.all(nowMs - SETTLED_RETENTION_MS) as {
+          dimension: string;
+          hour_ms: number;
+        }[]) {
+          this.#sealed.get(row.dimension)?.delete(row.hour_ms);
+        }
+      })(),
+    );
+  }
+
+  /** Commits every queued batch, then closes the database. Idempotent. */
+  close(): void {
+    if (this.#closed) return;
+    this.#flush();
+    this.#closed = true;
+    this.#db.close();
+  }
+
+  #write<T>(fn: () => T): T {
+    try {
+      return fn();
+    } catch (err) {
+      throw new StorageUnavailableError(`the ledger could not commit (${describe(err)})`, { cause: err });
+    }
+  }
+
+  #isSealed(dimension: string, hourMs: number): boolean {
+    return this.#sealed.get(dimension)?.has(hourMs) ?? false;
+  }
+
+  #markSealed(dimension: string, hourMs: number): void {
+    let hours = this.#sealed.get(dimension);
+    if (hours === undefined) {
+      hours = new Set<number>();
+      this.#sealed.set(dimension, hours);
+    }
+    hours.add(hourMs);
+  }
+}
+
+function toRecord(row: RecordRow): StoredRecord {
+  return {
+    id: row.id,
+    dimension: row.dimension,
+    hourStartMs: row.hour_ms,
+    quantity: row.quantity,
+    timestampMs: row.timestamp_ms,
+    clientToken: row.client_token,
+    request: JSON.parse(row.request) as MeterUsageRequest,
+    status: row.status,
+    attempts: row.attempts,
+    nextAttemptMs: row.next_attempt_ms,
+    maybeDelivered: row.maybe_delivered !== 0,
+    lastError: row.last_error ?? undefined,
+    meteringRecordId: row.metering_record_id ?? undefined,
+  };
+}
+
+function isCorruption(err: unknown): boolean {
+  const code = (err as { code?: unknown }).code;
+  return code === 'SQLITE_NOTADB' || code === 'SQLITE_CORRUPT' || code === 'SQLITE_CORRUPT_VTAB';
+}
+
+function describe(err: unknown): string {
+  const code = (err as { code?: unknown }).code;
+  const message = err instanceof Error ? err.message : String(err);
+  return typeof code === 'string' ? `${code}: ${message}` : message;
+}

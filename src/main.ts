@@ -1,0 +1,268 @@
+#!/usr/bin/env node
+/**
+ * The `metering-sidecar` command: parses the command line, loads the configuration, runs the {@link Agent} or a
+ * helper command, wires SIGTERM/SIGINT to a clean shutdown, and maps fatal errors to exit codes. This is the
+ * only module that calls `process.exit`.
+ *
+ * Exit codes (DESIGN.md): 0 clean shutdown with nothing unsent; 75 records left in the ledger; 77 not entitled;
+ * 78 bad configuration; 69 AWS unreachable at startup; 64 bad command line; 1 anything unexpected.
+ */
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { Agent } from './agent.js';
+import { SidecarClient, type ApiAddress } from './client/client.js';
+import { systemClock } from './clock.js';
+import { loadConfig } from './config.js';
+import { MeteringEmulator } from './emulator/emulator.js';
+import { AgentError, AwsUnavailableError, ConfigError, NotEntitledError, UsageError } from './errors.js';
+import { createLogger } from './log.js';
+
+export const EXIT = {
+  ok: 0,
+  unexpected: 1,
+  usage: 64,
+  unavailable: 69,
+  leftInLedger: 75,
+  notEntitled: 77,
+  config: 78,
+} as const;
+
+const HELP = `metering-sidecar — AWS Marketplace metering for container products
+
+Usage:
+  metering-sidecar [run] [--local]                 run the sidecar (--local: with the embedded emulator)
+  metering-sidecar emulator [--port N] [--host H] [--product-code C] [--dimensions a,b]
+                                                   run the Marketplace Metering emulator standalone
+  metering-sidecar report DIMENSION QUANTITY [--tag k=v]... [--id KEY]
+                                                   report usage through the app API
+  metering-sidecar status [--json]                 show what the sidecar holds
+  metering-sidecar --version | --help
+
+Configuration comes from METERING_* and AWS_* environment variables (docs/configuration.md).`;
+
+async function main(argv: readonly string[]): Promise<number> {
+  const [command = 'run', ...rest] = argv[0]?.startsWith('-') && argv[0] !== '--local' ? ['', ...argv] : argv;
+  switch (command) {
+    case '':
+      if (rest.includes('--version')) {
+        process.stdout.write(`${version()}\n`);
+        return EXIT.ok;
+      }
+      process.stdout.write(`${HELP}\n`);
+      return rest.includes('--help') || rest.includes('-h') ? EXIT.ok : EXIT.usage;
+    case 'run':
+    case '--local':
+      return run(command === '--local' ? ['--local', ...rest] : rest);
+    case 'emulator':
+      return emulator(rest);
+    case 'report':
+      return report(rest);
+    case 'status':
+      return status(rest);
+    case 'help':
+      process.stdout.write(`${HELP}\n`);
+      return EXIT.ok;
+    default:
+      throw new UsageError(`unknown command ${JSON.stringify(command)}; see metering-sidecar --help`);
+  }
+}
+
+async function run(args: readonly string[]): Promise<number> {
+  const { values } = parse(args, { local: { type: 'boolean' } });
+  const config = loadConfig(process.env, { local: values.local === true });
+  const logger = createLogger(config.logLevel);
+  const agent = new Agent(config, { logger, clock: systemClock });
+
+  let signalled: NodeJS.Signals | undefined;
+  const stopped = new Promise<number>((resolve) => {
+    const onSignal = (signal: NodeJS.Signals): void => {
+      if (signalled !== undefined) {
+        logger.warn({ signal }, 'already shutting down; waiting for the final flush');
+        return;
+      }
+      signalled = signal;
+      logger.info({ signal }, 'signal received');
+      agent.stop().then(
+        (outcome) => resolve(outcome.exitCode),
+        (err: unknown) => {
+          logger.error({ err }, 'shutdown failed');
+          resolve(EXIT.leftInLedger);
+        },
+      );
+    };
+    process.on('SIGTERM', onSignal);
+    process.on('SIGINT', onSignal);
+  });
+
+  try {
+    await agent.start();
+  } catch (err) {
+    logFatal(logger, err);
+    return exitCodeOf(err);
+  }
+  return stopped;
+}
+
+async function emulator(args: readonly string[]): Promise<number> {
+  const { values } = parse(args, {
+    port: { type: 'string', default: '4599' },
+    host: { type: 'string', default: '127.0.0.1' },
+    'product-code': { type: 'string', default: 'local-product' },
+    dimensions: { type: 'string' },
+  });
+  const port = Number(values.port);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new UsageError('--port must be 0-65535');
+  const dimensions = values.dimensions
+    ?.split(',')
+    .map((d) => d.trim())
+    .filter((d) => d !== '');
+  const server = new MeteringEmulator({
+    productCode: values['product-code'] ?? 'local-product',
+    ...(dimensions ? { dimensions } : {}),
+    onCall: (call) =>
+      process.stdout.write(`${JSON.stringify({ time: new Date(call.atMs).toISOString(), ...call })}\n`),
+  });
+  const url = await server.start({ host: values.host ?? '127.0.0.1', port });
+  process.stdout.write(
+    `Marketplace Metering emulator listening on ${url}\n` +
+      `Point the sidecar at it with AWS_ENDPOINT_URL_MARKETPLACE_METERING=${url}\n` +
+      `Inspect: GET ${url}/emulator/records, GET ${url}/emulator/calls; inject faults: POST ${url}/emulator/faults\n`,
+  );
+  await new Promise<void>((resolve) => {
+    process.once('SIGTERM', () => resolve());
+    process.once('SIGINT', () => resolve());
+  });
+  await server.stop();
+  return EXIT.ok;
+}
+
+async function report(args: readonly string[]): Promise<number> {
+  const { values, positionals } = parse(
+    args,
+    { tag: { type: 'string', multiple: true }, id: { type: 'string' } },
+    true,
+  );
+  if (positionals.length !== 2)
+    throw new UsageError('usage: metering-sidecar report DIMENSION QUANTITY [--tag k=v]... [--id KEY]');
+  const [dimension, quantityText] = positionals as [string, string];
+  const quantity = /^\d+$/.test(quantityText) ? Number(quantityText) : NaN;
+  if (!Number.isSafeInteger(quantity))
+    throw new UsageError(`QUANTITY must be a non-negative integer, got ${JSON.stringify(quantityText)}`);
+  const tags: Record<string, string> = {};
+  for (const tag of values.tag ?? []) {
+    const eq = tag.indexOf('=');
+    if (eq <= 0) throw new UsageError(`--tag takes KEY=VALUE, got ${JSON.stringify(tag)}`);
+    tags[tag.slice(0, eq)] = tag.slice(eq + 1);
+  }
+  const reply = await apiClient().report({
+    dimension,
+    quantity,
+    ...(Object.keys(tags).length > 0 ? { tags } : {}),
+    ...(values.id !== undefined ? { id: values.id } : {}),
+  });
+  process.stdout.write(`${JSON.stringify(reply.body)}\n`);
+  return reply.status === 202 ? EXIT.ok : EXIT.unexpected;
+}
+
+async function status(args: readonly string[]): Promise<number> {
+  const { values } = parse(args, { json: { type: 'boolean' } });
+  const reply = await apiClient().status();
+  if (values.json === true || reply.status !== 200) {
+    process.stdout.write(`${JSON.stringify(reply.body, null, 2)}\n`);
+  } else {
+    process.stdout.write(formatStatusTable(reply.body as StatusBody));
+  }
+  return reply.status === 200 ? EXIT.ok : EXIT.unexpected;
+}
+
+interface StatusBody {
+  entitlement: { state: string; mode: string };
+  openHours: { hourStart: string; dimension: string; quantity: number; tagSets: number }[];
+  records: Record<string, number>;
+  oldestUnsentAgeSeconds: number | null;
+  failed: { hourStart: string; dimension: string; quantity: number; error?: string }[];
+}
+
+function formatStatusTable(body: StatusBody): string {
+  const lines = [
+    `entitlement  ${body.entitlement.state} (${body.entitlement.mode})`,
+    `records      pending ${body.records['pending'] ?? 0}, sent ${body.records['sent'] ?? 0}, carried ${body.records['carried'] ?? 0}, failed ${body.records['failed'] ?? 0}`,
+    `oldest unsent ${body.oldestUnsentAgeSeconds === null ? '-' : `${body.oldestUnsentAgeSeconds} s`}`,
+    '',
+    'open hours',
+    ...(body.openHours.length === 0
+      ? ['  (none)']
+      : body.openHours.map(
+          (o) =>
+            `  ${o.hourStart}  ${o.dimension.padEnd(24)} ${String(o.quantity).padStart(12)}  (${o.tagSets} tag sets)`,
+        )),
+  ];
+  if (body.failed.length > 0) {
+    lines.push('', 'failed records');
+    for (const f of body.failed)
+      lines.push(`  ${f.hourStart}  ${f.dimension}  ${f.quantity}  ${f.error ?? ''}`);
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+/** The app API address from METERING_SOCKET / METERING_LISTEN, as the sidecar reads them. */
+function apiClient(): SidecarClient {
+  const socket = process.env['METERING_SOCKET']?.trim() || '/run/metering/metering.sock';
+  if (socket !== 'off') return new SidecarClient({ socketPath: socket });
+  const listen = process.env['METERING_LISTEN']?.trim() || '127.0.0.1:8181';
+  const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(listen);
+  if (!match) throw new UsageError(`METERING_LISTEN=${JSON.stringify(listen)} is not HOST:PORT`);
+  const address: ApiAddress = { host: match[1] ?? match[2], port: Number(match[3]) };
+  return new SidecarClient(address);
+}
+
+type Options = Parameters<typeof parseArgs>[0] extends infer T
+  ? T extends { options?: infer O }
+    ? O
+    : never
+  : never;
+
+function parse<O extends NonNullable<Options>>(
+  args: readonly string[],
+  options: O,
+  allowPositionals = false,
+) {
+  try {
+    return parseArgs({ args: [...args], options, allowPositionals, strict: true });
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+}
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as {
+    version: string;
+  };
+  return pkg.version;
+}
+
+function exitCodeOf(err: unknown): number {
+  if (err instanceof ConfigError) return EXIT.config;
+  if (err instanceof NotEntitledError) return EXIT.notEntitled;
+  if (err instanceof AwsUnavailableError) return EXIT.unavailable;
+  if (err instanceof UsageError) return EXIT.usage;
+  return EXIT.unexpected;
+}
+
+function logFatal(logger: { fatal: (obj: object, msg: string) => void }, err: unknown): void {
+  const code = err instanceof AgentError ? err.code : 'ERR_UNEXPECTED';
+  logger.fatal({ err, code }, err instanceof Error ? err.message : String(err));
+}
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    if (err instanceof ConfigError || err instanceof UsageError) {
+      process.stderr.write(`metering-sidecar: ${err.message}\n`);
+    } else {
+      // Configuration may not be loaded yet: log with the default level.
+      logFatal(createLogger('info'), err);
+    }
+    process.exit(exitCodeOf(err));
+  },
+);

@@ -1,0 +1,43 @@
+/**
+ * The one place the AWS Marketplace Metering client is built: region from AWS_REGION, the default credential
+ * chain (ECS task role, IRSA), and AWS_ENDPOINT_URL_MARKETPLACE_METERING passed as `endpoint` (older SDK
+ * endpoint resolvers mis-spell the variable, so the sidecar reads it itself; aws-metering-api.md §1.7).
+ */
+import { MarketplaceMeteringClient } from '@aws-sdk/client-marketplace-metering';
+import { defaultProvider } from '@aws-sdk/credential-provider-node';
+
+/** Per-request deadline: a MeterUsage answer normally takes well under a second. */
+export const REQUEST_TIMEOUT_MS = 10_000;
+
+/** Deadline for opening the connection. */
+export const CONNECTION_TIMEOUT_MS = 3_000;
+
+/**
+ * Attempts the SDK makes inside one send, with its own backoff for throttling and 5xx
+ * (aws-metering-api.md §1.6). The scheduler retries beyond that with its own backoff.
+ */
+export const SDK_MAX_ATTEMPTS = 3;
+
+/** Options of {@link createMeteringClient}. */
+export interface MeteringClientOptions {
+  readonly region: string;
+  readonly endpoint: string | undefined;
+  /** Fixed credentials (local mode and tests); otherwise the default chain. */
+  readonly credentials?: { readonly accessKeyId: string; readonly secretAccessKey: string };
+  readonly maxAttempts?: number;
+  readonly requestTimeoutMs?: number;
+}
+
+/** Builds the SDK client. The caller destroys it when done. */
+export function createMeteringClient(options: MeteringClientOptions): MarketplaceMeteringClient {
+  return new MarketplaceMeteringClient({
+    region: options.region,
+    ...(options.endpoint !== undefined ? { endpoint: options.endpoint } : {}),
+    credentials: options.credentials ?? defaultProvider(),
+    maxAttempts: options.maxAttempts ?? SDK_MAX_ATTEMPTS,
+    requestHandler: {
+      requestTimeout: options.requestTimeoutMs ?? REQUEST_TIMEOUT_MS,
+      connectionTimeout: CONNECTION_TIMEOUT_MS,
+    },
+  });
+}

@@ -1,0 +1,161 @@
+/**
+ * Sending sealed records with MeterUsage. {@link MeteringSender} is the only place that knows AWS error names:
+ * {@link classify} maps every outcome to a {@link SendResult} value, so the scheduler decides what happens to
+ * the record (sent, retried, carried or failed) without ever seeing an exception for a service error.
+ */
+import { MeterUsageCommand, type MarketplaceMeteringClient } from '@aws-sdk/client-marketplace-metering';
+import type { MeterUsageRequest } from '../ledger/hours.js';
+
+/** An AWS (or network) error reduced to what the ledger keeps and the logs show. */
+export interface SendError {
+  /** AWS error name (`ThrottlingException`) or network code (`ECONNRESET`, `TimeoutError`). */
+  readonly name: string;
+  readonly message: string;
+  readonly httpStatus: number | undefined;
+}
+
+/** The outcome of one send. */
+export type SendResult =
+  /** AWS recorded it (or, with DryRun, would have). */
+  | { readonly status: 'accepted'; readonly meteringRecordId: string }
+  /** AWS already holds a different quantity for this dimension and hour: never resend; alert. */
+  | { readonly status: 'duplicate'; readonly error: SendError }
+  /** Try again later. `maybeDelivered`: the request may have reached AWS before the failure. */
+  | { readonly status: 'retryable'; readonly error: SendError; readonly maybeDelivered: boolean }
+  /** The Timestamp is outside the window AWS accepts: carry the quantity into the open hour. */
+  | { readonly status: 'expired'; readonly error: SendError }
+  /** AWS refused the record for good: keep it as failed with the error for a human. */
+  | { readonly status: 'rejected'; readonly error: SendError };
+
+/** Sends one stored request. Never throws for service or network errors; resolves with a {@link SendResult}. */
+export interface Sender {
+  send(request: MeterUsageRequest, signal?: AbortSignal): Promise<SendResult>;
+}
+
+/** Metering record id reported for a DryRun send, which AWS answers without recording anything. */
+export const DRY_RUN_RECORD_ID = 'dry-run';
+
+/** {@link Sender} over the real SDK client. */
+export class MeteringSender implements Sender {
+  readonly #client: MarketplaceMeteringClient;
+
+  constructor(client: MarketplaceMeteringClient) {
+    this.#client = client;
+  }
+
+  async send(request: MeterUsageRequest, signal?: AbortSignal): Promise<SendResult> {
+    const command = new MeterUsageCommand({
+      ProductCode: request.ProductCode,
+      Timestamp: new Date(request.TimestampMs),
+      UsageDimension: request.UsageDimension,
+      UsageQuantity: request.UsageQuantity,
+      ...(request.UsageAllocations
+        ? {
+            UsageAllocations: request.UsageAllocations.map((a) => ({
+              AllocatedUsageQuantity: a.AllocatedUsageQuantity,
+              ...(a.Tags ? { Tags: a.Tags.map((t) => ({ Key: t.Key, Value: t.Value })) } : {}),
+            })),
+          }
+        : {}),
+      ClientToken: request.ClientToken,
+      ...(request.DryRun ? { DryRun: true } : {}),
+    });
+    try {
+      const output = await this.#client.send(command, signal ? { abortSignal: signal } : {});
+      return {
+        status: 'accepted',
+        meteringRecordId: output.MeteringRecordId ?? (request.DryRun ? DRY_RUN_RECORD_ID : ''),
+      };
+    } catch (err) {
+      return classify(err, request.DryRun === true);
+    }
+  }
+}
+
+/** Network failures that happen before a request is written: AWS cannot have seen it. */
+const NOT_DELIVERED_CODES = new Set([
+  'ECONNREFUSED',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENETDOWN',
+  'CredentialsProviderError',
+]);
+
+/** Network failures after the request may have been written: AWS may have recorded it. */
+const MAYBE_DELIVERED_CODES = new Set([
+  'ECONNRESET',
+  'EPIPE',
+  'ETIMEDOUT',
+  'TimeoutError',
+  'RequestTimeout',
+  'AbortError',
+]);
+
+/**
+ * Maps an error from MeterUsage to a {@link SendResult}. The policy, from aws-metering-api.md §3.10 and the
+ * hour rules of DESIGN.md:
+ *
+ * | error                                                                 | result      | record becomes |
+ * |-----------------------------------------------------------------------|-------------|----------------|
+ * | ThrottlingException, InternalServiceErrorException, other 5xx, network, credentials | retryable | pending (backoff) |
+ * | DuplicateRequestException (AWS holds another quantity for the hour)   | duplicate   | failed + alert |
+ * | TimestampOutOfBoundsException                                         | expired     | carried        |
+ * | InvalidUsageDimension, InvalidTag, InvalidUsageAllocations, CustomerNotEntitled, InvalidEndpointRegion, InvalidProductCode, IdempotencyConflict, any other 4xx | rejected | failed |
+ * | DryRunOperation on a DryRun request                                   | accepted    | sent           |
+ *
+ * `maybeDelivered` is false only when AWS cannot have recorded the request (connection refused, DNS, no
+ * credentials, an explicit throttle or internal error); a carried record must never have been delivered.
+ */
+export function classify(err: unknown, dryRun: boolean): SendResult {
+  const error = toSendError(err);
+  const name = error.name;
+  if (dryRun && name === 'DryRunOperation')
+    return { status: 'accepted', meteringRecordId: DRY_RUN_RECORD_ID };
+  switch (name) {
+    case 'ThrottlingException':
+    case 'InternalServiceErrorException':
+      return { status: 'retryable', error, maybeDelivered: false };
+    case 'DuplicateRequestException':
+      return { status: 'duplicate', error };
+    case 'TimestampOutOfBoundsException':
+      return { status: 'expired', error };
+    case 'InvalidUsageDimensionException':
+    case 'InvalidTagException':
+    case 'InvalidUsageAllocationsException':
+    case 'CustomerNotEntitledException':
+    case 'InvalidEndpointRegionException':
+    case 'InvalidProductCodeException':
+    case 'IdempotencyConflictException':
+      return { status: 'rejected', error };
+  }
+  if (error.httpStatus !== undefined) {
+    if (error.httpStatus >= 500) return { status: 'retryable', error, maybeDelivered: true };
+    // Authentication and authorisation answers (expired role session, missing policy) heal when the
+    // credentials do; AWS did not record anything.
+    if (
+      error.httpStatus === 401 ||
+      error.httpStatus === 403 ||
+      /token|signature|credential|accessdenied/i.test(name)
+    ) {
+      return { status: 'retryable', error, maybeDelivered: false };
+    }
+    return { status: 'rejected', error };
+  }
+  if (NOT_DELIVERED_CODES.has(name)) return { status: 'retryable', error, maybeDelivered: false };
+  if (MAYBE_DELIVERED_CODES.has(name)) return { status: 'retryable', error, maybeDelivered: true };
+  // Any other failure without an HTTP answer is a local or network problem: retry, assuming the worst.
+  return { status: 'retryable', error, maybeDelivered: true };
+}
+
+function toSendError(err: unknown): SendError {
+  if (!(err instanceof Error)) return { name: 'UnknownError', message: String(err), httpStatus: undefined };
+  const e = err as Error & { code?: unknown; $metadata?: { httpStatusCode?: number } };
+  const code = typeof e.code === 'string' && /^E[A-Z]+$/.test(e.code) ? e.code : undefined;
+  return {
+    name: code ?? e.name,
+    message: e.message,
+    httpStatus: e.$metadata?.httpStatusCode,
+  };
+}
