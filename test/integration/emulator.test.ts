@@ -1,0 +1,724 @@
+import {
+  DuplicateRequestException,
+  IdempotencyConflictException,
+  InternalServiceErrorException,
+  InvalidProductCodeException,
+  InvalidTagException,
+  InvalidUsageAllocationsException,
+  InvalidUsageDimensionException,
+  MarketplaceMeteringClient,
+  MarketplaceMeteringServiceException,
+  MeterUsageCommand,
+  TimestampOutOfBoundsException,
+} from '@aws-sdk/client-marketplace-metering';
+import type {
+  MarketplaceMeteringClientConfig,
+  MeterUsageCommandInput,
+} from '@aws-sdk/client-marketplace-metering';
+import { afterEach, describe, expect, it } from 'vitest';
+
+import { MAX_REQUEST_BODY_BYTES, MeteringEmulator } from '../../src/emulator/emulator.js';
+import type { EmulatorCall, EmulatorOptions } from '../../src/emulator/emulator.js';
+
+const PRODUCT_CODE = 'prod-abc123';
+/** Emulator clock: 2026-11-26T10:30:00Z. The SDK signs with real time; the emulator does not check it. */
+const NOW_MS = Date.UTC(2026, 10, 26, 10, 30);
+const HOUR_START_MS = Date.UTC(2026, 10, 26, 10);
+const HOUR_MS = 3_600_000;
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+/** A syntactically valid SigV4 header for raw requests (the signature is not verified). */
+const RAW_AUTHORIZATION =
+  'AWS4-HMAC-SHA256 Credential=RAWKEY/20261126/us-east-1/aws-marketplace/aws4_request, SignedHeaders=host, Signature=abc';
+
+const emulators: MeteringEmulator[] = [];
+const clients: MarketplaceMeteringClient[] = [];
+
+afterEach(async () => {
+  for (const client of clients.splice(0)) client.destroy();
+  await Promise.all(emulators.splice(0).map((emulator) => emulator.stop()));
+});
+
+async function startEmulator(options: Partial<EmulatorOptions> = {}): Promise<MeteringEmulator> {
+  const emulator = new MeteringEmulator({ productCode: PRODUCT_CODE, now: () => NOW_MS, ...options });
+  emulators.push(emulator);
+  await emulator.start();
+  return emulator;
+}
+
+function sdkClient(
+  emulator: MeteringEmulator,
+  accessKeyId = 'TASKA',
+  config: Partial<MarketplaceMeteringClientConfig> = {},
+): MarketplaceMeteringClient {
+  const client = new MarketplaceMeteringClient({
+    region: 'us-east-1',
+    endpoint: emulator.url,
+    credentials: { accessKeyId, secretAccessKey: 'x' },
+    maxAttempts: 1,
+    ...config,
+  });
+  clients.push(client);
+  return client;
+}
+
+function meterUsage(overrides: Partial<MeterUsageCommandInput> = {}): MeterUsageCommand {
+  return new MeterUsageCommand({
+    ProductCode: PRODUCT_CODE,
+    Timestamp: new Date(NOW_MS - 60_000),
+    UsageDimension: 'nodes',
+    UsageQuantity: 3,
+    ...overrides,
+  });
+}
+
+/** The rejection of `promise` (fails the test if it resolves). */
+async function rejectionOf(promise: Promise<unknown>): Promise<unknown> {
+  return promise.then(
+    (value) => {
+      throw new Error(`expected a rejection, got ${JSON.stringify(value)}`);
+    },
+    (error: unknown) => error,
+  );
+}
+
+/** Resolves with the first call reported to onCall that matches. */
+function nextCall(predicate: (call: EmulatorCall) => boolean): {
+  onCall: (call: EmulatorCall) => void;
+  seen: Promise<EmulatorCall>;
+} {
+  let resolveSeen: (call: EmulatorCall) => void = () => undefined;
+  const seen = new Promise<EmulatorCall>((resolve) => {
+    resolveSeen = resolve;
+  });
+  return {
+    onCall: (call) => {
+      if (predicate(call)) resolveSeen(call);
+    },
+    seen,
+  };
+}
+
+function rawMeterUsage(
+  emulator: MeteringEmulator,
+  body: string,
+  headers: Record<string, string> = {},
+): Promise<Response> {
+  return fetch(`${emulator.url}/`, {
+    method: 'POST',
+    headers: {
+      'content-type': 'application/x-amz-json-1.1',
+      'x-amz-target': 'AWSMPMeteringService.MeterUsage',
+      authorization: RAW_AUTHORIZATION,
+      ...headers,
+    },
+    body,
+  });
+}
+
+describe('MeteringEmulator with the real SDK client', () => {
+  it('records an accepted MeterUsage and answers with its MeteringRecordId', async () => {
+    // Prepare
+    const emulator = await startEmulator();
+    const client = sdkClient(emulator);
+
+    // Act
+    const output = await client.send(meterUsage());
+
+    // Assess
+    expect(output.MeteringRecordId).toMatch(UUID);
+    expect(output.$metadata.httpStatusCode).toBe(200);
+    expect(output.$metadata.requestId).toMatch(UUID);
+    expect(emulator.records).toEqual([
+      {
+        identity: 'TASKA',
+        productCode: PRODUCT_CODE,
+        dimension: 'nodes',
+        hourStartMs: HOUR_START_MS,
+        timestampMs: NOW_MS - 60_000,
+        quantity: 3,
+        allocations: [],
+        clientToken: expect.stringMatching(UUID) as unknown,
+        meteringRecordId: output.MeteringRecordId,
+      },
+    ]);
+    expect(emulator.calls).toMatchObject([
+      { operation: 'MeterUsage', identity: 'TASKA', status: 200, atMs: NOW_MS },
+    ]);
+    expect(emulator.totals()).toEqual(new Map([['nodes', 3]]));
+  });
+
+  it('answers an identical resend in the same hour with the same MeteringRecordId and records once', async () => {
+    const emulator = await startEmulator();
+    const client = sdkClient(emulator);
+
+    const first = await client.send(meterUsage());
+    // A fresh send() carries a new auto-generated ClientToken and a later timestamp in the same hour.
+    const second = await client.send(meterUsage({ Timestamp: new Date(NOW_MS) }));
+
+    expect(second.MeteringRecordId).toBe(first.MeteringRecordId);
+    expect(emulator.records).toHaveLength(1);
+    expect(emulator.calls.map((call) => call.status)).toEqual([200, 200]);
+  });
+
+  it('rejects a different quantity for the same identity, dimension and hour with DuplicateRequestException', async () => {
+    const emulator = await startEmulator();
+    const client = sdkClient(emulator);
+    await client.send(meterUsage({ UsageQuantity: 3 }));
+
+    const error = await rejectionOf(
+      client.send(meterUsage({ UsageQuantity: 4, Timestamp: new Date(HOUR_START_MS) })),
+    );
+
+    expect(error).toBeInstanceOf(DuplicateRequestException);
+    expect((error as DuplicateRequestException).$metadata.httpStatusCode).toBe(400);
+    expect(emulator.records.map((record) => record.quantity)).toEqual([3]);
+    expect(emulator.calls.at(-1)).toMatchObject({ status: 400, error: 'DuplicateRequestException' });
+  });
+
+  it('records the same dimension and hour once per identity (ECS task / EKS pod)', async () => {
+    const emulator = await startEmulator();
+
+    const a = await sdkClient(emulator, 'TASKA').send(meterUsage({ UsageQuantity: 3 }));
+    const b = await sdkClient(emulator, 'TASKB').send(meterUsage({ UsageQuantity: 5 }));
+
+    expect(a.MeteringRecordId).not.toBe(b.MeteringRecordId);
+    expect(emulator.records.map((record) => [record.identity, record.quantity])).toEqual([
+      ['TASKA', 3],
+      ['TASKB', 5],
+    ]);
+    expect(emulator.totals().get('nodes')).toBe(8);
+  });
+
+  it('records the previous hour separately from the current one', async () => {
+    const emulator = await startEmulator();
+    const client = sdkClient(emulator);
+
+    await client.send(meterUsage({ Timestamp: new Date(HOUR_START_MS - 1), UsageQuantity: 2 }));
+    await client.send(meterUsage({ Timestamp: new Date(HOUR_START_MS), UsageQuantity: 7 }));
+
+    expect(emulator.records.map((record) => [record.hourStartMs, record.quantity])).toEqual([
+      [HOUR_START_MS - HOUR_MS, 2],
+      [HOUR_START_MS, 7],
+    ]);
+  });
+
+  it('replays a reused ClientToken with identical parameters and rejects it with different ones, account-wide', async () => {
+    // Prepare
+    const emulator = await startEmulator();
+    const first = await sdkClient(emulator, 'TASKA').send(meterUsage({ ClientToken: 'token-1' }));
+
+    // Act
+    const replay = await sdkClient(emulator, 'TASKA').send(meterUsage({ ClientToken: 'token-1' }));
+    const changed = await rejectionOf(
+      sdkClient(emulator, 'TASKA').send(
+        meterUsage({ ClientToken: 'token-1', Timestamp: new Date(HOUR_START_MS - HOUR_MS) }),
+      ),
+    );
+    const otherTask = await rejectionOf(
+      sdkClient(emulator, 'TASKB').send(meterUsage({ ClientToken: 'token-1', UsageQuantity: 9 })),
+    );
+
+    // Assess
+    expect(replay.MeteringRecordId).toBe(first.MeteringRecordId);
+    expect(changed).toBeInstanceOf(IdempotencyConflictException);
+    expect(otherTask).toBeInstanceOf(IdempotencyConflictException);
+    expect(emulator.records).toHaveLength(1);
+  });
+
+  it('rejects a product code other than the configured one', async () => {
+    const emulator = await startEmulator();
+
+    const error = await rejectionOf(sdkClient(emulator).send(meterUsage({ ProductCode: 'someone-else' })));
+
+    expect(error).toBeInstanceOf(InvalidProductCodeException);
+    expect(emulator.records).toEqual([]);
+  });
+
+  it('rejects a dimension outside the allow-list and accepts one in it', async () => {
+    const emulator = await startEmulator({ dimensions: ['nodes', 'gpus'] });
+    const client = sdkClient(emulator);
+
+    const error = await rejectionOf(client.send(meterUsage({ UsageDimension: 'cpus' })));
+    await client.send(meterUsage({ UsageDimension: 'gpus' }));
+
+    expect(error).toBeInstanceOf(InvalidUsageDimensionException);
+    expect(emulator.records.map((record) => record.dimension)).toEqual(['gpus']);
+  });
+
+  it('rejects a timestamp 7 hours old with TimestampOutOfBoundsException', async () => {
+    const emulator = await startEmulator();
+
+    const error = await rejectionOf(
+      sdkClient(emulator).send(meterUsage({ Timestamp: new Date(NOW_MS - 7 * HOUR_MS) })),
+    );
+
+    expect(error).toBeInstanceOf(TimestampOutOfBoundsException);
+    expect(emulator.records).toEqual([]);
+  });
+
+  it('records allocations with their tags', async () => {
+    const emulator = await startEmulator();
+
+    await sdkClient(emulator).send(
+      meterUsage({
+        UsageQuantity: 5,
+        UsageAllocations: [
+          { AllocatedUsageQuantity: 3, Tags: [{ Key: 'team', Value: 'blue' }] },
+          { AllocatedUsageQuantity: 2 },
+        ],
+      }),
+    );
+
+    expect(emulator.records[0]?.allocations).toEqual([
+      { quantity: 3, tags: { team: 'blue' } },
+      { quantity: 2, tags: {} },
+    ]);
+  });
+
+  it('rejects allocations that do not sum to UsageQuantity', async () => {
+    const emulator = await startEmulator();
+
+    const error = await rejectionOf(
+      sdkClient(emulator).send(
+        meterUsage({
+          UsageQuantity: 5,
+          UsageAllocations: [
+            { AllocatedUsageQuantity: 3, Tags: [{ Key: 'team', Value: 'blue' }] },
+            { AllocatedUsageQuantity: 1 },
+          ],
+        }),
+      ),
+    );
+
+    expect(error).toBeInstanceOf(InvalidUsageAllocationsException);
+    expect((error as Error).message).toContain('(4)');
+    expect(emulator.records).toEqual([]);
+  });
+
+  it('rejects tag characters outside the documented set', async () => {
+    const emulator = await startEmulator();
+
+    const error = await rejectionOf(
+      sdkClient(emulator).send(
+        meterUsage({
+          UsageAllocations: [{ AllocatedUsageQuantity: 3, Tags: [{ Key: 'team', Value: 'blue#1' }] }],
+        }),
+      ),
+    );
+
+    expect(error).toBeInstanceOf(InvalidTagException);
+    expect(emulator.records).toEqual([]);
+  });
+
+  it('rejects more than 5 distinct tag keys across the allocations of one record', async () => {
+    const emulator = await startEmulator();
+    const keys = ['a', 'b', 'c', 'd', 'e', 'f'];
+
+    const error = await rejectionOf(
+      sdkClient(emulator).send(
+        meterUsage({
+          UsageQuantity: keys.length,
+          UsageAllocations: keys.map((key) => ({
+            AllocatedUsageQuantity: 1,
+            Tags: [{ Key: key, Value: 'v' }],
+          })),
+        }),
+      ),
+    );
+
+    expect(error).toBeInstanceOf(InvalidTagException);
+    expect(emulator.records).toEqual([]);
+  });
+
+  it('answers a passing DryRun with DryRunOperation by default and records nothing', async () => {
+    const emulator = await startEmulator();
+    const client = sdkClient(emulator);
+
+    const error = await rejectionOf(client.send(meterUsage({ DryRun: true })));
+    // The DryRun did not take the hour: a real call with another quantity still records.
+    await client.send(meterUsage({ UsageQuantity: 9 }));
+
+    expect(error).toBeInstanceOf(MarketplaceMeteringServiceException);
+    expect(error).toMatchObject({
+      name: 'DryRunOperation',
+      message: 'Request would have succeeded, but DryRun flag is set.',
+      $metadata: { httpStatusCode: 400 },
+    });
+    expect(emulator.records.map((record) => record.quantity)).toEqual([9]);
+  });
+
+  it("answers a passing DryRun with 200 {} when dryRunResponse is 'success', recording nothing", async () => {
+    const emulator = await startEmulator({ dryRunResponse: 'success' });
+
+    const output = await sdkClient(emulator).send(meterUsage({ DryRun: true }));
+
+    expect(output.$metadata.httpStatusCode).toBe(200);
+    expect(output.MeteringRecordId).toBeUndefined();
+    expect(emulator.records).toEqual([]);
+    expect(emulator.calls).toMatchObject([{ status: 200 }]);
+  });
+
+  it('validates a DryRun like a real call', async () => {
+    const emulator = await startEmulator({ dimensions: ['nodes'], dryRunResponse: 'success' });
+
+    const error = await rejectionOf(
+      sdkClient(emulator).send(meterUsage({ DryRun: true, UsageDimension: 'cpus' })),
+    );
+
+    expect(error).toBeInstanceOf(InvalidUsageDimensionException);
+  });
+
+  it('injects a ThrottlingException that the SDK retries until the call succeeds', async () => {
+    const emulator = await startEmulator();
+    emulator.failNext('MeterUsage', 'ThrottlingException');
+
+    const output = await sdkClient(emulator, 'TASKA', { maxAttempts: 3 }).send(meterUsage());
+
+    expect(output.$metadata.attempts).toBeGreaterThanOrEqual(2);
+    expect(emulator.calls.map((call) => [call.status, call.error])).toEqual([
+      [400, 'ThrottlingException'],
+      [200, undefined],
+    ]);
+    expect(emulator.records).toHaveLength(1);
+  });
+
+  it('injects InternalServiceErrorException as HTTP 500 and then answers normally', async () => {
+    const emulator = await startEmulator();
+    emulator.failNext('MeterUsage', 'InternalServiceErrorException');
+    const client = sdkClient(emulator);
+
+    const error = await rejectionOf(client.send(meterUsage()));
+    const next = await client.send(meterUsage());
+
+    expect(error).toBeInstanceOf(InternalServiceErrorException);
+    expect(error).toMatchObject({ $fault: 'server', $metadata: { httpStatusCode: 500 } });
+    expect(next.MeteringRecordId).toMatch(UUID);
+    expect(emulator.records).toHaveLength(1);
+  });
+
+  it('injects a connection reset that the SDK reports as a network error, then answers normally', async () => {
+    const emulator = await startEmulator();
+    emulator.failNext('MeterUsage', 'ConnectionReset');
+    const client = sdkClient(emulator);
+
+    const error = await rejectionOf(client.send(meterUsage()));
+    const next = await client.send(meterUsage());
+
+    expect(error).toMatchObject({ code: 'ECONNRESET' });
+    expect(next.MeteringRecordId).toMatch(UUID);
+    expect(emulator.calls.map((call) => [call.status, call.error])).toEqual([
+      [0, 'ConnectionReset'],
+      [200, undefined],
+    ]);
+    expect(emulator.records).toHaveLength(1);
+  });
+
+  it('injects a hung request that the SDK times out on, then answers normally', async () => {
+    const emulator = await startEmulator();
+    emulator.failNext('MeterUsage', 'Timeout');
+    // throwOnRequestTimeout: with this @smithy/node-http-handler, requestTimeout alone only logs a warning.
+    const client = sdkClient(emulator, 'TASKA', {
+      requestHandler: { requestTimeout: 300, throwOnRequestTimeout: true },
+    });
+
+    const error = await rejectionOf(client.send(meterUsage()));
+    const next = await client.send(meterUsage());
+
+    expect(error).toMatchObject({ name: 'TimeoutError' });
+    expect(next.MeteringRecordId).toMatch(UUID);
+    expect(emulator.calls.map((call) => [call.status, call.error])).toEqual([
+      [0, 'Timeout'],
+      [200, undefined],
+    ]);
+    expect(emulator.records).toHaveLength(1);
+  });
+
+  it('consumes queued faults in order, one per call', async () => {
+    const emulator = await startEmulator();
+    emulator.failNext('MeterUsage', 'ThrottlingException', 2);
+    emulator.failNext('MeterUsage', 'InternalServiceErrorException');
+    const client = sdkClient(emulator);
+
+    const errors = [
+      await rejectionOf(client.send(meterUsage())),
+      await rejectionOf(client.send(meterUsage())),
+      await rejectionOf(client.send(meterUsage())),
+    ];
+    await client.send(meterUsage());
+
+    expect(errors.map((error) => (error as Error).name)).toEqual([
+      'ThrottlingException',
+      'ThrottlingException',
+      'InternalServiceErrorException',
+    ]);
+    expect(emulator.records).toHaveLength(1);
+  });
+});
+
+describe('MeteringEmulator wire protocol', () => {
+  it('answers success with the AWS JSON 1.1 headers and accepts fractional epoch seconds', async () => {
+    const emulator = await startEmulator();
+    const timestampSeconds = (NOW_MS - 60_123) / 1000;
+
+    const response = await rawMeterUsage(
+      emulator,
+      JSON.stringify({ ProductCode: PRODUCT_CODE, Timestamp: timestampSeconds, UsageDimension: 'nodes' }),
+    );
+
+    expect(response.status).toBe(200);
+    expect(response.headers.get('content-type')).toBe('application/x-amz-json-1.1');
+    expect(response.headers.get('x-amzn-requestid')).toMatch(UUID);
+    expect(await response.json()).toEqual({ MeteringRecordId: expect.stringMatching(UUID) as unknown });
+    expect(emulator.records).toMatchObject([
+      { identity: 'RAWKEY', timestampMs: NOW_MS - 60_123, quantity: 0 },
+    ]);
+  });
+
+  it('answers a missing authorization header with 403 MissingAuthenticationTokenException', async () => {
+    const emulator = await startEmulator();
+
+    const response = await fetch(`${emulator.url}/`, {
+      method: 'POST',
+      headers: { 'x-amz-target': 'AWSMPMeteringService.MeterUsage' },
+      body: '{}',
+    });
+
+    expect(response.status).toBe(403);
+    expect(response.headers.get('x-amzn-errortype')).toBe('MissingAuthenticationTokenException');
+    expect(await response.json()).toMatchObject({ __type: 'MissingAuthenticationTokenException' });
+    expect(emulator.calls).toMatchObject([{ identity: undefined, status: 403 }]);
+  });
+
+  it('answers a credential scoped to another service with 403 InvalidSignatureException', async () => {
+    const emulator = await startEmulator();
+
+    const response = await rawMeterUsage(emulator, '{}', {
+      authorization: RAW_AUTHORIZATION.replace('/aws-marketplace/', '/marketplace-metering/'),
+    });
+
+    expect(response.status).toBe(403);
+    expect(response.headers.get('x-amzn-errortype')).toBe('InvalidSignatureException');
+  });
+
+  it('answers an unknown target with 400 UnknownOperationException', async () => {
+    const emulator = await startEmulator();
+
+    const response = await rawMeterUsage(emulator, '{}', {
+      'x-amz-target': 'AWSMPMeteringService.ResolveCustomer',
+    });
+
+    expect(response.status).toBe(400);
+    expect(response.headers.get('x-amzn-errortype')).toBe('UnknownOperationException');
+    expect(emulator.calls).toMatchObject([{ operation: 'ResolveCustomer', status: 400 }]);
+  });
+
+  it('answers a body that is not a JSON object with SerializationException', async () => {
+    const emulator = await startEmulator();
+
+    const response = await rawMeterUsage(emulator, 'not json');
+
+    expect(response.status).toBe(400);
+    expect(await response.json()).toMatchObject({ __type: 'SerializationException' });
+  });
+
+  it('answers a bad quantity with ValidationException', async () => {
+    const emulator = await startEmulator();
+
+    const response = await rawMeterUsage(
+      emulator,
+      JSON.stringify({
+        ProductCode: PRODUCT_CODE,
+        Timestamp: NOW_MS / 1000,
+        UsageDimension: 'n',
+        UsageQuantity: -1,
+      }),
+    );
+
+    expect(response.status).toBe(400);
+    expect(response.headers.get('x-amzn-errortype')).toBe('ValidationException');
+  });
+
+  it('accepts a custom endpoint path prefix (POST /prefix/)', async () => {
+    const emulator = await startEmulator();
+    const client = new MarketplaceMeteringClient({
+      region: 'us-east-1',
+      endpoint: `${emulator.url}/prefix`,
+      credentials: { accessKeyId: 'TASKA', secretAccessKey: 'x' },
+      maxAttempts: 1,
+    });
+    clients.push(client);
+
+    const output = await client.send(meterUsage());
+
+    expect(output.MeteringRecordId).toMatch(UUID);
+  });
+
+  it('answers 413 to a request body over 1 MiB', async () => {
+    const emulator = await startEmulator();
+
+    const response = await rawMeterUsage(emulator, 'x'.repeat(MAX_REQUEST_BODY_BYTES + 1));
+
+    expect(response.status).toBe(413);
+    expect(emulator.records).toEqual([]);
+  });
+});
+
+describe('MeteringEmulator control surface', () => {
+  it('lists calls and records with totals over HTTP', async () => {
+    const emulator = await startEmulator();
+    await sdkClient(emulator).send(meterUsage({ UsageQuantity: 4 }));
+
+    const calls = (await (await fetch(`${emulator.url}/emulator/calls`)).json()) as { calls: EmulatorCall[] };
+    const records = (await (await fetch(`${emulator.url}/emulator/records`)).json()) as {
+      records: { quantity: number }[];
+      totals: Record<string, number>;
+    };
+
+    expect(calls.calls).toMatchObject([{ operation: 'MeterUsage', identity: 'TASKA', status: 200 }]);
+    expect(records.records).toMatchObject([{ quantity: 4 }]);
+    expect(records.totals).toEqual({ nodes: 4 });
+  });
+
+  it('queues faults posted to /emulator/faults', async () => {
+    const emulator = await startEmulator();
+
+    const response = await fetch(`${emulator.url}/emulator/faults`, {
+      method: 'POST',
+      body: JSON.stringify({ operation: 'MeterUsage', error: 'ThrottlingException', count: 2 }),
+    });
+    const client = sdkClient(emulator);
+    const first = await rejectionOf(client.send(meterUsage()));
+    const second = await rejectionOf(client.send(meterUsage()));
+    await client.send(meterUsage());
+
+    expect(response.status).toBe(200);
+    expect([(first as Error).name, (second as Error).name]).toEqual([
+      'ThrottlingException',
+      'ThrottlingException',
+    ]);
+    expect(emulator.records).toHaveLength(1);
+  });
+
+  it.each([
+    ['not json', 'JSON object'],
+    [JSON.stringify({ operation: 'Nope', error: 'ThrottlingException' }), 'Unknown operation'],
+    [JSON.stringify({ operation: 'MeterUsage' }), '"error" must be a string'],
+    [JSON.stringify({ operation: 'MeterUsage', error: 'Bad Name!' }), 'must be an AWS error name'],
+    [JSON.stringify({ operation: 'MeterUsage', error: 'ThrottlingException', count: 0 }), 'count'],
+  ])('refuses the fault body %s with 400 and a clear message', async (body, expected) => {
+    const emulator = await startEmulator();
+
+    const response = await fetch(`${emulator.url}/emulator/faults`, { method: 'POST', body });
+
+    expect(response.status).toBe(400);
+    expect(((await response.json()) as { error: string }).error).toContain(expected);
+  });
+
+  it('forgets calls, records, tokens and faults on POST /emulator/reset', async () => {
+    // Prepare
+    const emulator = await startEmulator();
+    const client = sdkClient(emulator);
+    await client.send(meterUsage({ ClientToken: 'token-1', UsageQuantity: 1 }));
+    emulator.failNext('MeterUsage', 'ThrottlingException');
+
+    // Act
+    const response = await fetch(`${emulator.url}/emulator/reset`, { method: 'POST' });
+    // Same hour and token with another quantity: accepted, because both were forgotten.
+    await client.send(meterUsage({ ClientToken: 'token-1', UsageQuantity: 2 }));
+
+    // Assess
+    expect(response.status).toBe(200);
+    expect(emulator.records.map((record) => record.quantity)).toEqual([2]);
+    expect(emulator.calls).toMatchObject([{ status: 200 }]);
+  });
+
+  it('answers unknown control routes with 404 and wrong methods with 405', async () => {
+    const emulator = await startEmulator();
+
+    const unknown = await fetch(`${emulator.url}/emulator/nope`);
+    const wrongMethod = await fetch(`${emulator.url}/emulator/calls`, { method: 'POST' });
+
+    expect(unknown.status).toBe(404);
+    expect(wrongMethod.status).toBe(405);
+    expect(wrongMethod.headers.get('allow')).toBe('GET');
+  });
+
+  it('answers 413 to a control body over 1 MiB', async () => {
+    const emulator = await startEmulator();
+
+    const response = await fetch(`${emulator.url}/emulator/faults`, {
+      method: 'POST',
+      body: 'x'.repeat(MAX_REQUEST_BODY_BYTES + 1),
+    });
+
+    expect(response.status).toBe(413);
+  });
+});
+
+describe('MeteringEmulator lifecycle', () => {
+  it('stop() resolves while a Timeout fault holds a request open, and the client sees the socket close', async () => {
+    // Prepare
+    const held = nextCall((call) => call.error === 'Timeout');
+    const emulator = await startEmulator({ onCall: held.onCall });
+    emulator.failNext('MeterUsage', 'Timeout');
+    const pending = rejectionOf(rawMeterUsage(emulator, '{}'));
+    await held.seen;
+
+    // Act
+    await emulator.stop();
+
+    // Assess
+    expect(await pending).toBeInstanceOf(TypeError); // fetch reports a closed socket as TypeError('fetch failed')
+    expect(() => emulator.url).toThrow(/not started/);
+  });
+
+  it('is idempotent on stop() and can start again on a new port with its state kept', async () => {
+    const emulator = await startEmulator();
+    await sdkClient(emulator).send(meterUsage());
+
+    await emulator.stop();
+    await emulator.stop();
+    const url = await emulator.start();
+
+    expect(url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+    expect(emulator.records).toHaveLength(1);
+  });
+
+  it('refuses to start twice and to expose a URL before start', async () => {
+    const emulator = new MeteringEmulator({ productCode: PRODUCT_CODE });
+    emulators.push(emulator);
+
+    expect(() => emulator.url).toThrow(/not started/);
+    await emulator.start();
+    await expect(emulator.start()).rejects.toThrow(/already started/);
+  });
+
+  it('refuses faults for unknown operations, malformed names and bad counts', () => {
+    const emulator = new MeteringEmulator({ productCode: PRODUCT_CODE });
+
+    expect(() => emulator.failNext('MeterUSage', 'ThrottlingException')).toThrow(TypeError);
+    expect(() => emulator.failNext('MeterUsage', 'x-amzn-errortype: evil')).toThrow(TypeError);
+    expect(() => emulator.failNext('MeterUsage', 'ThrottlingException', 1.5)).toThrow(TypeError);
+  });
+
+  it('keeps answering when the onCall callback throws', async () => {
+    const emulator = await startEmulator({
+      onCall: () => {
+        throw new Error('callback bug');
+      },
+    });
+    const warnings: string[] = [];
+    const onWarning = (warning: Error): void => {
+      warnings.push(warning.message);
+    };
+    process.on('warning', onWarning);
+
+    try {
+      const output = await sdkClient(emulator).send(meterUsage());
+      expect(output.MeteringRecordId).toMatch(UUID);
+    } finally {
+      process.off('warning', onWarning);
+    }
+    expect(warnings.some((message) => message.includes('callback bug'))).toBe(true);
+  });
+});
