@@ -2,7 +2,7 @@
  * A small typed client for the app API, for a seller's Node.js app and for the `report` and `status`
  * commands. It talks HTTP over the unix socket (or loopback TCP) with only `node:http`.
  */
-import { request } from 'node:http';
+import { Agent, request } from 'node:http';
 
 /** One usage report. */
 export interface UsageInput {
@@ -26,14 +26,25 @@ export interface ApiErrorBody {
   readonly error: { readonly code: string; readonly message: string; readonly index?: number };
 }
 
-/** Client for the sidecar's app API. Errors of the transport reject; API errors resolve with their status. */
+/**
+ * Client for the sidecar's app API. Errors of the transport reject; API errors resolve with their status.
+ * A transport error on `report` leaves it unknown whether the usage was stored: give records an `id` and
+ * retry with the same ids, and the sidecar counts them once.
+ */
 export class SidecarClient {
   readonly #address: ApiAddress;
   readonly #timeoutMs: number;
+  /** Own keep-alive pool, so connections are never shared with other clients in the process. */
+  readonly #agent = new Agent({ keepAlive: true, maxSockets: 32 });
 
   constructor(address: ApiAddress, options: { timeoutMs?: number } = {}) {
     this.#address = address;
     this.#timeoutMs = options.timeoutMs ?? 10_000;
+  }
+
+  /** Closes the client's idle connections. */
+  close(): void {
+    this.#agent.destroy();
   }
 
   /** Reports one record or a batch. `202` means the usage is durable in the sidecar's ledger. */
@@ -56,6 +67,7 @@ export class SidecarClient {
       const req = request(
         {
           ...this.#address,
+          agent: this.#agent,
           method,
           path,
           timeout: this.#timeoutMs,

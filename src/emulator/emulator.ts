@@ -49,7 +49,7 @@ export const MAX_FAULT_COUNT = 10_000;
 const DRY_RUN_MESSAGE = 'Request would have succeeded, but DryRun flag is set.';
 
 /** Fault names that are not AWS errors but transport behaviours. */
-const TRANSPORT_FAULTS: ReadonlySet<string> = new Set(['ConnectionReset', 'Timeout']);
+const TRANSPORT_FAULTS: ReadonlySet<string> = new Set(['ConnectionReset', 'Timeout', 'ResetAfterProcessing']);
 
 /** Path prefix of the control surface. */
 const CONTROL_PREFIX = '/emulator/';
@@ -229,8 +229,9 @@ export class MeteringEmulator {
    * Queues `count` faults for `operation`; the next `count` calls of it are answered with the fault
    * before any validation, are logged in `calls`, and record nothing. `errorName` is an AWS error name
    * (answered 500 for `InternalServiceErrorException`, 403 for authentication errors, 400 otherwise) or
-   * `'ConnectionReset'` (socket reset without an answer) or `'Timeout'` (no answer until the client gives
-   * up or `stop()`). Throws `TypeError` for an operation the emulator does not serve, an error name that is
+   * `'ConnectionReset'` (socket reset without an answer), `'ResetAfterProcessing'` (the call takes effect,
+   * then the socket is reset: the client cannot tell it was recorded) or `'Timeout'` (no answer until the
+   * client gives up or `stop()`). Throws `TypeError` for an operation the emulator does not serve, an error name that is
    * not a plain identifier, or a count that is not an integer 1..{@link MAX_FAULT_COUNT}.
    */
   failNext(operation: string, errorName: string, count = 1): void {
@@ -332,37 +333,70 @@ export class MeteringEmulator {
     }
 
     const fault = this.#faults.get(operation)?.shift();
+    if (fault === 'ResetAfterProcessing') {
+      // The call takes effect, then the answer is lost: the client cannot tell whether it was recorded.
+      this.#handleAuthenticated(req, res, { operation, input, atMs }, true);
+      return;
+    }
     if (fault !== undefined) {
       this.#answerFault(req, res, { operation, identity: logIdentity, input, atMs }, fault);
       return;
     }
 
+    this.#handleAuthenticated(req, res, { operation, input, atMs }, false);
+  }
+
+  #handleAuthenticated(
+    req: IncomingMessage,
+    res: ServerResponse,
+    call: { operation: string; input: unknown; atMs: number },
+    loseAnswer: boolean,
+  ): void {
+    const lose = loseAnswer ? req : undefined;
+    const { operation, input, atMs } = call;
     const auth = authenticate(header(req, 'authorization'));
     if (auth.kind === 'error') {
-      this.#answer(res, { operation, identity: auth.identity, input, atMs }, auth);
+      this.#answer(res, { operation, identity: auth.identity, input, atMs }, auth, lose);
       return;
     }
     const base = { operation, identity: auth.identity, input, atMs };
     const handler = this.#operations.get(operation);
     if (handler === undefined) {
-      this.#answer(res, base, { kind: 'error', error: unknownOperation(header(req, 'x-amz-target') ?? '') });
+      this.#answer(
+        res,
+        base,
+        { kind: 'error', error: unknownOperation(header(req, 'x-amz-target') ?? '') },
+        lose,
+      );
       return;
     }
     if (!isJsonObject(input)) {
-      this.#answer(res, base, {
-        kind: 'error',
-        error: { name: 'SerializationException', message: 'Request body must be a JSON object.' },
-      });
+      this.#answer(
+        res,
+        base,
+        {
+          kind: 'error',
+          error: { name: 'SerializationException', message: 'Request body must be a JSON object.' },
+        },
+        lose,
+      );
       return;
     }
-    this.#answer(res, base, handler(auth.identity, input));
+    this.#answer(res, base, handler(auth.identity, input), lose);
   }
 
   #answer(
     res: ServerResponse,
     base: Omit<EmulatorCall, 'status' | 'error'>,
     outcome: OperationOutcome,
+    lose?: IncomingMessage,
   ): void {
+    if (lose !== undefined) {
+      // The 'ResetAfterProcessing' fault: the outcome took effect, but the client never hears of it.
+      lose.socket.resetAndDestroy();
+      this.#log({ ...base, status: 0, error: 'ResetAfterProcessing' });
+      return;
+    }
     if (outcome.kind === 'success') {
       sendAws(res, 200, JSON.stringify(outcome.body));
       this.#log({ ...base, status: 200 });
@@ -537,7 +571,7 @@ export class MeteringEmulator {
       return `Unknown operation ${JSON.stringify(operation)}; the emulator serves ${[...this.#operations.keys()].join(', ')}.`;
     }
     if (!TRANSPORT_FAULTS.has(errorName) && !isErrorName(errorName)) {
-      return `Fault ${JSON.stringify(errorName)} must be an AWS error name (letters and digits, e.g. "ThrottlingException"), "ConnectionReset" or "Timeout".`;
+      return `Fault ${JSON.stringify(errorName)} must be an AWS error name (letters and digits, e.g. "ThrottlingException"), "ConnectionReset", "ResetAfterProcessing" or "Timeout".`;
     }
     if (!Number.isInteger(count) || count < 1 || count > MAX_FAULT_COUNT) {
       return `Fault count must be an integer from 1 to ${MAX_FAULT_COUNT} (got ${count}).`;

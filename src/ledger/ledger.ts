@@ -175,6 +175,7 @@ export class SqliteLedger {
   #queue: Queued[] = [];
   #flushScheduled = false;
   #closed = false;
+  #commits = 0;
   readonly #stmt: ReturnType<SqliteLedger['prepare']>;
 
   private constructor(db: Database.Database, options: LedgerOptions, ledgerId: string) {
@@ -306,6 +307,21 @@ export class SqliteLedger {
     };
   }
 
+  /** Transactions committed by {@link record} so far (several batches share one under load). */
+  get commits(): number {
+    return this.#commits;
+  }
+
+  /** The durability settings of the ledger's connection, for checks and diagnostics. */
+  durability(): { journalMode: string; synchronous: string } {
+    const journalMode = this.#db.pragma('journal_mode', { simple: true }) as string;
+    const synchronous = this.#db.pragma('synchronous', { simple: true }) as number;
+    return {
+      journalMode,
+      synchronous: ['off', 'normal', 'full', 'extra'][synchronous] ?? String(synchronous),
+    };
+  }
+
   /** The random id created with this ledger; part of every ClientToken. */
   get ledgerId(): string {
     return this.#ledgerId;
@@ -348,6 +364,7 @@ export class SqliteLedger {
           }
         }
       })();
+      this.#commits++;
     } catch (err) {
       const failure = new StorageUnavailableError(`the ledger could not commit (${describe(err)})`, {
         cause: err,

@@ -37,6 +37,8 @@ export function createMeteringClient(options: MeteringClientOptions): Marketplac
     maxAttempts: options.maxAttempts ?? SDK_MAX_ATTEMPTS,
     requestHandler: {
       requestTimeout: options.requestTimeoutMs ?? REQUEST_TIMEOUT_MS,
+      // Without this the handler only warns when the deadline passes and the call hangs on.
+      throwOnRequestTimeout: true,
       connectionTimeout: CONNECTION_TIMEOUT_MS,
     },
   });

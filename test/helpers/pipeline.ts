@@ -1,0 +1,105 @@
+import { join } from 'node:path';
+import type { MarketplaceMeteringClient } from '@aws-sdk/client-marketplace-metering';
+import { SidecarClient } from '../../src/client/client.js';
+import { MeteringEmulator } from '../../src/emulator/emulator.js';
+import { IntakeServer } from '../../src/intake/server.js';
+import type { Rejection } from '../../src/intake/usage.js';
+import { SqliteLedger } from '../../src/ledger/ledger.js';
+import { Scheduler } from '../../src/schedule/scheduler.js';
+import { createMeteringClient } from '../../src/send/client.js';
+import { MeteringSender } from '../../src/send/sender.js';
+import { memoryLogger } from './logger.js';
+import { ManualClock } from './manualClock.js';
+
+/** Options of {@link startPipeline}. */
+export interface PipelineOptions {
+  readonly stateDir: string;
+  readonly start?: string | number;
+  readonly dimensions?: readonly string[];
+  readonly dryRun?: boolean;
+  readonly maxAttempts?: number;
+  readonly requestTimeoutMs?: number;
+  readonly emulator?: MeteringEmulator;
+  readonly clock?: ManualClock;
+}
+
+/**
+ * The real pipeline, wired as the agent wires it, with an injected clock: intake on a unix socket and loopback
+ * TCP, the SQLite ledger, the real SDK client against the emulator, and the scheduler driven by runOnce().
+ */
+export async function startPipeline(options: PipelineOptions) {
+  const clock = options.clock ?? new ManualClock(options.start ?? '2026-03-01T10:05:00Z');
+  const emulator =
+    options.emulator ??
+    new MeteringEmulator({
+      productCode: 'prod',
+      now: () => clock.now(),
+      ...(options.dimensions ? { dimensions: options.dimensions } : {}),
+    });
+  const endpoint = options.emulator ? emulator.url : await emulator.start();
+  const { logger, lines } = memoryLogger();
+  const ledger = SqliteLedger.open({
+    stateDir: options.stateDir,
+    productCode: 'prod',
+    dryRun: options.dryRun ?? false,
+    clock,
+  });
+  const client: MarketplaceMeteringClient = createMeteringClient({
+    region: 'us-east-1',
+    endpoint,
+    credentials: { accessKeyId: 'TASK1', secretAccessKey: 'secret' },
+    maxAttempts: options.maxAttempts ?? 1,
+    requestTimeoutMs: options.requestTimeoutMs ?? 2_000,
+  });
+  const scheduler = new Scheduler({
+    ledger,
+    sender: new MeteringSender(client),
+    clock,
+    logger,
+    schedule: undefined,
+    jitterSeconds: 0,
+    random: () => 0.5,
+  });
+  let gate: Rejection | undefined;
+  const socketPath = join(options.stateDir, 'app.sock');
+  const intake = new IntakeServer({
+    socketPath,
+    listen: { host: '127.0.0.1', port: 0 },
+    dimensions: options.dimensions,
+    ledger,
+    logger,
+    gate: () => gate,
+    status: () => ledger.status(clock.now()),
+    entitlement: () => ({ state: 'disabled', mode: 'none' }),
+  });
+  await intake.start();
+  const api = new SidecarClient({ socketPath });
+  const tcpApi = new SidecarClient({ host: '127.0.0.1', port: intake.tcpAddress!.port });
+
+  return {
+    clock,
+    emulator,
+    ledger,
+    scheduler,
+    intake,
+    api,
+    tcpApi,
+    socketPath,
+    logLines: lines,
+    setGate(rejection: Rejection | undefined): void {
+      gate = rejection;
+    },
+    /** Closes everything except the emulator when it was passed in. */
+    async close(): Promise<void> {
+      await scheduler.stop();
+      api.close();
+      tcpApi.close();
+      await intake.stop();
+      ledger.close();
+      client.destroy();
+      if (!options.emulator) await emulator.stop();
+    },
+  };
+}
+
+export type Pipeline = Awaited<ReturnType<typeof startPipeline>>;

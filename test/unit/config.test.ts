@@ -1,0 +1,238 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { generateKeyPairSync } from 'node:crypto';
+import { describe, expect, it } from 'vitest';
+import { isLoopback, loadConfig } from '../../src/config.js';
+import { ConfigError } from '../../src/errors.js';
+
+const REQUIRED = { METERING_PRODUCT_CODE: 'prod-123', AWS_REGION: 'us-east-1' };
+
+function problemsOf(
+  env: Record<string, string>,
+): { variable: string; value: string | undefined; expected: string }[] {
+  try {
+    loadConfig(env);
+  } catch (err) {
+    expect(err).toBeInstanceOf(ConfigError);
+    return [...(err as ConfigError).problems];
+  }
+  throw new Error('expected a ConfigError');
+}
+
+describe('loadConfig', () => {
+  it('applies the documented defaults', () => {
+    const config = loadConfig(REQUIRED);
+    expect(config).toMatchObject({
+      productCode: 'prod-123',
+      entitlement: 'register-usage',
+      publicKeyVersion: 1,
+      dimensions: undefined,
+      socketPath: '/run/metering/metering.sock',
+      listen: { host: '127.0.0.1', port: 8181 },
+      adminListen: { host: '0.0.0.0', port: 9181 },
+      stateDir: '/var/lib/metering',
+      schedule: '0 * * * *',
+      sendJitterSeconds: 300,
+      dryRun: false,
+      shutdownTimeoutSeconds: 20,
+      logLevel: 'info',
+      local: false,
+      region: 'us-east-1',
+      endpoint: undefined,
+      staticCredentials: false,
+    });
+    expect(Object.isFrozen(config)).toBe(true);
+  });
+
+  it('reads every variable', () => {
+    const config = loadConfig({
+      ...REQUIRED,
+      METERING_ENTITLEMENT: 'dry-run',
+      METERING_PUBLIC_KEY_VERSION: '3',
+      METERING_DIMENSIONS: 'requests, gb ,requests',
+      METERING_SOCKET: 'off',
+      METERING_LISTEN: '[::1]:9000',
+      METERING_ADMIN_LISTEN: 'off',
+      METERING_STATE_DIR: '/data/x',
+      METERING_SCHEDULE: '*/5 * * * *',
+      METERING_SEND_JITTER_SECONDS: '0',
+      METERING_DRY_RUN: 'true',
+      METERING_SHUTDOWN_TIMEOUT_SECONDS: '45',
+      METERING_LOG_LEVEL: 'DEBUG',
+      AWS_ENDPOINT_URL_MARKETPLACE_METERING: 'http://127.0.0.1:4599',
+      AWS_ACCESS_KEY_ID: 'AKIA',
+    });
+    expect(config).toMatchObject({
+      entitlement: 'dry-run',
+      publicKeyVersion: 3,
+      dimensions: ['requests', 'gb'],
+      socketPath: undefined,
+      listen: { host: '::1', port: 9000 },
+      adminListen: undefined,
+      stateDir: '/data/x',
+      schedule: '*/5 * * * *',
+      sendJitterSeconds: 0,
+      dryRun: true,
+      shutdownTimeoutSeconds: 45,
+      logLevel: 'debug',
+      endpoint: 'http://127.0.0.1:4599',
+      staticCredentials: true,
+    });
+  });
+
+  it('reports every problem at once, each with the variable, the value and what is expected', () => {
+    const problems = problemsOf({
+      METERING_ENTITLEMENT: 'maybe',
+      METERING_LISTEN: '10.0.0.5:8181',
+      METERING_SCHEDULE: 'hourly',
+      METERING_SEND_JITTER_SECONDS: '-1',
+      METERING_DRY_RUN: 'perhaps',
+      METERING_LOG_LEVEL: 'loud',
+      AWS_ENDPOINT_URL_MARKETPLACE_METERING: 'ftp://x',
+    });
+    expect(problems.map((p) => p.variable).sort()).toEqual(
+      [
+        'AWS_ENDPOINT_URL_MARKETPLACE_METERING',
+        'AWS_REGION',
+        'METERING_DRY_RUN',
+        'METERING_ENTITLEMENT',
+        'METERING_LISTEN',
+        'METERING_LOG_LEVEL',
+        'METERING_PRODUCT_CODE',
+        'METERING_SCHEDULE',
+        'METERING_SEND_JITTER_SECONDS',
+      ].sort(),
+    );
+    const listen = problems.find((p) => p.variable === 'METERING_LISTEN')!;
+    expect(listen.value).toBe('10.0.0.5:8181');
+    expect(listen.expected).toMatch(/loopback/);
+  });
+
+  it('puts every problem into one message', () => {
+    try {
+      loadConfig({ METERING_ENTITLEMENT: 'maybe' });
+      expect.unreachable();
+    } catch (err) {
+      const message = (err as ConfigError).message;
+      expect(message).toContain('METERING_PRODUCT_CODE=(unset)');
+      expect(message).toContain(
+        'METERING_ENTITLEMENT="maybe": expected one of register-usage, dry-run, none',
+      );
+      expect(message).toContain('AWS_REGION=(unset)');
+      expect((err as ConfigError).code).toBe('ERR_CONFIG_INVALID');
+    }
+  });
+
+  it.each([
+    '0.0.0.0:8181',
+    '192.168.1.4:8181',
+    '[::]:8181',
+    'example.com:80',
+    '127.0.0.1',
+    '127.0.0.1:99999',
+  ])('refuses METERING_LISTEN=%s', (listen) => {
+    expect(problemsOf({ ...REQUIRED, METERING_LISTEN: listen }).map((p) => p.variable)).toEqual([
+      'METERING_LISTEN',
+    ]);
+  });
+
+  it('accepts any loopback address for the app API', () => {
+    expect(loadConfig({ ...REQUIRED, METERING_LISTEN: '127.9.8.7:0' }).listen).toEqual({
+      host: '127.9.8.7',
+      port: 0,
+    });
+    expect(loadConfig({ ...REQUIRED, METERING_LISTEN: 'localhost:8000' }).listen).toEqual({
+      host: 'localhost',
+      port: 8000,
+    });
+  });
+
+  it('needs at least one app API listener', () => {
+    expect(problemsOf({ ...REQUIRED, METERING_SOCKET: 'off', METERING_LISTEN: 'off' })[0].variable).toBe(
+      'METERING_LISTEN',
+    );
+  });
+
+  it('requires dimensions in dry-run mode', () => {
+    expect(problemsOf({ ...REQUIRED, METERING_ENTITLEMENT: 'dry-run' })[0].variable).toBe(
+      'METERING_DIMENSIONS',
+    );
+  });
+
+  it('refuses more than 24 dimensions and unprintable names', () => {
+    const many = Array.from({ length: 25 }, (_, i) => `d${i}`).join(',');
+    expect(problemsOf({ ...REQUIRED, METERING_DIMENSIONS: many })[0].expected).toMatch(/24/);
+    expect(problemsOf({ ...REQUIRED, METERING_DIMENSIONS: 'a,\u0007b' })[0].variable).toBe(
+      'METERING_DIMENSIONS',
+    );
+  });
+
+  it('refuses an invalid product code and region', () => {
+    const problems = problemsOf({ METERING_PRODUCT_CODE: 'has space', AWS_REGION: 'mars' });
+    expect(problems.map((p) => p.variable).sort()).toEqual(['AWS_REGION', 'METERING_PRODUCT_CODE']);
+  });
+
+  it('fills product code, region, state dir and socket in local mode', () => {
+    const config = loadConfig({ METERING_LOCAL: 'true' });
+    expect(config.local).toBe(true);
+    expect(config.productCode).toBe('local-product');
+    expect(config.region).toBe('us-east-1');
+    expect(config.stateDir).toMatch(/\.metering-local\/state$/);
+    expect(config.socketPath).toMatch(/\.metering-local\/metering\.sock$/);
+    expect(loadConfig({}, { local: true }).local).toBe(true);
+  });
+
+  it('refuses an endpoint override in local mode', () => {
+    expect(
+      problemsOf({ METERING_LOCAL: 'true', AWS_ENDPOINT_URL_MARKETPLACE_METERING: 'http://x' })[0].variable,
+    ).toBe('AWS_ENDPOINT_URL_MARKETPLACE_METERING');
+  });
+
+  it('reads the public key from a file, and refuses one that is not a PEM public key', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'config-'));
+    const pem = generateKeyPairSync('rsa', { modulusLength: 2048 })
+      .publicKey.export({ type: 'spki', format: 'pem' })
+      .toString();
+    writeFileSync(join(dir, 'key.pem'), pem);
+    writeFileSync(join(dir, 'bad.pem'), 'not a key');
+    expect(loadConfig({ ...REQUIRED, METERING_PUBLIC_KEY_FILE: join(dir, 'key.pem') }).publicKeyPem).toBe(
+      pem.trim(),
+    );
+    expect(problemsOf({ ...REQUIRED, METERING_PUBLIC_KEY_FILE: join(dir, 'bad.pem') })[0].variable).toBe(
+      'METERING_PUBLIC_KEY_FILE',
+    );
+    expect(
+      problemsOf({ ...REQUIRED, METERING_PUBLIC_KEY_FILE: join(dir, 'missing.pem') })[0].expected,
+    ).toMatch(/ENOENT/);
+    expect(
+      problemsOf({
+        ...REQUIRED,
+        METERING_PUBLIC_KEY: pem,
+        METERING_PUBLIC_KEY_FILE: join(dir, 'key.pem'),
+      })[0].variable,
+    ).toBe('METERING_PUBLIC_KEY_FILE');
+  });
+
+  it('refuses a socket path too long for a unix socket', () => {
+    expect(problemsOf({ ...REQUIRED, METERING_SOCKET: `/tmp/${'x'.repeat(120)}.sock` })[0].variable).toBe(
+      'METERING_SOCKET',
+    );
+  });
+});
+
+describe('isLoopback', () => {
+  it.each([
+    ['127.0.0.1', true],
+    ['127.255.0.9', true],
+    ['::1', true],
+    ['localhost', true],
+    ['::ffff:127.0.0.1', true],
+    ['0.0.0.0', false],
+    ['::', false],
+    ['10.1.2.3', false],
+    ['::ffff:10.0.0.1', false],
+  ])('%s → %s', (host, expected) => {
+    expect(isLoopback(host)).toBe(expected);
+  });
+});

@@ -1,0 +1,347 @@
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { afterEach, describe, expect, it } from 'vitest';
+import { HOUR_MS } from '../../src/clock.js';
+import { LedgerCorruptError, StorageUnavailableError } from '../../src/errors.js';
+import type { Rejection, UsageReport } from '../../src/intake/usage.js';
+import { CARRY_MARGIN_MS, MAX_QUANTITY, MAX_RECORD_AGE_MS, canonicalTags } from '../../src/ledger/hours.js';
+import { LEDGER_FILE, SqliteLedger, type RecordResult } from '../../src/ledger/ledger.js';
+import { ManualClock } from '../helpers/manualClock.js';
+import { TempDirs } from '../helpers/tmp.js';
+import { Tmpfs } from '../helpers/tmpfs.js';
+
+const H10 = Date.parse('2026-03-01T10:00:00Z');
+const H11 = H10 + HOUR_MS;
+const H12 = H11 + HOUR_MS;
+
+const dirs = new TempDirs();
+const open: SqliteLedger[] = [];
+const mounts: Tmpfs[] = [];
+
+afterEach(() => {
+  for (const ledger of open.splice(0)) ledger.close();
+  for (const fs of mounts.splice(0)) fs.unmount();
+  dirs.cleanup();
+});
+
+function openLedger(stateDir: string, clock: ManualClock, options: { dryRun?: boolean } = {}): SqliteLedger {
+  const ledger = SqliteLedger.open({ stateDir, productCode: 'prod', dryRun: options.dryRun ?? false, clock });
+  open.push(ledger);
+  return ledger;
+}
+
+function report(
+  dimension: string,
+  quantity: number,
+  tags?: Record<string, string>,
+  id?: string,
+): UsageReport {
+  return { dimension, quantity, tagsKey: canonicalTags(tags), id };
+}
+
+async function recorded(ledger: SqliteLedger, reports: UsageReport[]): Promise<RecordResult> {
+  const result = await ledger.record(reports);
+  if (result.kind !== 'recorded') throw new Error(`rejected: ${result.message}`);
+  return result;
+}
+
+async function rejectedBy(ledger: SqliteLedger, reports: UsageReport[]): Promise<Rejection> {
+  const result = await ledger.record(reports);
+  if (result.kind !== 'rejection') throw new Error('expected a rejection');
+  return result;
+}
+
+function setup(start = H10 + 5 * 60_000): { clock: ManualClock; ledger: SqliteLedger; dir: string } {
+  const dir = dirs.make();
+  const clock = new ManualClock(start);
+  return { clock, ledger: openLedger(dir, clock), dir };
+}
+
+describe('SqliteLedger', () => {
+  it('opens in WAL mode with synchronous=FULL', () => {
+    const { dir, ledger } = setup();
+    ledger.close();
+    const db = new Database(join(dir, LEDGER_FILE));
+    expect(db.pragma('journal_mode', { simple: true })).toBe('wal');
+    db.close();
+    // synchronous is a per-connection setting: read it from the ledger's own connection.
+    const again = openLedger(dir, new ManualClock(H10));
+    expect(again.durability()).toEqual({ journalMode: 'wal', synchronous: 'full' });
+  });
+
+  it('counts usage per (dimension, hour, tag set) in the hour of arrival', async () => {
+    const { clock, ledger } = setup();
+    await recorded(ledger, [report('requests', 2), report('requests', 3, { t: 'a' }), report('gb', 1)]);
+    clock.set(H10 + 30 * 60_000);
+    await recorded(ledger, [report('requests', 5)]);
+    expect(ledger.status(clock.now()).open).toEqual([
+      { dimension: 'gb', hourStartMs: H10, quantity: 1, tagSets: 1 },
+      { dimension: 'requests', hourStartMs: H10, quantity: 10, tagSets: 2 },
+    ]);
+  });
+
+  it('seals an hour only once it has closed, with the first usage as timestamp', async () => {
+    const { clock, ledger } = setup(H10 + 60_000);
+    await recorded(ledger, [report('requests', 2)]);
+    clock.set(H10 + 120_000);
+    await recorded(ledger, [report('requests', 3, { t: 'a' })]);
+    expect(ledger.seal(H11 - 1, false)).toEqual([]);
+
+    const records = ledger.seal(H11, false);
+
+    expect(records).toHaveLength(1);
+    expect(records[0]).toMatchObject({
+      dimension: 'requests',
+      hourStartMs: H10,
+      quantity: 5,
+      timestampMs: H10 + 60_000,
+      status: 'pending',
+    });
+    expect(records[0].request).toEqual({
+      ProductCode: 'prod',
+      TimestampMs: H10 + 60_000,
+      UsageDimension: 'requests',
+      UsageQuantity: 5,
+      UsageAllocations: [
+        { AllocatedUsageQuantity: 3, Tags: [{ Key: 't', Value: 'a' }] },
+        { AllocatedUsageQuantity: 2 },
+      ],
+      ClientToken: records[0].clientToken,
+    });
+    expect(ledger.status(H11).open).toEqual([]);
+  });
+
+  it('seals each (dimension, hour) at most once and moves late usage to the next hour', async () => {
+    const { clock, ledger } = setup(H10 + 60_000);
+    await recorded(ledger, [report('requests', 2)]);
+    // Shutdown flush seals the open hour.
+    expect(ledger.seal(clock.now(), true)).toHaveLength(1);
+    clock.set(H10 + 120_000);
+    await recorded(ledger, [report('requests', 4), report('gb', 1)]);
+
+    expect(ledger.status(clock.now()).open).toEqual([
+      { dimension: 'gb', hourStartMs: H10, quantity: 1, tagSets: 1 },
+      { dimension: 'requests', hourStartMs: H11, quantity: 4, tagSets: 1 },
+    ]);
+    // The next hour has not begun: even a shutdown flush may not seal it.
+    expect(ledger.seal(clock.now(), true).map((r) => [r.dimension, r.hourStartMs])).toEqual([['gb', H10]]);
+    const later = ledger.seal(H12, false);
+    expect(later.map((r) => [r.dimension, r.hourStartMs, r.quantity, r.timestampMs])).toEqual([
+      ['requests', H11, 4, H11],
+    ]);
+  });
+
+  it('keeps the sealed hours across a restart', async () => {
+    const { clock, ledger, dir } = setup(H10 + 60_000);
+    await recorded(ledger, [report('requests', 2)]);
+    ledger.seal(clock.now(), true);
+    ledger.close();
+
+    const reopened = openLedger(dir, clock);
+    await recorded(reopened, [report('requests', 1)]);
+    expect(reopened.status(clock.now()).open[0].hourStartMs).toBe(H11);
+    expect(reopened.ledgerId).toBe(ledger.ledgerId);
+  });
+
+  it('sends nothing for a zero-usage hour and leaves the hour unlocked', async () => {
+    const { clock, ledger } = setup(H10 + 60_000);
+    await recorded(ledger, [report('requests', 0)]);
+    expect(ledger.seal(clock.now(), true)).toEqual([]);
+    await recorded(ledger, [report('requests', 3)]);
+    expect(ledger.status(clock.now()).open[0]).toMatchObject({ hourStartMs: H10, quantity: 3 });
+  });
+
+  it('derives a ClientToken unique to the ledger, stable for the record', async () => {
+    const a = setup(H10 + 60_000);
+    const b = setup(H10 + 60_000);
+    await recorded(a.ledger, [report('requests', 1)]);
+    await recorded(b.ledger, [report('requests', 1)]);
+    const [ra] = a.ledger.seal(H11, false);
+    const [rb] = b.ledger.seal(H11, false);
+    expect(ra.clientToken).not.toBe(rb.clientToken);
+    expect(a.ledger.get(ra.id)!.clientToken).toBe(ra.clientToken);
+    expect(a.ledger.get(ra.id)!.request).toEqual(ra.request);
+  });
+
+  it('caps a total over 2,147,483,647 and carries the excess into the next hour with its tags', async () => {
+    const { clock, ledger } = setup(H10 + 60_000);
+    await recorded(ledger, [report('requests', MAX_QUANTITY, { t: 'a' }), report('requests', 7, { t: 'b' })]);
+    const [record] = ledger.seal(H11 + 10, false);
+    expect(record.quantity).toBe(MAX_QUANTITY);
+    expect(record.request.UsageAllocations!.reduce((s, a) => s + a.AllocatedUsageQuantity, 0)).toBe(
+      MAX_QUANTITY,
+    );
+    expect(ledger.status(clock.now()).open).toEqual([
+      { dimension: 'requests', hourStartMs: H11, quantity: 7, tagSets: 1 },
+    ]);
+    const [next] = ledger.seal(H12, false);
+    expect(next).toMatchObject({ hourStartMs: H11, quantity: 7, timestampMs: H11 });
+    expect(next.request.UsageAllocations).toEqual([
+      { AllocatedUsageQuantity: 7, Tags: [{ Key: 't', Value: 'b' }] },
+    ]);
+  });
+
+  it('carries an unsent record into the open hour, per tag set, exactly once', async () => {
+    const { clock, ledger } = setup(H10 + 60_000);
+    await recorded(ledger, [report('requests', 5, { t: 'a' }), report('requests', 2)]);
+    const [record] = ledger.seal(H11, false);
+    const deadline = H10 + 60_000 + MAX_RECORD_AGE_MS - CARRY_MARGIN_MS;
+    expect(ledger.expiring(deadline - 1)).toEqual([]);
+    expect(ledger.expiring(deadline).map((r) => r.id)).toEqual([record.id]);
+
+    clock.set(deadline);
+    expect(ledger.carry(record.id, clock.now(), 'window closing')).toBe(Date.parse('2026-03-01T15:00:00Z'));
+    expect(ledger.carry(record.id, clock.now(), 'again')).toBeUndefined();
+
+    expect(ledger.get(record.id)!.status).toBe('carried');
+    expect(ledger.status(clock.now()).open).toEqual([
+      { dimension: 'requests', hourStartMs: Date.parse('2026-03-01T15:00:00Z'), quantity: 7, tagSets: 2 },
+    ]);
+    const [carried] = ledger.seal(Date.parse('2026-03-01T16:00:00Z'), false);
+    expect(carried.timestampMs).toBe(deadline);
+    expect(carried.quantity).toBe(7);
+  });
+
+  it('moves a record through sent, retry and failed, changing only pending records', async () => {
+    const { ledger } = setup(H10 + 60_000);
+    await recorded(ledger, [report('a', 1), report('b', 1), report('c', 1)]);
+    const [a, b, c] = ledger.seal(H11, false);
+
+    ledger.markRetry(a.id, 'ThrottlingException: slow down', H11 + 5000, false);
+    expect(ledger.due(H11 + 4999).map((r) => r.dimension)).toEqual(['b', 'c']);
+    expect(ledger.nextAttemptMs()).toBe(H11);
+    ledger.markRetry(a.id, 'ECONNRESET: reset', H11 + 9000, true);
+    ledger.markRetry(a.id, 'ThrottlingException: slow down', H11 + 9000, false);
+    expect(ledger.get(a.id)).toMatchObject({
+      attempts: 3,
+      maybeDelivered: true,
+      lastError: 'ThrottlingException: slow down',
+    });
+
+    ledger.markSent(b.id, 'rec-1', H11);
+    ledger.markFailed(c.id, 'InvalidTagException: bad', H11);
+    ledger.markSent(c.id, 'rec-2', H11);
+
+    expect(ledger.get(b.id)).toMatchObject({ status: 'sent', meteringRecordId: 'rec-1' });
+    expect(ledger.get(c.id)).toMatchObject({ status: 'failed', lastError: 'InvalidTagException: bad' });
+    const status = ledger.status(H11 + 60_000);
+    expect(status.records).toEqual({ pending: 1, sent: 1, carried: 0, failed: 1 });
+    expect(status.oldestUnsentAgeSeconds).toBe((H11 + 60_000 - (H10 + 60_000)) / 1000);
+    expect(status.failed).toEqual([
+      { dimension: 'c', hourStartMs: H10, quantity: 1, error: 'InvalidTagException: bad' },
+    ]);
+  });
+
+  it('acknowledges a repeated idempotency key without counting it again, for 24 hours', async () => {
+    const { clock, ledger } = setup(H10 + 60_000);
+    expect(
+      await recorded(ledger, [report('a', 5, undefined, 'k1'), report('a', 5, undefined, 'k1')]),
+    ).toMatchObject({
+      accepted: 1,
+      duplicates: 1,
+    });
+    expect(
+      await recorded(ledger, [report('a', 5, undefined, 'k1'), report('a', 1, undefined, 'k2')]),
+    ).toMatchObject({
+      accepted: 1,
+      duplicates: 1,
+    });
+    expect(ledger.status(clock.now()).open[0].quantity).toBe(6);
+
+    ledger.prune(H10 + 60_000 + 24 * HOUR_MS - 1);
+    expect(await recorded(ledger, [report('a', 5, undefined, 'k1')])).toMatchObject({ duplicates: 1 });
+    ledger.prune(H10 + 60_000 + 24 * HOUR_MS + 1);
+    expect(await recorded(ledger, [report('a', 5, undefined, 'k1')])).toMatchObject({
+      accepted: 1,
+      duplicates: 0,
+    });
+  });
+
+  it('rejects a batch that would exceed 2,500 tag sets and stores nothing of it', async () => {
+    const { clock, ledger } = setup(H10 + 60_000);
+    const first = Array.from({ length: 2500 }, (_, i) => report('a', 1, { n: String(i) }));
+    await recorded(ledger, first);
+    const problem = await rejectedBy(ledger, [
+      report('b', 9),
+      report('a', 1, { n: '0' }),
+      report('a', 1, { n: 'new' }),
+    ]);
+    expect(problem.code).toBe('TooManyTagSets');
+    const open = ledger.status(clock.now()).open;
+    expect(open).toEqual([{ dimension: 'a', hourStartMs: H10, quantity: 2500, tagSets: 2500 }]);
+  });
+
+  it('rejects a batch that would use more than 5 tag keys in one record', async () => {
+    const { clock, ledger } = setup(H10 + 60_000);
+    await recorded(ledger, [
+      report('a', 1, { k1: 'v', k2: 'v', k3: 'v' }),
+      report('a', 1, { k4: 'v', k5: 'v' }),
+    ]);
+    const problem = await rejectedBy(ledger, [report('a', 1, { k6: 'v' }, 'id-1')]);
+    expect(problem.code).toBe('InvalidTags');
+    // The rejected batch's idempotency key was not stored either.
+    expect(await recorded(ledger, [report('a', 1, { k1: 'v' }, 'id-1')])).toMatchObject({ accepted: 1 });
+    expect(ledger.status(clock.now()).open[0].quantity).toBe(3);
+  });
+
+  it('shares one commit between batches that arrive together, each all or nothing', async () => {
+    const { clock, ledger } = setup(H10 + 60_000);
+    await recorded(
+      ledger,
+      Array.from({ length: 2500 }, (_, i) => report('full', 1, { n: String(i) })),
+    );
+    const commitsBefore = ledger.commits;
+    const results = await Promise.all([
+      ledger.record([report('a', 1)]),
+      ledger.record([report('full', 1, { n: 'overflow' })]),
+      ledger.record([report('a', 2)]),
+    ]);
+    expect(results.map((r) => r.kind)).toEqual(['recorded', 'rejection', 'recorded']);
+    expect(ledger.commits - commitsBefore).toBe(1);
+    expect(ledger.status(clock.now()).open.find((o) => o.dimension === 'a')!.quantity).toBe(3);
+  });
+
+  it('refuses a file that is not a database, and leaves it in place', () => {
+    const dir = dirs.make();
+    writeFileSync(join(dir, LEDGER_FILE), 'this is not a database at all, just text'.repeat(200));
+    expect(() => openLedger(dir, new ManualClock(H10))).toThrow(LedgerCorruptError);
+    expect(() => openLedger(dir, new ManualClock(H10))).toThrow(/not a readable database/);
+  });
+
+  it('refuses a ledger of a newer schema', () => {
+    const dir = dirs.make();
+    const db = new Database(join(dir, LEDGER_FILE));
+    db.pragma('user_version = 99');
+    db.close();
+    expect(() => openLedger(dir, new ManualClock(H10))).toThrow(/schema 99/);
+  });
+
+  it('reports a state directory it cannot create as storage unavailable', () => {
+    const dir = dirs.make();
+    writeFileSync(join(dir, 'file'), '');
+    expect(() => openLedger(join(dir, 'file', 'state'), new ManualClock(H10))).toThrow(
+      StorageUnavailableError,
+    );
+  });
+
+  it('answers a failed commit (disk full) with StorageUnavailableError and keeps what was committed before', async () => {
+    const fs = Tmpfs.mount(1024);
+    mounts.push(fs);
+    const clock = new ManualClock(H10 + 60_000);
+    const ledger = openLedger(fs.dir, clock);
+    await recorded(ledger, [report('a', 1)]);
+
+    fs.fill();
+    const big = Array.from({ length: 2000 }, (_, i) =>
+      report('a', 1, { n: `tag-set-${i}-${'x'.repeat(40)}` }),
+    );
+    await expect(ledger.record(big)).rejects.toBeInstanceOf(StorageUnavailableError);
+    fs.drain();
+    await recorded(ledger, [report('a', 2)]);
+
+    expect(ledger.status(clock.now()).open).toEqual([
+      { dimension: 'a', hourStartMs: H10, quantity: 3, tagSets: 1 },
+    ]);
+  });
+});
