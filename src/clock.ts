@@ -10,7 +10,7 @@ export type CancelTimer = () => void;
 export interface Clock {
   /** Current time in epoch milliseconds. */
   now(): number;
-  /** Calls `fn` once at or after `atMs`. Timers do not keep the process alive. */
+  /** Calls `fn` once at or after `atMs`. A pending timer keeps the process alive, as a retry must happen. */
   setTimer(atMs: number, fn: () => void): CancelTimer;
 }
 
@@ -25,7 +25,6 @@ export const systemClock: Clock = {
     const arm = (): void => {
       const delayMs = Math.max(0, atMs - Date.now());
       handle = setTimeout(delayMs > MAX_TIMEOUT_MS ? arm : fn, Math.min(delayMs, MAX_TIMEOUT_MS));
-      handle.unref();
     };
     arm();
     return () => clearTimeout(handle);

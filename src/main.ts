@@ -81,6 +81,8 @@ async function run(args: readonly string[]): Promise<number> {
         return;
       }
       signalled = signal;
+      // Until the final flush says otherwise, any exit means records may be left in the ledger.
+      process.exitCode = EXIT.leftInLedger;
       logger.info({ signal }, 'signal received');
       agent.stop().then(
         (outcome) => resolve(outcome.exitCode),

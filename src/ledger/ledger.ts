@@ -280,6 +280,9 @@ export class SqliteLedger {
       pending: db.prepare("SELECT * FROM records WHERE status = 'pending' ORDER BY timestamp_ms, id"),
       nextAttempt: db.prepare("SELECT min(next_attempt_ms) FROM records WHERE status = 'pending'").pluck(),
       byId: db.prepare('SELECT * FROM records WHERE id = ?'),
+      retryAllNow: db.prepare(
+        "UPDATE records SET next_attempt_ms = ? WHERE status = 'pending' AND next_attempt_ms > ?",
+      ),
       markSent: db.prepare(
         "UPDATE records SET status = 'sent', metering_record_id = ?, settled_at_ms = ?, attempts = attempts + 1 WHERE id = ? AND status = 'pending'",
       ),
@@ -516,6 +519,11 @@ export class SqliteLedger {
   get(id: number): StoredRecord | undefined {
     const row = this.#stmt.byId.get(id) as RecordRow | undefined;
     return row && toRecord(row);
+  }
+
+  /** Makes every pending record due at `nowMs` (a fresh start does not wait out a previous run's backoff). */
+  retryAllNow(nowMs: number): void {
+    this.#write(() => this.#stmt.retryAllNow.run(nowMs, nowMs));
   }
 
   /** AWS accepted the record. Idempotent: only a pending record changes. */

@@ -60,8 +60,9 @@ export class Scheduler {
     this.#random = options.random ?? Math.random;
   }
 
-  /** Starts the cron task and runs once at once, so records left by a previous run are sent. */
+  /** Starts the cron task and runs once at once, so records left by a previous run are sent without delay. */
   async start(): Promise<void> {
+    this.#options.ledger.retryAllNow(this.#options.clock.now());
     if (this.#options.schedule !== undefined) {
       this.#task = createTask(this.#options.schedule, () => this.#tick(), {
         timezone: 'UTC',
@@ -239,18 +240,40 @@ export class Scheduler {
 
   /**
    * Shutdown: stop scheduling, let the run in flight finish (aborted at `deadlineMs`), then seal everything
-   * including the open hour and send until `deadlineMs`. Resolves with the final run's summary.
+   * including the open hour and send, retrying transient failures as their backoff ends, until nothing is
+   * pending or `deadlineMs` is reached. Resolves with the totals of the final runs.
    */
   async flush(deadlineMs: number): Promise<RunSummary> {
     await this.stop();
-    const { clock } = this.#options;
+    const { clock, ledger } = this.#options;
     const controller = new AbortController();
     const cancelDeadline = clock.setTimer(deadlineMs, () => {
       controller.abort();
       this.#controller.abort();
     });
+    const total = { sealed: 0, sent: 0, retrying: 0, carried: 0, failed: 0 };
     try {
-      return await this.runOnce({ includeOpen: true, signal: controller.signal });
+      for (;;) {
+        const summary = await this.runOnce({ includeOpen: true, signal: controller.signal });
+        total.sealed += summary.sealed;
+        total.sent += summary.sent;
+        total.carried += summary.carried;
+        total.failed += summary.failed;
+        total.retrying = summary.retrying;
+        const nextMs = ledger.nextAttemptMs();
+        if (nextMs === undefined || nextMs >= deadlineMs || controller.signal.aborted) return total;
+        await new Promise<void>((resolve) => {
+          const cancel = clock.setTimer(nextMs, resolve);
+          controller.signal.addEventListener(
+            'abort',
+            () => {
+              cancel();
+              resolve();
+            },
+            { once: true },
+          );
+        });
+      }
     } finally {
       cancelDeadline();
     }

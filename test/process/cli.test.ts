@@ -1,0 +1,181 @@
+/**
+ * The built CLI as an operator and a seller's app use it: exit codes, `report` and `status` over the socket,
+ * local mode with the embedded emulator, and the standalone emulator command.
+ */
+import { execFile } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { MarketplaceMeteringClient, MeterUsageCommand } from '@aws-sdk/client-marketplace-metering';
+import { afterEach, describe, expect, it } from 'vitest';
+import { MAIN, SidecarProcess } from '../helpers/sidecarProcess.js';
+
+const run = promisify(execFile);
+
+const cleanups: (() => Promise<void> | void)[] = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+function tempDir(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'metering-cli-'));
+  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+async function cli(
+  args: string[],
+  env: Record<string, string>,
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const { stdout, stderr } = await run(process.execPath, [MAIN, ...args], {
+      env: {
+        PATH: process.env['PATH'] ?? '',
+        AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
+        ...env,
+      },
+    });
+    return { code: 0, stdout, stderr };
+  } catch (err) {
+    const e = err as { code: number; stdout: string; stderr: string };
+    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+  }
+}
+
+describe('metering-sidecar CLI', () => {
+  it('exits 78 listing every configuration problem at once', async () => {
+    const result = await cli(['run'], { METERING_LISTEN: '0.0.0.0:8181', METERING_ENTITLEMENT: 'sometimes' });
+    expect(result.code).toBe(78);
+    expect(result.stderr).toContain('METERING_PRODUCT_CODE=(unset)');
+    expect(result.stderr).toContain('METERING_LISTEN="0.0.0.0:8181": expected a loopback address');
+    expect(result.stderr).toContain('METERING_ENTITLEMENT="sometimes"');
+    expect(result.stderr).toContain('AWS_REGION=(unset)');
+  });
+
+  it('exits 64 on an unknown command and prints help with --help', async () => {
+    expect((await cli(['frobnicate'], {})).code).toBe(64);
+    const help = await cli(['--help'], {});
+    expect(help.code).toBe(0);
+    expect(help.stdout).toContain('metering-sidecar report DIMENSION QUANTITY');
+    expect((await cli(['--version'], {})).stdout.trim()).toMatch(/^\d+\.\d+\.\d+$/);
+  });
+
+  it('exits 1 with a clear message when the ledger is not a database', async () => {
+    const dir = tempDir();
+    const { writeFileSync, mkdirSync } = await import('node:fs');
+    mkdirSync(join(dir, 'state'));
+    writeFileSync(join(dir, 'state', 'ledger.db'), 'garbage'.repeat(1000));
+    const result = await cli(['run', '--local'], {
+      METERING_ENTITLEMENT: 'none',
+      METERING_STATE_DIR: join(dir, 'state'),
+      METERING_SOCKET: join(dir, 'm.sock'),
+      METERING_LISTEN: 'off',
+      METERING_ADMIN_LISTEN: 'off',
+    });
+    expect(result.code).toBe(1);
+    expect(result.stdout).toContain('ERR_STATE_CORRUPT');
+    expect(result.stdout).toContain('not a readable database');
+  });
+
+  it('runs locally with the embedded emulator: report, status, and SIGTERM meters the usage and exits 0', async () => {
+    // Prepare
+    const dir = tempDir();
+    const socket = join(dir, 'metering.sock');
+    const env = {
+      METERING_ENTITLEMENT: 'none',
+      METERING_STATE_DIR: join(dir, 'state'),
+      METERING_SOCKET: socket,
+      METERING_LISTEN: 'off',
+      METERING_ADMIN_LISTEN: 'off',
+    };
+    const sidecar = SidecarProcess.spawn(env, ['run', '--local']);
+    cleanups.push(() => {
+      sidecar.child.kill('SIGKILL');
+    });
+    await sidecar.ready();
+
+    // Act
+    const first = await cli(['report', 'requests', '5', '--tag', 'tenant=acme', '--id', 'evt-1'], {
+      METERING_SOCKET: socket,
+    });
+    const again = await cli(['report', 'requests', '5', '--tag', 'tenant=acme', '--id', 'evt-1'], {
+      METERING_SOCKET: socket,
+    });
+    const bad = await cli(['report', 'requests', '5', '--tag', 'tenant=a,b'], { METERING_SOCKET: socket });
+    const json = await cli(['status', '--json'], { METERING_SOCKET: socket });
+    const table = await cli(['status'], { METERING_SOCKET: socket });
+    const exit = await sidecar.stop('SIGTERM');
+
+    // Assess
+    expect(first).toMatchObject({ code: 0 });
+    expect(JSON.parse(first.stdout)).toEqual({ accepted: 1, duplicates: 0 });
+    expect(JSON.parse(again.stdout)).toEqual({ accepted: 0, duplicates: 1 });
+    expect(bad.code).toBe(1);
+    expect(JSON.parse(bad.stdout)).toMatchObject({ error: { code: 'InvalidTags' } });
+    const status = JSON.parse(json.stdout) as {
+      openHours: { dimension: string; quantity: number }[];
+      entitlement: unknown;
+    };
+    expect(status.openHours).toMatchObject([{ dimension: 'requests', quantity: 5, tagSets: 1 }]);
+    expect(status.entitlement).toMatchObject({ state: 'disabled', mode: 'none' });
+    expect(table.stdout).toMatch(/requests\s+5 {2}\(1 tag sets\)/);
+    expect(exit.code).toBe(0);
+    const metered = sidecar.logLines().find((l) => l['msg'] === 'emulator call') as {
+      input: Record<string, unknown>;
+    };
+    expect(metered.input).toMatchObject({
+      ProductCode: 'local-product',
+      UsageDimension: 'requests',
+      UsageQuantity: 5,
+      UsageAllocations: [{ AllocatedUsageQuantity: 5, Tags: [{ Key: 'tenant', Value: 'acme' }] }],
+    });
+    expect(sidecar.logLines().some((l) => l['msg'] === 'usage metered')).toBe(true);
+  });
+
+  it('report fails clearly when no sidecar listens', async () => {
+    const dir = tempDir();
+    const result = await cli(['report', 'requests', '1'], { METERING_SOCKET: join(dir, 'none.sock') });
+    expect(result.code).toBe(1);
+    expect(result.stdout + result.stderr).toMatch(/ENOENT|ECONNREFUSED/);
+  });
+
+  it('runs the emulator standalone, printing each call it receives', async () => {
+    const emulator = SidecarProcess.spawn({}, [
+      'emulator',
+      '--port',
+      '0',
+      '--product-code',
+      'p1',
+      '--dimensions',
+      'a,b',
+    ]);
+    cleanups.push(() => {
+      emulator.child.kill('SIGKILL');
+    });
+    while (!/listening on (http:\/\/\S+)/.test(emulator.stdout)) await new Promise((r) => setTimeout(r, 10));
+    const url = /listening on (http:\/\/\S+)/.exec(emulator.stdout)![1];
+    const client = new MarketplaceMeteringClient({
+      region: 'us-east-1',
+      endpoint: url,
+      credentials: { accessKeyId: 'SELLERTEST', secretAccessKey: 'x' },
+      maxAttempts: 1,
+    });
+    const out = await client.send(
+      new MeterUsageCommand({
+        ProductCode: 'p1',
+        Timestamp: new Date(),
+        UsageDimension: 'a',
+        UsageQuantity: 3,
+      }),
+    );
+    client.destroy();
+    expect(out.MeteringRecordId).toMatch(/^[0-9a-f-]{36}$/);
+    const records = (await (await fetch(`${url}/emulator/records`)).json()) as {
+      records: { quantity: number }[];
+    };
+    expect(records.records).toMatchObject([{ quantity: 3 }]);
+    while (!emulator.stdout.includes('"operation":"MeterUsage"')) await new Promise((r) => setTimeout(r, 10));
+    expect((await emulator.stop('SIGTERM')).code).toBe(0);
+  });
+});

@@ -1,0 +1,192 @@
+/**
+ * Crash safety with the built CLI in a child process: clients send usage concurrently (retrying with the same
+ * idempotency ids until acknowledged, as the API asks), the sidecar is SIGKILLed at random moments, including
+ * during commits and during sends, and restarted on the same state directory. The emulator must end up with,
+ * per dimension, exactly the acknowledged total, and must never have answered DuplicateRequestException.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { SidecarClient, type UsageInput } from '../../src/client/client.js';
+import { MeteringEmulator } from '../../src/emulator/emulator.js';
+import { SidecarProcess, startCredentialsServer } from '../helpers/sidecarProcess.js';
+
+const DIMENSIONS = ['requests', 'gb', 'nodes'];
+
+const cleanups: (() => Promise<void> | void)[] = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+async function setup(overrides: Record<string, string> = {}) {
+  const dir = mkdtempSync(join(tmpdir(), 'metering-crash-'));
+  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+  const emulator = new MeteringEmulator({ productCode: 'prod-crash', dimensions: DIMENSIONS });
+  const url = await emulator.start();
+  cleanups.push(() => emulator.stop());
+  const creds = await startCredentialsServer('ASIATASK1');
+  cleanups.push(() => creds.close());
+  const socketPath = join(dir, 'metering.sock');
+  const env = {
+    METERING_PRODUCT_CODE: 'prod-crash',
+    METERING_ENTITLEMENT: 'none',
+    METERING_DIMENSIONS: DIMENSIONS.join(','),
+    METERING_SOCKET: socketPath,
+    METERING_LISTEN: 'off',
+    METERING_ADMIN_LISTEN: 'off',
+    METERING_STATE_DIR: join(dir, 'state'),
+    METERING_SEND_JITTER_SECONDS: '0',
+    METERING_SHUTDOWN_TIMEOUT_SECONDS: '30',
+    METERING_LOG_LEVEL: 'info',
+    AWS_REGION: 'us-east-1',
+    AWS_ENDPOINT_URL_MARKETPLACE_METERING: url,
+    AWS_CONTAINER_CREDENTIALS_FULL_URI: creds.url,
+    ...overrides,
+  };
+  let current: SidecarProcess | undefined;
+  cleanups.push(() => {
+    current?.child.kill('SIGKILL');
+  });
+  const startSidecar = async (): Promise<SidecarProcess> => {
+    current = SidecarProcess.spawn(env);
+    await current.ready();
+    return current;
+  };
+  return { emulator, socketPath, startSidecar };
+}
+
+/** Acknowledged quantity per dimension, as the clients saw it. */
+class Ledger {
+  readonly acked = new Map<string, number>();
+  batches = 0;
+  attempts = 0;
+
+  add(records: readonly UsageInput[]): void {
+    this.batches++;
+    for (const r of records) this.acked.set(r.dimension, (this.acked.get(r.dimension) ?? 0) + r.quantity);
+  }
+}
+
+function randomInt(min: number, max: number): number {
+  return min + Math.floor(Math.random() * (max - min + 1));
+}
+
+/** A client that sends batches until told to stop, retrying each batch with the same ids until it gets 202. */
+async function runClient(
+  name: string,
+  socketPath: string,
+  acks: Ledger,
+  stop: { now: boolean },
+): Promise<void> {
+  let seq = 0;
+  let client = new SidecarClient({ socketPath }, { timeoutMs: 5000 });
+  while (!stop.now) {
+    const records: UsageInput[] = Array.from({ length: randomInt(1, 20) }, () => ({
+      dimension: DIMENSIONS[randomInt(0, DIMENSIONS.length - 1)],
+      quantity: randomInt(1, 1000),
+      tags: { client: name, tier: ['gold', 'silver'][randomInt(0, 1)] },
+      id: `${name}-${seq++}`,
+    }));
+    for (;;) {
+      acks.attempts++;
+      try {
+        const reply = await client.report(records);
+        if (reply.status === 202) {
+          acks.add(records);
+          break;
+        }
+        throw new Error(`unexpected ${reply.status} ${JSON.stringify(reply.body)}`);
+      } catch (err) {
+        if (err instanceof Error && err.message.startsWith('unexpected')) throw err;
+        // The sidecar is down or restarting: the batch's fate is unknown, so resend it with the same ids.
+        client.close();
+        client = new SidecarClient({ socketPath }, { timeoutMs: 5000 });
+        await new Promise((resolve) => setTimeout(resolve, 15));
+      }
+    }
+  }
+  client.close();
+}
+
+describe('crash safety (built CLI, SIGKILL and restart)', () => {
+  it('meters exactly the acknowledged usage through random kills during commits and sends', async () => {
+    // Prepare
+    const { emulator, socketPath, startSidecar } = await setup();
+    const acks = new Ledger();
+    const stop = { now: false };
+    let sidecar = await startSidecar();
+    const clients = Array.from({ length: 4 }, (_, i) => runClient(`c${i}`, socketPath, acks, stop));
+
+    // Act 1: SIGKILL at random moments under concurrent load.
+    const KILLS = 8;
+    for (let k = 0; k < KILLS; k++) {
+      await new Promise((resolve) => setTimeout(resolve, randomInt(50, 400)));
+      expect((await sidecar.stop('SIGKILL')).signal).toBe('SIGKILL');
+      sidecar = await startSidecar();
+    }
+    stop.now = true;
+    await Promise.all(clients);
+
+    // Act 2: SIGKILL during the final flush's sends, once while a send hangs and once after AWS recorded a
+    // record whose answer was lost.
+    emulator.failNext('MeterUsage', 'ResetAfterProcessing', 1);
+    emulator.failNext('MeterUsage', 'Timeout', 1);
+    const callsBefore = emulator.calls.length;
+    sidecar.child.kill('SIGTERM');
+    while (emulator.calls.length < callsBefore + 2) await new Promise((resolve) => setTimeout(resolve, 5));
+    expect((await sidecar.stop('SIGKILL')).signal).toBe('SIGKILL');
+
+    // Act 3: restart (pending records are sent at start), throttling and 500s on the way, then a clean stop.
+    emulator.failNext('MeterUsage', 'ThrottlingException', 2);
+    emulator.failNext('MeterUsage', 'InternalServiceErrorException', 2);
+    sidecar = await startSidecar();
+    const exit = await sidecar.stop('SIGTERM');
+
+    // Assess
+    expect(exit.code, sidecar.stdout).toBe(0);
+    expect(acks.batches).toBeGreaterThan(20);
+    const metered = Object.fromEntries(emulator.totals());
+    expect(metered).toEqual(Object.fromEntries(acks.acked));
+    const errors = emulator.calls.map((c) => c.error);
+    expect(errors).not.toContain('DuplicateRequestException');
+    expect(errors).not.toContain('IdempotencyConflictException');
+    expect(errors).toContain('ThrottlingException');
+    expect(errors).toContain('InternalServiceErrorException');
+    // One record per (dimension, hour) for this task, each with allocations summing to its quantity.
+    const keys = emulator.records.map((r) => `${r.identity}|${r.dimension}|${r.hourStartMs}`);
+    expect(new Set(keys).size).toBe(keys.length);
+    for (const record of emulator.records) {
+      expect(record.identity).toBe('ASIATASK1');
+      expect(record.allocations.reduce((sum, a) => sum + a.quantity, 0)).toBe(record.quantity);
+    }
+    // Every resend of a record carried the same body.
+    const bodies = new Map<string, Set<string>>();
+    for (const call of emulator.calls) {
+      const input = call.input as { ClientToken: string };
+      const set = bodies.get(input.ClientToken) ?? new Set<string>();
+      set.add(JSON.stringify(call.input));
+      bodies.set(input.ClientToken, set);
+    }
+    for (const set of bodies.values()) expect(set.size).toBe(1);
+  }, 120_000);
+
+  it('leaves unsent records in the ledger (exit 75) when AWS is unreachable, and sends them at the next start', async () => {
+    const { emulator, socketPath, startSidecar } = await setup({ METERING_SHUTDOWN_TIMEOUT_SECONDS: '2' });
+    let sidecar = await startSidecar();
+    const client = new SidecarClient({ socketPath });
+    expect((await client.report({ dimension: 'gb', quantity: 42 })).status).toBe(202);
+    client.close();
+    emulator.failNext('MeterUsage', 'InternalServiceErrorException', 10_000);
+
+    const exit = await sidecar.stop('SIGTERM');
+    expect(exit.code, sidecar.stdout).toBe(75);
+    expect(emulator.records).toEqual([]);
+
+    emulator.reset();
+    sidecar = await startSidecar();
+    while (emulator.records.length === 0) await new Promise((resolve) => setTimeout(resolve, 10));
+    expect((await sidecar.stop('SIGTERM')).code).toBe(0);
+    expect(Object.fromEntries(emulator.totals())).toEqual({ gb: 42 });
+  }, 120_000);
+});
