@@ -49,6 +49,8 @@ export class IntakeServer {
   readonly #servers: Server[] = [];
   #tcpAddress: ListenAddress | undefined;
   #listening = false;
+  /** Requests being handled, including ones whose client has gone away while their batch commits. */
+  readonly #inFlight = new Set<Promise<void>>();
 
   constructor(options: IntakeOptions) {
     this.#options = options;
@@ -88,7 +90,10 @@ export class IntakeServer {
     this.#listening = true;
   }
 
-  /** Stops accepting, lets in-flight requests finish (their batches commit and are answered), then closes. */
+  /**
+   * Stops accepting, lets in-flight requests finish (their batches commit and are answered), then closes.
+   * Resolves only once no handler is left running, so nothing reaches the ledger after it.
+   */
   async stop(): Promise<void> {
     this.#listening = false;
     const servers = this.#servers.splice(0);
@@ -105,16 +110,21 @@ export class IntakeServer {
           }),
       ),
     );
+    // A client that hung up does not wait for its batch: the handler may still be committing it.
+    while (this.#inFlight.size > 0) await Promise.all(this.#inFlight);
   }
 
   #createServer(): Server {
     const server = createServer((req, res) => {
-      this.#handle(req, res).catch((err: unknown) => {
-        this.#options.logger.error({ err, code: 'ERR_INTERNAL' }, 'app API request failed');
-        if (!res.headersSent)
-          reply(res, 500, errorBody(rejection('Internal', 'internal error; see the sidecar log')));
-        else res.destroy();
-      });
+      const handling: Promise<void> = this.#handle(req, res)
+        .catch((err: unknown) => {
+          this.#options.logger.error({ err, code: 'ERR_INTERNAL' }, 'app API request failed');
+          if (!res.headersSent)
+            reply(res, 500, errorBody(rejection('Internal', 'internal error; see the sidecar log')));
+          else res.destroy();
+        })
+        .finally(() => this.#inFlight.delete(handling));
+      this.#inFlight.add(handling);
     });
     server.headersTimeout = HEADERS_TIMEOUT_MS;
     server.requestTimeout = REQUEST_TIMEOUT_MS;

@@ -293,6 +293,36 @@ describe('app API', () => {
     expect((await raw(p.socketPath, { body })).status).toBe(202);
   });
 
+  it('stops only after batches of clients that hung up are committed', async () => {
+    // Regression: a client that went away left its batch queued for commit after stop() had resolved, so the
+    // shutdown seal missed it and the sidecar exited 75 with usage unsealed.
+    const p = await pipeline();
+    const body = JSON.stringify({
+      records: Array.from({ length: 500 }, () => ({ dimension: 'a', quantity: 1 })),
+    });
+    await Promise.all(
+      Array.from(
+        { length: 20 },
+        () =>
+          new Promise<void>((resolve) => {
+            const socket = connect(p.socketPath, () => {
+              socket.write(
+                `POST /v1/usage HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+                () => {
+                  socket.destroy();
+                  resolve();
+                },
+              );
+            });
+          }),
+      ),
+    );
+    await p.intake.stop();
+    const atStop = JSON.stringify(totals(p));
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(JSON.stringify(totals(p))).toBe(atStop);
+  });
+
   it('serves status and entitlement', async () => {
     const p = await pipeline();
     await p.api.report({ dimension: 'a', quantity: 2 });
