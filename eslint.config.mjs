@@ -26,7 +26,12 @@ export default tseslint.config(
   {
     files: ['**/*.mjs', '**/*.js'],
     languageOptions: {
-      globals: { process: 'readonly', console: 'readonly', setTimeout: 'readonly', Buffer: 'readonly' },
+      globals: Object.fromEntries(
+        ['process', 'console', 'setTimeout', 'setInterval', 'clearInterval', 'Buffer', 'URL'].map((name) => [
+          name,
+          'readonly',
+        ]),
+      ),
     },
   },
   {
