@@ -18,6 +18,7 @@ import { hostname } from 'node:os';
 import type { MarketplaceMeteringClient } from '@aws-sdk/client-marketplace-metering';
 import type { Clock } from './clock.js';
 import type { Config } from './config.js';
+import { ConfigError } from './errors.js';
 import { MeteringEmulator } from './emulator/emulator.js';
 import { IntakeServer } from './intake/server.js';
 import { rejection, type Rejection } from './intake/usage.js';
@@ -157,10 +158,20 @@ export class Agent {
 
   /**
    * The entitlement step of startup. `none` marks entitlement disabled and opens intake.
-   * TODO(#3): `register-usage` (RegisterUsage with a verified signed token) and `dry-run`.
+   * TODO(#3): `register-usage` (RegisterUsage with a verified signed token) and `dry-run`; until then they are
+   * refused at startup rather than silently skipped.
    */
   // eslint-disable-next-line @typescript-eslint/require-await -- becomes asynchronous with RegisterUsage (#3)
   async #checkEntitlement(): Promise<void> {
+    if (this.#config.entitlement !== 'none') {
+      throw new ConfigError([
+        {
+          variable: 'METERING_ENTITLEMENT',
+          value: this.#config.entitlement,
+          expected: 'none (this version does not check entitlement yet)',
+        },
+      ]);
+    }
     this.#entitlementCheckedAtMs = this.#clock.now();
     this.#entitlement = 'disabled';
   }
