@@ -190,6 +190,30 @@ export function errorBody(error: ServiceError): string {
 }
 
 /**
+ * A `ValidationException` in AWS's wording ("1 validation error detected: Value ... at 'member' failed to
+ * satisfy constraint: ..."), for a request member that breaks a model constraint (type, length, range,
+ * pattern). `path` is the member path in AWS's lower-camel form (`productCode`, `usageAllocations.1.tags`);
+ * an absent `value` is shown as `null`, as AWS does.
+ * @see aws-metering-api.md §2.5, §2.6 (ValidationException is not modeled but is what AWS answers)
+ */
+export function validationError(path: string, value: unknown, constraint: string): ServiceError {
+  const shown = value === undefined ? 'null' : JSON.stringify(value);
+  return {
+    name: 'ValidationException',
+    message: `1 validation error detected: Value ${shown} at '${path}' failed to satisfy constraint: ${constraint}`,
+  };
+}
+
+/**
+ * Reads a member of a decoded JSON request, treating JSON `null` like an absent member (the SDK omits
+ * both, so the service cannot tell them apart).
+ */
+export function readMember(input: Readonly<Record<string, unknown>>, name: string): unknown {
+  const value = input[name];
+  return value === null ? undefined : value;
+}
+
+/**
  * True when `name` can be sent as an AWS error name: a letter followed by letters and digits (it is
  * copied into the `x-amzn-errortype` header, so nothing else is allowed).
  */

@@ -1,18 +1,21 @@
 /**
  * A local AWS Marketplace Metering Service that the real `MarketplaceMeteringClient` talks to unchanged
- * (endpoint override). It speaks AWS JSON 1.1 on `POST /`, enforces the MeterUsage rules AWS enforces
- * (pure functions in `meterUsageRules.ts`), records what would be billed, and can inject faults
- * (AWS errors, connection resets, hung requests). Tests drive it in-process through `MeteringEmulator`;
- * standalone users (the CLI's `emulator` command, sellers' own tests) use the JSON control surface under
- * `/emulator/` on the same port. Only the SigV4 credential scope is read; signatures are not verified.
+ * (endpoint override). It speaks AWS JSON 1.1 on `POST /`, enforces the MeterUsage and RegisterUsage rules
+ * AWS enforces (pure functions in `meterUsageRules.ts` and `registerUsage.ts`), records what would be
+ * billed, answers RegisterUsage with a PS256 token signed by its own RSA key, and can inject faults
+ * (AWS errors, connection resets, hung requests, tampered tokens). Tests drive it in-process through
+ * `MeteringEmulator`; standalone users (the CLI's `emulator` command, sellers' own tests) use the JSON
+ * control surface under `/emulator/` on the same port. Only the SigV4 credential scope is read; request
+ * signatures are not verified.
  *
  * Request path: read body (413 over 1 MiB) -> `x-amz-target` -> injected fault? -> authenticate ->
  * decode JSON -> operation handler (dispatch table) -> answer -> `calls` + `onCall`.
  *
  * References: `aws-metering-api.md` is ../shared/reference/aws-metering-api.md from the repository root.
- * @see aws-metering-api.md §1.3-1.6 (wire format), §2.2 (MeterUsage), §3.1-3.4 (semantics)
+ * @see aws-metering-api.md §1.3-1.6 (wire format), §2.2 (MeterUsage), §3.1-3.4 (semantics),
+ *   §2.1, §3.6-3.7 (RegisterUsage and its token)
  */
-import { randomUUID } from 'node:crypto';
+import { KeyObject, createPublicKey, generateKeyPairSync, randomUUID } from 'node:crypto';
 import { createServer } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -30,6 +33,18 @@ import {
 import type { ServiceError } from './awsJson.js';
 import { decideMeterUsage, hourStartMs, requestFingerprint, validateMeterUsage } from './meterUsageRules.js';
 import type { HourEntry, MeterUsageRequest, TokenEntry } from './meterUsageRules.js';
+import {
+  EMULATOR_ENTITLEMENTS,
+  MAX_PUBLIC_KEY_VERSION,
+  MIN_PUBLIC_KEY_VERSION,
+  isEmulatorEntitlement,
+  registerUsageClaims,
+  signJwt,
+  validateRegisterUsage,
+} from './registerUsage.js';
+import type { EmulatorEntitlement, RegisterUsageClaims } from './registerUsage.js';
+
+export type { EmulatorEntitlement } from './registerUsage.js';
 
 /**
  * Largest request body accepted, on the AWS path and the control surface alike; larger bodies get 413.
@@ -54,6 +69,23 @@ const TRANSPORT_FAULTS: ReadonlySet<string> = new Set(['ConnectionReset', 'Timeo
 /** Path prefix of the control surface. */
 const CONTROL_PREFIX = '/emulator/';
 
+/**
+ * Size of the RSA key the emulator generates when no `signingKey` is given: 2048 bits, the smallest size
+ * common JWT libraries (e.g. `jose`) accept for PS256, so a sidecar may verify with any of them.
+ * @see aws-metering-api.md §3.7
+ */
+const SIGNING_KEY_BITS = 2048;
+
+/** Routes of the control surface, for 404 and 405 answers. */
+const CONTROL_ROUTES: readonly string[] = [
+  'GET /emulator/calls',
+  'GET /emulator/records',
+  'GET /emulator/public-key',
+  'POST /emulator/entitlement',
+  'POST /emulator/faults',
+  'POST /emulator/reset',
+];
+
 /** Options of {@link MeteringEmulator}. */
 export interface EmulatorOptions {
   /** The product code the emulated product was published with; any other gets `InvalidProductCodeException`. */
@@ -73,6 +105,34 @@ export interface EmulatorOptions {
    * reported as a process warning and the emulator carries on.
    */
   onCall?: (call: EmulatorCall) => void;
+  /**
+   * The product's current public key version (an integer 1..2^31-1, default 1). RegisterUsage with any
+   * other `PublicKeyVersion` gets `InvalidPublicKeyVersionException`, and tokens carry this version.
+   * @see aws-metering-api.md §2.1, §3.7
+   */
+  publicKeyVersion?: number;
+  /**
+   * Entitlement state at start (default `'entitled'`); change it at run time with
+   * {@link MeteringEmulator.setEntitlement} or `POST /emulator/entitlement`. Unlike AWS, which throws the
+   * entitlement errors only on the first call of a task or pod (§3.6), the emulator applies the current
+   * state to every RegisterUsage call, so a test can flip it and call again with the same credentials.
+   * @see aws-metering-api.md §3.6
+   */
+  entitlement?: EmulatorEntitlement;
+  /**
+   * When set (epoch ms, finite), every successful RegisterUsage also answers
+   * `PublicKeyRotationTimestamp` (epoch seconds on the wire, a `Date` in the SDK), as AWS does once the
+   * key version has expired. When unset, the field is omitted, as AWS does for a current key.
+   * @see aws-metering-api.md §2.1, §1.4, §3.7
+   */
+  publicKeyRotatedAtMs?: number;
+  /**
+   * Private RSA key (`rsa` or `rsa-pss` `KeyObject`) that signs RegisterUsage tokens, for tests that need
+   * a known key pair. When absent, the emulator generates its own {@link SIGNING_KEY_BITS}-bit RSA key on
+   * first use (first successful RegisterUsage or first read of `publicKeyPem`) and keeps it for its lifetime.
+   * @see aws-metering-api.md §3.7
+   */
+  signingKey?: KeyObject;
 }
 
 /**
@@ -107,6 +167,12 @@ export interface MeteredRecord {
   meteringRecordId: string;
 }
 
+/** The RegisterUsage signing key with its public half as SPKI PEM. */
+interface Signer {
+  readonly privateKey: KeyObject;
+  readonly publicKeyPem: string;
+}
+
 /** What an operation handler answers: a 200 body, or an AWS error. */
 type OperationOutcome =
   | { readonly kind: 'success'; readonly body: Readonly<Record<string, unknown>> }
@@ -131,12 +197,15 @@ type ReceivedBody = Exclude<BodyResult, { readonly kind: 'aborted' }>;
  * - `start()` listens (default `127.0.0.1:0`) and resolves with the base URL to pass as the SDK's
  *   `endpoint`; it rejects if the port cannot be bound and throws if already started.
  * - Every AWS-path request is appended to `calls` in arrival order; successful MeterUsage calls that are
- *   not idempotent repeats append to `records`. DryRun and faulted calls never record.
+ *   not idempotent repeats append to `records`. DryRun, RegisterUsage and faulted calls never record.
+ * - A successful RegisterUsage answers a PS256 token signed with the key behind `publicKeyPem`; the
+ *   next tokens queued by `tamperNextToken()` carry altered claims but a valid signature.
  * - `failNext()` faults are consumed in FIFO order by the next calls of that operation, before any
  *   validation or authentication.
  * - `stop()` is idempotent, closes every socket (including ones held by a `'Timeout'` fault) and
  *   resolves when the server is closed; `start()` may be called again afterwards.
- * - State (`calls`, `records`, tokens, faults) survives stop/start and is cleared only by `reset()`.
+ * - State (`calls`, `records`, tokens, faults, token tampering) survives stop/start and is cleared only
+ *   by `reset()`. The signing key and the entitlement state are configuration: `reset()` keeps them.
  */
 export class MeteringEmulator {
   readonly #productCode: string;
@@ -144,8 +213,14 @@ export class MeteringEmulator {
   readonly #now: () => number;
   readonly #dryRunResponse: 'error' | 'success';
   readonly #onCall: ((call: EmulatorCall) => void) | undefined;
-  /** Dispatch table: add RegisterUsage here (one entry + one method). */
+  readonly #publicKeyVersion: number;
+  readonly #publicKeyRotatedAtMs: number | undefined;
+  /** Dispatch table: one entry + one method per operation. */
   readonly #operations: ReadonlyMap<string, OperationHandler>;
+
+  /** RegisterUsage signing key and its public PEM: from the `signingKey` option, or made on first use. */
+  #signer: Signer | undefined;
+  #entitlement: EmulatorEntitlement;
 
   #server: Server | undefined;
   #url: string | undefined;
@@ -157,10 +232,14 @@ export class MeteringEmulator {
   #hours = new Map<string, HourEntry>();
   /** operation -> queued fault names, consumed from the front. */
   #faults = new Map<string, string[]>();
+  /** Claims to merge into the next successful RegisterUsage tokens, consumed from the front. */
+  #tampering: RegisterUsageClaims[] = [];
 
   /**
-   * Creates a stopped emulator. Throws `TypeError` when `productCode` is not a string or `dimensions`
-   * is given but empty (no call could ever succeed).
+   * Creates a stopped emulator. Throws `TypeError` when `productCode` is not a string, `dimensions`
+   * is given but empty (no call could ever succeed), `publicKeyVersion` is not an integer 1..2^31-1,
+   * `entitlement` is not an {@link EmulatorEntitlement}, `publicKeyRotatedAtMs` is not a finite number,
+   * or `signingKey` is not a private RSA key that can sign PS256.
    */
   constructor(options: EmulatorOptions) {
     if (typeof options.productCode !== 'string')
@@ -175,8 +254,18 @@ export class MeteringEmulator {
     this.#now = options.now ?? Date.now;
     this.#dryRunResponse = options.dryRunResponse ?? 'error';
     this.#onCall = options.onCall;
+    this.#publicKeyVersion = checkPublicKeyVersion(options.publicKeyVersion ?? MIN_PUBLIC_KEY_VERSION);
+    this.#entitlement = checkEntitlement(options.entitlement ?? 'entitled', 'EmulatorOptions.entitlement');
+    if (options.publicKeyRotatedAtMs !== undefined && !Number.isFinite(options.publicKeyRotatedAtMs)) {
+      throw new TypeError(
+        'EmulatorOptions.publicKeyRotatedAtMs must be a finite epoch-ms number, or left out',
+      );
+    }
+    this.#publicKeyRotatedAtMs = options.publicKeyRotatedAtMs;
+    this.#signer = options.signingKey === undefined ? undefined : signer(checkSigningKey(options.signingKey));
     this.#operations = new Map<string, OperationHandler>([
       ['MeterUsage', (identity, input) => this.#meterUsage(identity, input)],
+      ['RegisterUsage', (_identity, input) => this.#registerUsage(input)],
     ]);
   }
 
@@ -251,13 +340,67 @@ export class MeteringEmulator {
     return totals;
   }
 
-  /** Forgets calls, records, ClientTokens, once-per-hour keys and queued faults. Keeps listening. */
+  /**
+   * The public half of the RegisterUsage signing key as SPKI PEM (`-----BEGIN PUBLIC KEY-----`), what a
+   * sidecar is configured with to verify tokens. Stable for the emulator's lifetime (kept by `reset()`).
+   * The first read generates the key when no `signingKey` was given (about 0.1-0.5 s, synchronous).
+   */
+  get publicKeyPem(): string {
+    return this.#signerOnce().publicKeyPem;
+  }
+
+  /** The entitlement state the next RegisterUsage calls get. */
+  get entitlement(): EmulatorEntitlement {
+    return this.#entitlement;
+  }
+
+  /**
+   * Changes what the next RegisterUsage calls get after their request passed validation, product code
+   * and key version: a token (`'entitled'`) or the named error. Takes effect for the next call; kept by
+   * `reset()`. Throws `TypeError` for any other state.
+   * @see aws-metering-api.md §3.6
+   */
+  setEntitlement(state: EmulatorEntitlement): void {
+    this.#entitlement = checkEntitlement(state, 'setEntitlement(state)');
+  }
+
+  /**
+   * Queues `claims` for the next `count` successful RegisterUsage tokens: each of those tokens has these
+   * claims merged over its real payload (e.g. `{ Nonce: 'other' }`, `{ ProductCode: 'x' }`; a claim set
+   * to `undefined` is removed) and is then signed normally, so the signature verifies but the claims do
+   * not match the request. Queued entries are consumed in FIFO order, one per successful call; failed
+   * and faulted calls consume none. `claims` is copied when queued. Throws `TypeError` when `claims` is
+   * not a plain object that serializes as JSON, or `count` is not an integer 1..{@link MAX_FAULT_COUNT}.
+   */
+  tamperNextToken(claims: Record<string, unknown>, count = 1): void {
+    if (typeof claims !== 'object' || claims === null || Array.isArray(claims)) {
+      throw new TypeError('tamperNextToken(claims) needs an object of claims, e.g. { Nonce: "other" }');
+    }
+    const copy: RegisterUsageClaims = Object.freeze({ ...claims });
+    try {
+      JSON.stringify(copy);
+    } catch (error) {
+      throw new TypeError('tamperNextToken(claims) needs claims that serialize as JSON', { cause: error });
+    }
+    if (!Number.isInteger(count) || count < 1 || count > MAX_FAULT_COUNT) {
+      throw new TypeError(
+        `tamperNextToken count must be an integer from 1 to ${MAX_FAULT_COUNT} (got ${count}).`,
+      );
+    }
+    for (let i = 0; i < count; i += 1) this.#tampering.push(copy);
+  }
+
+  /**
+   * Forgets calls, records, ClientTokens, once-per-hour keys, queued faults and queued token tampering.
+   * Keeps listening, the signing key and the entitlement state.
+   */
   reset(): void {
     this.#calls = [];
     this.#records = [];
     this.#tokens = new Map();
     this.#hours = new Map();
     this.#faults = new Map();
+    this.#tampering = [];
   }
 
   /**
@@ -478,6 +621,42 @@ export class MeteringEmulator {
     return { kind: 'success', body: { MeteringRecordId: meteringRecordId } };
   }
 
+  /**
+   * RegisterUsage: validate, product code, key version and entitlement (pure rules), then a PS256 token
+   * over the request's claims (tampered if queued), plus `PublicKeyRotationTimestamp` when configured.
+   * Records nothing.
+   * @see aws-metering-api.md §2.1, §2.6, §3.6, §3.7
+   */
+  #registerUsage(input: Readonly<Record<string, unknown>>): OperationOutcome {
+    const validation = validateRegisterUsage(input, {
+      productCode: this.#productCode,
+      publicKeyVersion: this.#publicKeyVersion,
+      entitlement: this.#entitlement,
+    });
+    if (validation.kind === 'invalid') return { kind: 'error', error: validation.error };
+    const claims = registerUsageClaims(validation.request, this.#now());
+    const tampered = this.#tampering.shift();
+    const signature = signJwt(
+      tampered === undefined ? claims : { ...claims, ...tampered },
+      this.#signerOnce().privateKey,
+    );
+    // Omitted rather than null for a current key: AWS includes it only once the version has expired (§1.4).
+    const rotation =
+      this.#publicKeyRotatedAtMs === undefined
+        ? {}
+        : { PublicKeyRotationTimestamp: this.#publicKeyRotatedAtMs / 1000 };
+    return { kind: 'success', body: { Signature: signature, ...rotation } };
+  }
+
+  /**
+   * The signing key, generated on first use when none was given. Lazy because generating a 2048-bit RSA
+   * key takes 0.1-0.5 s of CPU, and most emulators (MeterUsage tests, local mode) never sign a token.
+   */
+  #signerOnce(): Signer {
+    this.#signer ??= signer(generateKeyPairSync('rsa', { modulusLength: SIGNING_KEY_BITS }).privateKey);
+    return this.#signer;
+  }
+
   #record(identity: string, request: MeterUsageRequest, hourKey: string): string {
     const meteringRecordId = randomUUID();
     const record: MeteredRecord = {
@@ -521,19 +700,21 @@ export class MeteringEmulator {
       case 'POST /emulator/faults':
         this.#controlFaults(body.text, res);
         return;
+      case 'GET /emulator/public-key':
+        sendText(res, 200, this.publicKeyPem);
+        return;
+      case 'POST /emulator/entitlement':
+        this.#controlEntitlement(body.text, res);
+        return;
       default: {
-        const known = [
-          'GET /emulator/calls',
-          'GET /emulator/records',
-          'POST /emulator/faults',
-          'POST /emulator/reset',
-        ];
-        const samePath = known.filter((candidate) => candidate.endsWith(` ${path}`));
+        const samePath = CONTROL_ROUTES.filter((candidate) => candidate.endsWith(` ${path}`));
         if (samePath.length > 0) {
           res.setHeader('allow', samePath.map((candidate) => candidate.split(' ')[0]).join(', '));
           sendJson(res, 405, { error: `${route} is not supported; use ${samePath.join(' or ')}.` });
         } else {
-          sendJson(res, 404, { error: `Unknown control route ${route}; available: ${known.join(', ')}.` });
+          sendJson(res, 404, {
+            error: `Unknown control route ${route}; available: ${CONTROL_ROUTES.join(', ')}.`,
+          });
         }
       }
     }
@@ -565,6 +746,19 @@ export class MeteringEmulator {
     sendJson(res, 200, { operation, error: errorName, count });
   }
 
+  #controlEntitlement(text: string, res: ServerResponse): void {
+    const input = parseJson(text);
+    const state: unknown = isJsonObject(input) ? input['state'] : undefined;
+    if (!isEmulatorEntitlement(state)) {
+      sendJson(res, 400, {
+        error: `Body must be a JSON object like {"state":"CustomerNotEntitledException"}; "state" is one of ${EMULATOR_ENTITLEMENTS.map((name) => JSON.stringify(name)).join(', ')}.`,
+      });
+      return;
+    }
+    this.setEntitlement(state);
+    sendJson(res, 200, { state });
+  }
+
   /** Why a fault cannot be queued, or `undefined` when it can. */
   #faultProblem(operation: string, errorName: string, count: number): string | undefined {
     if (!this.#operations.has(operation)) {
@@ -581,6 +775,53 @@ export class MeteringEmulator {
 }
 
 // ---- Helpers ---------------------------------------------------------------------------------------
+
+function signer(privateKey: KeyObject): Signer {
+  const publicKeyPem = createPublicKey(privateKey).export({ type: 'spki', format: 'pem' }).toString();
+  return { privateKey, publicKeyPem };
+}
+
+function checkPublicKeyVersion(version: number): number {
+  if (!Number.isInteger(version) || version < MIN_PUBLIC_KEY_VERSION || version > MAX_PUBLIC_KEY_VERSION) {
+    throw new TypeError(
+      `EmulatorOptions.publicKeyVersion must be an integer from ${MIN_PUBLIC_KEY_VERSION} to ${MAX_PUBLIC_KEY_VERSION} (got ${version})`,
+    );
+  }
+  return version;
+}
+
+function checkEntitlement(state: unknown, where: string): EmulatorEntitlement {
+  if (!isEmulatorEntitlement(state)) {
+    throw new TypeError(
+      `${where} must be one of ${EMULATOR_ENTITLEMENTS.join(', ')} (got ${JSON.stringify(state)})`,
+    );
+  }
+  return state;
+}
+
+/** Accepts a private RSA key that signs PS256 (checked by signing a probe), else throws `TypeError`. */
+function checkSigningKey(key: KeyObject): KeyObject {
+  if (!(key instanceof KeyObject)) {
+    throw new TypeError(
+      'EmulatorOptions.signingKey must be a KeyObject, e.g. from crypto.createPrivateKey(pem)',
+    );
+  }
+  const isRsa = key.asymmetricKeyType === 'rsa' || key.asymmetricKeyType === 'rsa-pss';
+  if (key.type !== 'private' || !isRsa) {
+    throw new TypeError(
+      `EmulatorOptions.signingKey must be a private RSA KeyObject (got a ${key.type} ${key.asymmetricKeyType ?? 'secret'} key)`,
+    );
+  }
+  try {
+    signJwt({}, key);
+  } catch (error) {
+    // An rsa-pss key restricted to another hash or a larger salt cannot sign PS256.
+    throw new TypeError('EmulatorOptions.signingKey cannot sign PS256 (RSA-PSS, SHA-256, 32-byte salt)', {
+      cause: error,
+    });
+  }
+  return key;
+}
 
 function header(req: IncomingMessage, name: string): string | undefined {
   const value = req.headers[name];
@@ -657,6 +898,14 @@ function sendAwsError(res: ServerResponse, error: ServiceError): number {
     ...(status === 413 ? { connection: 'close' } : {}),
   });
   return status;
+}
+
+function sendText(res: ServerResponse, status: number, text: string): void {
+  res.writeHead(status, {
+    'content-type': 'text/plain; charset=utf-8',
+    'content-length': Buffer.byteLength(text),
+  });
+  res.end(text);
 }
 
 function sendJson(res: ServerResponse, status: number, body: unknown): void {

@@ -8,6 +8,7 @@
  * References: `aws-metering-api.md` is ../shared/reference/aws-metering-api.md from the repository root.
  * @see aws-metering-api.md §2.2 (MeterUsage), §2.5 (shapes), §3.1-3.4 (semantics)
  */
+import { readMember as member, validationError } from './awsJson.js';
 import type { ServiceError } from './awsJson.js';
 
 /**
@@ -152,15 +153,11 @@ function rejected(name: string, message: string): { readonly ok: false; readonly
 
 /** AWS-style constraint message ("Value ... at 'member' failed to satisfy constraint: ..."). */
 function invalidMember(
-  member: string,
+  path: string,
   value: unknown,
   constraint: string,
 ): { readonly ok: false; readonly error: ServiceError } {
-  const shown = value === undefined ? 'null' : JSON.stringify(value);
-  return rejected(
-    'ValidationException',
-    `1 validation error detected: Value ${shown} at '${member}' failed to satisfy constraint: ${constraint}`,
-  );
+  return { ok: false, error: validationError(path, value, constraint) };
 }
 
 function isRecord(value: unknown): value is Readonly<Record<string, unknown>> {
@@ -169,12 +166,6 @@ function isRecord(value: unknown): value is Readonly<Record<string, unknown>> {
 
 function isQuantity(value: unknown): value is number {
   return typeof value === 'number' && Number.isInteger(value) && value >= 0 && value <= MAX_QUANTITY;
-}
-
-/** JSON `null` is treated like an absent member, as the SDK omits both. */
-function member(input: Readonly<Record<string, unknown>>, name: string): unknown {
-  const value = input[name];
-  return value === null ? undefined : value;
 }
 
 function decodeString(value: unknown, path: string): Decoded<string> {

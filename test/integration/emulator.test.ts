@@ -1,19 +1,27 @@
+import { constants, createPublicKey, generateKeyPairSync, verify } from 'node:crypto';
+
 import {
+  CustomerNotEntitledException,
   DuplicateRequestException,
   IdempotencyConflictException,
   InternalServiceErrorException,
   InvalidProductCodeException,
+  InvalidPublicKeyVersionException,
   InvalidTagException,
   InvalidUsageAllocationsException,
   InvalidUsageDimensionException,
   MarketplaceMeteringClient,
   MarketplaceMeteringServiceException,
   MeterUsageCommand,
+  PlatformNotSupportedException,
+  RegisterUsageCommand,
+  ThrottlingException,
   TimestampOutOfBoundsException,
 } from '@aws-sdk/client-marketplace-metering';
 import type {
   MarketplaceMeteringClientConfig,
   MeterUsageCommandInput,
+  RegisterUsageCommandInput,
 } from '@aws-sdk/client-marketplace-metering';
 import { afterEach, describe, expect, it } from 'vitest';
 
@@ -29,6 +37,16 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 /** A syntactically valid SigV4 header for raw requests (the signature is not verified). */
 const RAW_AUTHORIZATION =
   'AWS4-HMAC-SHA256 Credential=RAWKEY/20261126/us-east-1/aws-marketplace/aws4_request, SignedHeaders=host, Signature=abc';
+
+const NONCE = '2ead20e4-3e6d-42cd-8f56-24f02d1cc4e1';
+/**
+ * A signing key shared by the RegisterUsage tests that do not test the emulator's own key: generating a
+ * 2048-bit RSA key takes 0.1-0.5 s, once per file instead of once per test.
+ */
+const SIGNING_KEY = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
+const SIGNING_PUBLIC_KEY_PEM = createPublicKey(SIGNING_KEY)
+  .export({ type: 'spki', format: 'pem' })
+  .toString();
 
 const emulators: MeteringEmulator[] = [];
 const clients: MarketplaceMeteringClient[] = [];
@@ -69,6 +87,35 @@ function meterUsage(overrides: Partial<MeterUsageCommandInput> = {}): MeterUsage
     UsageQuantity: 3,
     ...overrides,
   });
+}
+
+function registerUsage(overrides: Partial<RegisterUsageCommandInput> = {}): RegisterUsageCommand {
+  return new RegisterUsageCommand({
+    ProductCode: PRODUCT_CODE,
+    PublicKeyVersion: 1,
+    Nonce: NONCE,
+    ...overrides,
+  });
+}
+
+/** A RegisterUsage token split into its decoded header and payload, and whether its PS256 signature verifies. */
+function readToken(
+  token: string | undefined,
+  publicKeyPem: string,
+): { sections: number; header: unknown; payload: Record<string, unknown>; verified: boolean } {
+  const sections = (token ?? '').split('.');
+  const [header = '', payload = '', signature = ''] = sections;
+  return {
+    sections: sections.length,
+    header: JSON.parse(Buffer.from(header, 'base64url').toString('utf8')),
+    payload: JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')) as Record<string, unknown>,
+    verified: verify(
+      'sha256',
+      Buffer.from(`${header}.${payload}`, 'ascii'),
+      { key: publicKeyPem, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: 32 },
+      Buffer.from(signature, 'base64url'),
+    ),
+  };
 }
 
 /** The rejection of `promise` (fails the test if it resolves). */
@@ -455,6 +502,271 @@ describe('MeteringEmulator with the real SDK client', () => {
   });
 });
 
+describe('MeteringEmulator RegisterUsage with the real SDK client', () => {
+  it("answers a PS256 token over the request's claims, signed by the emulator's own key", async () => {
+    // Prepare
+    const emulator = await startEmulator();
+    const client = sdkClient(emulator);
+
+    // Act
+    const output = await client.send(registerUsage());
+
+    // Assess
+    const token = readToken(output.Signature, emulator.publicKeyPem);
+    expect(output.$metadata.httpStatusCode).toBe(200);
+    expect(emulator.publicKeyPem).toMatch(
+      /^-----BEGIN PUBLIC KEY-----\n[\s\S]+\n-----END PUBLIC KEY-----\n$/,
+    );
+    expect(createPublicKey(emulator.publicKeyPem).asymmetricKeyDetails?.modulusLength).toBe(2048);
+    expect(token.sections).toBe(3);
+    expect(token.header).toEqual({ alg: 'PS256', typ: 'JWT' });
+    expect(token.payload).toEqual({
+      ProductCode: PRODUCT_CODE,
+      PublicKeyVersion: 1,
+      Nonce: NONCE,
+      iat: NOW_MS / 1000,
+    });
+    expect(token.verified).toBe(true);
+    expect(output.PublicKeyRotationTimestamp).toBeUndefined();
+    expect(emulator.calls).toMatchObject([{ operation: 'RegisterUsage', identity: 'TASKA', status: 200 }]);
+    expect(emulator.records).toEqual([]);
+  });
+
+  it('keeps the same key for every token and leaves Nonce out when the request has none', async () => {
+    const emulator = await startEmulator();
+    const client = sdkClient(emulator);
+    const pem = emulator.publicKeyPem;
+
+    const first = await client.send(registerUsage({ Nonce: undefined }));
+    const second = await client.send(registerUsage({ Nonce: 'n-2' }));
+
+    expect(readToken(first.Signature, pem)).toMatchObject({ verified: true });
+    expect(readToken(first.Signature, pem).payload).not.toHaveProperty('Nonce');
+    expect(readToken(second.Signature, pem)).toMatchObject({ verified: true, payload: { Nonce: 'n-2' } });
+    expect(emulator.publicKeyPem).toBe(pem);
+  });
+
+  it('signs with the signingKey option and carries the configured publicKeyVersion', async () => {
+    const emulator = await startEmulator({ signingKey: SIGNING_KEY, publicKeyVersion: 3 });
+    const client = sdkClient(emulator);
+
+    const output = await client.send(registerUsage({ PublicKeyVersion: 3 }));
+    const stale = await rejectionOf(client.send(registerUsage({ PublicKeyVersion: 1 })));
+
+    expect(emulator.publicKeyPem).toBe(SIGNING_PUBLIC_KEY_PEM);
+    expect(readToken(output.Signature, SIGNING_PUBLIC_KEY_PEM)).toMatchObject({
+      verified: true,
+      payload: { PublicKeyVersion: 3 },
+    });
+    expect(stale).toBeInstanceOf(InvalidPublicKeyVersionException);
+  });
+
+  it('answers PublicKeyRotationTimestamp as a Date when publicKeyRotatedAtMs is set', async () => {
+    const rotatedAtMs = Date.UTC(2026, 9, 1, 12);
+    const emulator = await startEmulator({ signingKey: SIGNING_KEY, publicKeyRotatedAtMs: rotatedAtMs });
+
+    const output = await sdkClient(emulator).send(registerUsage());
+
+    expect(output.PublicKeyRotationTimestamp).toBeInstanceOf(Date);
+    expect(output.PublicKeyRotationTimestamp?.getTime()).toBe(rotatedAtMs);
+    expect(readToken(output.Signature, SIGNING_PUBLIC_KEY_PEM).verified).toBe(true);
+  });
+
+  it('rejects a product code other than the configured one', async () => {
+    const emulator = await startEmulator({ signingKey: SIGNING_KEY });
+
+    const error = await rejectionOf(sdkClient(emulator).send(registerUsage({ ProductCode: 'someone-else' })));
+
+    expect(error).toBeInstanceOf(InvalidProductCodeException);
+    expect(error).toMatchObject({ $fault: 'client', $metadata: { httpStatusCode: 400 } });
+    expect(emulator.calls).toMatchObject([
+      { operation: 'RegisterUsage', status: 400, error: 'InvalidProductCodeException' },
+    ]);
+  });
+
+  it('rejects a public key version the product does not have', async () => {
+    const emulator = await startEmulator({ signingKey: SIGNING_KEY });
+
+    const error = await rejectionOf(sdkClient(emulator).send(registerUsage({ PublicKeyVersion: 2 })));
+
+    expect(error).toBeInstanceOf(InvalidPublicKeyVersionException);
+    expect((error as InvalidPublicKeyVersionException).$metadata.httpStatusCode).toBe(400);
+  });
+
+  it('answers ValidationException for a PublicKeyVersion below 1', async () => {
+    const emulator = await startEmulator({ signingKey: SIGNING_KEY });
+
+    const error = await rejectionOf(sdkClient(emulator).send(registerUsage({ PublicKeyVersion: 0 })));
+
+    expect(error).toBeInstanceOf(MarketplaceMeteringServiceException);
+    expect(error).toMatchObject({ name: 'ValidationException', $metadata: { httpStatusCode: 400 } });
+  });
+
+  it('answers CustomerNotEntitledException when the customer is not entitled', async () => {
+    const emulator = await startEmulator({ entitlement: 'CustomerNotEntitledException' });
+
+    const error = await rejectionOf(sdkClient(emulator).send(registerUsage()));
+
+    expect(error).toBeInstanceOf(CustomerNotEntitledException);
+    expect(error).toMatchObject({ $fault: 'client', $metadata: { httpStatusCode: 400 } });
+    expect(emulator.entitlement).toBe('CustomerNotEntitledException');
+  });
+
+  it('answers PlatformNotSupportedException when the platform is not supported', async () => {
+    const emulator = await startEmulator({ entitlement: 'PlatformNotSupportedException' });
+
+    const error = await rejectionOf(sdkClient(emulator).send(registerUsage()));
+
+    expect(error).toBeInstanceOf(PlatformNotSupportedException);
+    expect((error as PlatformNotSupportedException).$metadata.httpStatusCode).toBe(400);
+  });
+
+  it('applies setEntitlement to the next calls', async () => {
+    // Prepare
+    const emulator = await startEmulator({ signingKey: SIGNING_KEY });
+    const client = sdkClient(emulator);
+
+    // Act
+    const before = await client.send(registerUsage());
+    emulator.setEntitlement('CustomerNotEntitledException');
+    const revoked = await rejectionOf(client.send(registerUsage()));
+    emulator.setEntitlement('PlatformNotSupportedException');
+    const unsupported = await rejectionOf(client.send(registerUsage()));
+    emulator.setEntitlement('entitled');
+    const after = await client.send(registerUsage());
+
+    // Assess
+    expect(readToken(before.Signature, SIGNING_PUBLIC_KEY_PEM).verified).toBe(true);
+    expect(revoked).toBeInstanceOf(CustomerNotEntitledException);
+    expect(unsupported).toBeInstanceOf(PlatformNotSupportedException);
+    expect(readToken(after.Signature, SIGNING_PUBLIC_KEY_PEM).verified).toBe(true);
+    expect(() => emulator.setEntitlement('Entitled' as 'entitled')).toThrow(TypeError);
+    expect(emulator.entitlement).toBe('entitled');
+  });
+
+  it('signs tampered claims into the next tokens only, skipping failed calls', async () => {
+    // Prepare
+    const emulator = await startEmulator({ signingKey: SIGNING_KEY });
+    const client = sdkClient(emulator);
+    emulator.tamperNextToken({ Nonce: 'other' });
+    emulator.tamperNextToken({ ProductCode: 'x', Extra: true });
+
+    // Act
+    const first = await client.send(registerUsage());
+    // A failed call gets no token, so it does not consume the queued tampering.
+    await rejectionOf(client.send(registerUsage({ PublicKeyVersion: 2 })));
+    const second = await client.send(registerUsage());
+    const third = await client.send(registerUsage());
+
+    // Assess
+    const tokens = [first, second, third].map((output) =>
+      readToken(output.Signature, SIGNING_PUBLIC_KEY_PEM),
+    );
+    expect(tokens.map((token) => token.verified)).toEqual([true, true, true]);
+    expect(tokens[0]?.payload).toEqual({
+      ProductCode: PRODUCT_CODE,
+      PublicKeyVersion: 1,
+      Nonce: 'other',
+      iat: NOW_MS / 1000,
+    });
+    expect(tokens[1]?.payload).toMatchObject({ ProductCode: 'x', Nonce: NONCE, Extra: true });
+    expect(tokens[2]?.payload).toMatchObject({ ProductCode: PRODUCT_CODE, Nonce: NONCE });
+  });
+
+  it('repeats tampering count times and refuses bad arguments', async () => {
+    const emulator = await startEmulator({ signingKey: SIGNING_KEY });
+    const client = sdkClient(emulator);
+    emulator.tamperNextToken({ PublicKeyVersion: 9 }, 2);
+
+    const outputs = [
+      await client.send(registerUsage()),
+      await client.send(registerUsage()),
+      await client.send(registerUsage()),
+    ];
+
+    expect(
+      outputs.map(
+        (output) => readToken(output.Signature, SIGNING_PUBLIC_KEY_PEM).payload['PublicKeyVersion'],
+      ),
+    ).toEqual([9, 9, 1]);
+    expect(() => emulator.tamperNextToken({ Nonce: 'x' }, 0)).toThrow(TypeError);
+    expect(() => emulator.tamperNextToken(null as unknown as Record<string, unknown>)).toThrow(TypeError);
+    expect(() => emulator.tamperNextToken({ iat: 1n })).toThrow(TypeError);
+  });
+
+  it('injects ThrottlingException with failNext, then answers normally', async () => {
+    const emulator = await startEmulator({ signingKey: SIGNING_KEY });
+    emulator.failNext('RegisterUsage', 'ThrottlingException');
+    const client = sdkClient(emulator);
+
+    const error = await rejectionOf(client.send(registerUsage()));
+    const next = await client.send(registerUsage());
+
+    expect(error).toBeInstanceOf(ThrottlingException);
+    expect((error as ThrottlingException).$metadata.httpStatusCode).toBe(400);
+    expect(readToken(next.Signature, SIGNING_PUBLIC_KEY_PEM).verified).toBe(true);
+    expect(emulator.calls.map((call) => [call.operation, call.status, call.error])).toEqual([
+      ['RegisterUsage', 400, 'ThrottlingException'],
+      ['RegisterUsage', 200, undefined],
+    ]);
+  });
+
+  it.each([
+    ['InternalServiceErrorException', { name: 'InternalServiceErrorException', $fault: 'server' }, 500],
+    ['ConnectionReset', { code: 'ECONNRESET' }, 0],
+    ['Timeout', { name: 'TimeoutError' }, 0],
+  ])('injects %s with failNext, then answers normally', async (fault, expected, status) => {
+    const emulator = await startEmulator({ signingKey: SIGNING_KEY });
+    emulator.failNext('RegisterUsage', fault);
+    // throwOnRequestTimeout: with this @smithy/node-http-handler, requestTimeout alone only logs a warning.
+    const client = sdkClient(emulator, 'TASKA', {
+      requestHandler: { requestTimeout: 300, throwOnRequestTimeout: true },
+    });
+
+    const error = await rejectionOf(client.send(registerUsage()));
+    const next = await client.send(registerUsage());
+
+    expect(error).toMatchObject(expected);
+    expect(readToken(next.Signature, SIGNING_PUBLIC_KEY_PEM).verified).toBe(true);
+    expect(emulator.calls.map((call) => [call.status, call.error ?? null])).toEqual([
+      [status, status === 500 ? 'InternalServiceErrorException' : fault],
+      [200, null],
+    ]);
+  });
+
+  it('lets a MeterUsage fault leave RegisterUsage alone', async () => {
+    const emulator = await startEmulator({ signingKey: SIGNING_KEY });
+    emulator.failNext('MeterUsage', 'ThrottlingException');
+
+    const output = await sdkClient(emulator).send(registerUsage());
+
+    expect(output.Signature).toBeDefined();
+    expect(emulator.calls).toMatchObject([{ operation: 'RegisterUsage', status: 200 }]);
+  });
+
+  it('keeps the key and the entitlement on reset() but forgets calls and queued tampering', async () => {
+    // Prepare
+    const emulator = await startEmulator();
+    const client = sdkClient(emulator);
+    const pem = emulator.publicKeyPem;
+    await client.send(registerUsage());
+    emulator.tamperNextToken({ Nonce: 'other' });
+    emulator.setEntitlement('PlatformNotSupportedException');
+
+    // Act
+    emulator.reset();
+    const stillUnsupported = await rejectionOf(client.send(registerUsage()));
+    emulator.setEntitlement('entitled');
+    const output = await client.send(registerUsage());
+
+    // Assess
+    expect(stillUnsupported).toBeInstanceOf(PlatformNotSupportedException);
+    expect(emulator.publicKeyPem).toBe(pem);
+    expect(readToken(output.Signature, pem)).toMatchObject({ verified: true, payload: { Nonce: NONCE } });
+    expect(emulator.calls.map((call) => call.status)).toEqual([400, 200]);
+  });
+});
+
 describe('MeteringEmulator wire protocol', () => {
   it('answers success with the AWS JSON 1.1 headers and accepts fractional epoch seconds', async () => {
     const emulator = await startEmulator();
@@ -553,6 +865,36 @@ describe('MeteringEmulator wire protocol', () => {
     expect(output.MeteringRecordId).toMatch(UUID);
   });
 
+  it('answers RegisterUsage with only Signature when the key is current', async () => {
+    const emulator = await startEmulator({ signingKey: SIGNING_KEY });
+
+    const response = await rawMeterUsage(
+      emulator,
+      JSON.stringify({ ProductCode: PRODUCT_CODE, PublicKeyVersion: 1 }),
+      {
+        'x-amz-target': 'AWSMPMeteringService.RegisterUsage',
+      },
+    );
+
+    expect(response.status).toBe(200);
+    expect(response.headers.get('content-type')).toBe('application/x-amz-json-1.1');
+    expect(Object.keys((await response.json()) as Record<string, unknown>)).toEqual(['Signature']);
+  });
+
+  it('answers a RegisterUsage Nonce over 255 characters with ValidationException', async () => {
+    const emulator = await startEmulator({ signingKey: SIGNING_KEY });
+
+    const response = await rawMeterUsage(
+      emulator,
+      JSON.stringify({ ProductCode: PRODUCT_CODE, PublicKeyVersion: 1, Nonce: 'n'.repeat(256) }),
+      { 'x-amz-target': 'AWSMPMeteringService.RegisterUsage' },
+    );
+
+    expect(response.status).toBe(400);
+    expect(response.headers.get('x-amzn-errortype')).toBe('ValidationException');
+    expect(await response.json()).toMatchObject({ __type: 'ValidationException' });
+  });
+
   it('answers 413 to a request body over 1 MiB', async () => {
     const emulator = await startEmulator();
 
@@ -632,6 +974,58 @@ describe('MeteringEmulator control surface', () => {
     expect(emulator.calls).toMatchObject([{ status: 200 }]);
   });
 
+  it('serves the public key as PEM text on GET /emulator/public-key', async () => {
+    const emulator = await startEmulator();
+
+    const response = await fetch(`${emulator.url}/emulator/public-key`);
+    const pem = await response.text();
+    const output = await sdkClient(emulator).send(registerUsage());
+
+    expect(response.status).toBe(200);
+    expect(response.headers.get('content-type')).toMatch(/^text\/plain/);
+    expect(pem).toBe(emulator.publicKeyPem);
+    expect(pem.startsWith('-----BEGIN PUBLIC KEY-----')).toBe(true);
+    expect(readToken(output.Signature, pem).verified).toBe(true);
+  });
+
+  it('sets the entitlement on POST /emulator/entitlement and echoes it', async () => {
+    const emulator = await startEmulator({ signingKey: SIGNING_KEY });
+    const client = sdkClient(emulator);
+
+    const response = await fetch(`${emulator.url}/emulator/entitlement`, {
+      method: 'POST',
+      body: JSON.stringify({ state: 'CustomerNotEntitledException' }),
+    });
+    const error = await rejectionOf(client.send(registerUsage()));
+    const back = await fetch(`${emulator.url}/emulator/entitlement`, {
+      method: 'POST',
+      body: JSON.stringify({ state: 'entitled' }),
+    });
+    const output = await client.send(registerUsage());
+
+    expect(response.status).toBe(200);
+    expect(await response.json()).toEqual({ state: 'CustomerNotEntitledException' });
+    expect(error).toBeInstanceOf(CustomerNotEntitledException);
+    expect(back.status).toBe(200);
+    expect(readToken(output.Signature, SIGNING_PUBLIC_KEY_PEM).verified).toBe(true);
+  });
+
+  it.each([
+    'not json',
+    JSON.stringify({}),
+    JSON.stringify({ state: 'Entitled' }),
+    JSON.stringify({ state: 'ThrottlingException' }),
+    JSON.stringify(['entitled']),
+  ])('refuses the entitlement body %s with 400 and leaves the state alone', async (body) => {
+    const emulator = await startEmulator({ entitlement: 'PlatformNotSupportedException' });
+
+    const response = await fetch(`${emulator.url}/emulator/entitlement`, { method: 'POST', body });
+
+    expect(response.status).toBe(400);
+    expect(((await response.json()) as { error: string }).error).toContain('"state" is one of');
+    expect(emulator.entitlement).toBe('PlatformNotSupportedException');
+  });
+
   it('answers unknown control routes with 404 and wrong methods with 405', async () => {
     const emulator = await startEmulator();
 
@@ -641,6 +1035,9 @@ describe('MeteringEmulator control surface', () => {
     expect(unknown.status).toBe(404);
     expect(wrongMethod.status).toBe(405);
     expect(wrongMethod.headers.get('allow')).toBe('GET');
+    const readEntitlement = await fetch(`${emulator.url}/emulator/entitlement`);
+    expect(readEntitlement.status).toBe(405);
+    expect(readEntitlement.headers.get('allow')).toBe('POST');
   });
 
   it('answers 413 to a control body over 1 MiB', async () => {
@@ -699,6 +1096,23 @@ describe('MeteringEmulator lifecycle', () => {
     expect(() => emulator.failNext('MeterUSage', 'ThrottlingException')).toThrow(TypeError);
     expect(() => emulator.failNext('MeterUsage', 'x-amzn-errortype: evil')).toThrow(TypeError);
     expect(() => emulator.failNext('MeterUsage', 'ThrottlingException', 1.5)).toThrow(TypeError);
+  });
+
+  it('refuses invalid RegisterUsage options', () => {
+    const make = (options: Partial<EmulatorOptions>) => () =>
+      new MeteringEmulator({ productCode: PRODUCT_CODE, ...options });
+    const ecKey = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
+
+    expect(make({ publicKeyVersion: 0 })).toThrow(TypeError);
+    expect(make({ publicKeyVersion: 1.5 })).toThrow(TypeError);
+    expect(make({ entitlement: 'nope' as 'entitled' })).toThrow(TypeError);
+    expect(make({ publicKeyRotatedAtMs: Number.NaN })).toThrow(TypeError);
+    expect(make({ signingKey: createPublicKey(SIGNING_KEY) })).toThrow(/private RSA/);
+    expect(make({ signingKey: ecKey })).toThrow(/private RSA/);
+    expect(make({ signingKey: SIGNING_PUBLIC_KEY_PEM as unknown as EmulatorOptions['signingKey'] })).toThrow(
+      /KeyObject/,
+    );
+    expect(make({ signingKey: SIGNING_KEY, publicKeyVersion: 7 })).not.toThrow();
   });
 
   it('keeps answering when the onCall callback throws', async () => {

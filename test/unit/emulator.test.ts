@@ -6,6 +6,8 @@ import {
   httpStatusFor,
   parseAuthorization,
   parseTarget,
+  readMember,
+  validationError,
 } from '../../src/emulator/awsJson.js';
 import {
   HOUR_MS,
@@ -134,6 +136,30 @@ describe('httpStatusFor and errorBody', () => {
       __type: 'ThrottlingException',
       message: 'slow down',
     });
+  });
+});
+
+describe('validationError and readMember', () => {
+  it('words a ValidationException as AWS does, showing an absent value as null', () => {
+    expect(validationError('usageQuantity', -1, 'Member must be at least 0')).toEqual({
+      name: 'ValidationException',
+      message:
+        "1 validation error detected: Value -1 at 'usageQuantity' failed to satisfy constraint: Member must be at least 0",
+    });
+    expect(validationError('productCode', undefined, 'Member must not be null').message).toContain(
+      "Value null at 'productCode'",
+    );
+  });
+
+  it('reads JSON null like an absent member and keeps every other value', () => {
+    const input = { A: null, B: 0, C: '' };
+
+    expect([readMember(input, 'A'), readMember(input, 'B'), readMember(input, 'C')]).toEqual([
+      undefined,
+      0,
+      '',
+    ]);
+    expect(readMember(input, 'D')).toBeUndefined();
   });
 });
 
