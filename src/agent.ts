@@ -18,10 +18,18 @@ import { hostname } from 'node:os';
 import type { MarketplaceMeteringClient } from '@aws-sdk/client-marketplace-metering';
 import type { Clock } from './clock.js';
 import type { Config } from './config.js';
-import { ConfigError } from './errors.js';
 import { MeteringEmulator } from './emulator/emulator.js';
+import {
+  DryRunCheck,
+  RegisterUsageCheck,
+  awaitEntitlement,
+  type EntitlementCheck,
+  type EntitlementProof,
+} from './entitlement/check.js';
+import { NotEntitledError } from './errors.js';
 import { IntakeServer } from './intake/server.js';
-import { rejection, type Rejection } from './intake/usage.js';
+import { ERROR_STATUS, rejection, type ErrorCode, type Rejection } from './intake/usage.js';
+import { AdminServer, type ReadinessCheck } from './observe/adminServer.js';
 import { SqliteLedger, type LedgerStatus } from './ledger/ledger.js';
 import type { Logger } from './log.js';
 import { Scheduler } from './schedule/scheduler.js';
@@ -56,9 +64,16 @@ export class Agent {
   #ledger: SqliteLedger | undefined;
   #client: MarketplaceMeteringClient | undefined;
   #intake: IntakeServer | undefined;
+  #admin: AdminServer | undefined;
   #scheduler: Scheduler | undefined;
   #entitlement: EntitlementState = 'pending';
+  #entitlementReason = 'the entitlement check has not started';
   #entitlementCheckedAtMs: number | undefined;
+  #proof: EntitlementProof | undefined;
+  #registerUsage: RegisterUsageCheck | undefined;
+  #proving = false;
+  #starting: Promise<void> | undefined;
+  readonly #abort = new AbortController();
   #stopping: Promise<StopOutcome> | undefined;
 
   constructor(config: Config, deps: AgentDeps) {
@@ -72,6 +87,11 @@ export class Agent {
     return this.#intake?.tcpAddress;
   }
 
+  /** The admin listener's port once started. */
+  get adminPort(): number | undefined {
+    return this.#admin?.port;
+  }
+
   /** The embedded emulator in local mode. */
   get emulator(): MeteringEmulator | undefined {
     return this.#emulator;
@@ -81,7 +101,12 @@ export class Agent {
    * Starts every component in order. On failure, whatever was started is stopped again before the error is
    * rethrown for `main` to map to an exit code.
    */
-  async start(): Promise<void> {
+  start(): Promise<void> {
+    this.#starting ??= this.#start();
+    return this.#starting;
+  }
+
+  async #start(): Promise<void> {
     const config = this.#config;
     try {
       let endpoint = config.endpoint;
@@ -132,10 +157,21 @@ export class Agent {
         gate: () => this.#gate(),
         status: () => this.status(),
         entitlement: () => this.#entitlementView(),
+        proveEntitlement: (nonce) => this.#proveEntitlement(nonce),
       });
       await this.#intake.start();
 
-      await this.#checkEntitlement();
+      if (config.adminListen !== undefined) {
+        this.#admin = new AdminServer({
+          listen: config.adminListen,
+          logger: this.#logger.child({ component: 'admin' }),
+          readiness: () => this.readiness(),
+          status: () => this.status(),
+        });
+        await this.#admin.start();
+      }
+
+      await this.#checkEntitlement(this.#emulator?.publicKeyPem);
 
       this.#scheduler = new Scheduler({
         ledger: this.#ledger,
@@ -151,29 +187,140 @@ export class Agent {
         'metering sidecar ready',
       );
     } catch (err) {
-      await this.#release();
+      // When a signal interrupted startup, stop() releases everything after reading the ledger's state.
+      if (this.#stopping === undefined) await this.#release();
       throw err;
     }
   }
 
   /**
-   * The entitlement step of startup. `none` marks entitlement disabled and opens intake.
-   * TODO(#3): `register-usage` (RegisterUsage with a verified signed token) and `dry-run`; until then they are
-   * refused at startup rather than silently skipped.
+   * The entitlement step of startup: intake answers 503 NotEntitled and `/readyz` is not ready until it passes.
+   * `register-usage` and `dry-run` retry throttling, 5xx and network errors within
+   * METERING_ENTITLEMENT_RETRY_SECONDS; any other answer throws {@link NotEntitledError}.
    */
-  // eslint-disable-next-line @typescript-eslint/require-await -- becomes asynchronous with RegisterUsage (#3)
-  async #checkEntitlement(): Promise<void> {
-    if (this.#config.entitlement !== 'none') {
-      throw new ConfigError([
-        {
-          variable: 'METERING_ENTITLEMENT',
-          value: this.#config.entitlement,
-          expected: 'none (this version does not check entitlement yet)',
-        },
-      ]);
+  async #checkEntitlement(localPublicKeyPem: string | undefined): Promise<void> {
+    const config = this.#config;
+    const log = this.#logger.child({ component: 'entitlement' });
+    if (config.entitlement === 'none') {
+      this.#entitlement = 'disabled';
+      this.#entitlementCheckedAtMs = this.#clock.now();
+      log.info({ mode: 'none' }, 'entitlement check disabled (METERING_ENTITLEMENT=none)');
+      return;
     }
-    this.#entitlementCheckedAtMs = this.#clock.now();
-    this.#entitlement = 'disabled';
+    let check: EntitlementCheck;
+    if (config.entitlement === 'register-usage') {
+      const publicKeyPem = config.publicKeyPem ?? localPublicKeyPem;
+      if (publicKeyPem === undefined) {
+        log.warn(
+          { code: 'ERR_PUBLIC_KEY_MISSING' },
+          'no product public key configured (METERING_PUBLIC_KEY or METERING_PUBLIC_KEY_FILE): the RegisterUsage token is accepted without verifying its signature',
+        );
+      }
+      check = this.#registerUsage = new RegisterUsageCheck(this.#client!, {
+        productCode: config.productCode,
+        publicKeyVersion: config.publicKeyVersion,
+        publicKeyPem,
+      });
+    } else {
+      check = new DryRunCheck(this.#client!, {
+        productCode: config.productCode,
+        dimensions: config.dimensions ?? [],
+        clock: this.#clock,
+      });
+    }
+    this.#entitlementReason = `waiting for ${config.entitlement === 'register-usage' ? 'RegisterUsage' : 'MeterUsage DryRun'}`;
+    try {
+      const result = await awaitEntitlement(check, {
+        clock: this.#clock,
+        budgetMs: config.entitlementRetrySeconds * 1000,
+        signal: this.#abort.signal,
+        onRetry: (failure, attempt, nextAtMs) => {
+          this.#entitlementReason = `AWS unavailable (${failure.code}) on attempt ${attempt}; retrying at ${new Date(nextAtMs).toISOString()}`;
+          log.warn(
+            { code: failure.code, attempt, retryAt: new Date(nextAtMs).toISOString() },
+            'entitlement check failed for now; retrying',
+          );
+        },
+      });
+      this.#proof = result.proof;
+      this.#entitlement = 'entitled';
+      this.#entitlementCheckedAtMs = this.#clock.now();
+      log.info({ mode: config.entitlement, verified: result.proof?.verified }, 'entitled');
+      if (result.proof?.keyRotatedAt !== undefined) {
+        log.warn(
+          { code: 'ERR_PUBLIC_KEY_ROTATED', keyRotatedAt: result.proof.keyRotatedAt.toISOString() },
+          `public key version ${config.publicKeyVersion} has expired: get the new key and version from the AWS Marketplace Management Portal and update METERING_PUBLIC_KEY_VERSION and the key`,
+        );
+      }
+    } catch (err) {
+      if (err instanceof NotEntitledError) {
+        this.#entitlement = 'not-entitled';
+        this.#entitlementCheckedAtMs = this.#clock.now();
+        this.#entitlementReason = err.message;
+      }
+      throw err;
+    }
+  }
+
+  /** `POST /v1/entitlement`: a fresh RegisterUsage with the app's nonce, so the app can verify the token itself. */
+  async #proveEntitlement(nonce: string): Promise<{ status: number; body: unknown }> {
+    const error = (code: ErrorCode, message: string): { status: number; body: unknown } => ({
+      status: ERROR_STATUS[code],
+      body: { error: { code, message } },
+    });
+    if (this.#registerUsage === undefined) {
+      return error(
+        'EntitlementNotApplicable',
+        `the sidecar runs with METERING_ENTITLEMENT=${this.#config.entitlement}; proof comes from RegisterUsage (register-usage)`,
+      );
+    }
+    if (this.#entitlement !== 'entitled') return error('NotEntitled', this.#entitlementReason);
+    // RegisterUsage is limited to 5 requests/s per account (aws-metering-api.md §3.5): one at a time per task.
+    if (this.#proving)
+      return error('TooManyRequests', 'another entitlement proof is in progress; retry in a second');
+    this.#proving = true;
+    try {
+      const result = await this.#registerUsage.prove(nonce, this.#abort.signal);
+      if (result.kind === 'entitled' && result.proof !== undefined) {
+        const proof = result.proof;
+        return {
+          status: 200,
+          body: {
+            token: proof.token,
+            claims: proof.claims,
+            verified: proof.verified,
+            nonce,
+            checkedAt: new Date(this.#clock.now()).toISOString(),
+          },
+        };
+      }
+      const failure =
+        result.kind === 'entitled'
+          ? { kind: 'notEntitled', code: 'ERR_TOKEN_MISSING', message: 'no token' }
+          : result;
+      this.#logger
+        .child({ component: 'entitlement' })
+        .error({ code: failure.code }, `entitlement proof failed: ${failure.message}`);
+      return failure.kind === 'unavailable'
+        ? error('EntitlementUnavailable', `AWS unavailable (${failure.code}); retry later`)
+        : error('EntitlementRefused', `RegisterUsage refused (${failure.code}): ${failure.message}`);
+    } finally {
+      this.#proving = false;
+    }
+  }
+
+  /** The readiness checks of `/readyz`: entitlement established and the app API listening. */
+  readiness(): Record<string, ReadinessCheck> {
+    const entitled = this.#entitlement === 'entitled' || this.#entitlement === 'disabled';
+    return {
+      entitlement: entitled
+        ? { ok: true }
+        : { ok: false, reason: `${this.#entitlement}: ${this.#entitlementReason}` },
+      intake:
+        this.#intake?.listening === true
+          ? { ok: true }
+          : { ok: false, reason: 'the app API is not listening' },
+    };
   }
 
   #gate(): Rejection | undefined {
@@ -187,6 +334,7 @@ export class Agent {
   }
 
   #entitlementView(): unknown {
+    const proof = this.#proof;
     return {
       state: this.#entitlement,
       mode: this.#config.entitlement,
@@ -194,6 +342,17 @@ export class Agent {
         this.#entitlementCheckedAtMs === undefined
           ? null
           : new Date(this.#entitlementCheckedAtMs).toISOString(),
+      ...(this.#entitlement === 'pending' || this.#entitlement === 'not-entitled'
+        ? { reason: this.#entitlementReason }
+        : {}),
+      ...(proof !== undefined
+        ? {
+            token: proof.token,
+            claims: proof.claims,
+            verified: proof.verified,
+            ...(proof.keyRotatedAt ? { keyRotatedAt: proof.keyRotatedAt.toISOString() } : {}),
+          }
+        : {}),
     };
   }
 
@@ -215,6 +374,9 @@ export class Agent {
 
   async #stop(): Promise<StopOutcome> {
     const deadlineMs = this.#clock.now() + this.#config.shutdownTimeoutSeconds * 1000;
+    // A signal during startup ends the entitlement retries; wait for start() to give up.
+    this.#abort.abort();
+    await this.#starting?.catch(() => undefined);
     this.#logger.info(
       { timeoutSeconds: this.#config.shutdownTimeoutSeconds },
       'shutting down: final seal and send',
@@ -261,6 +423,7 @@ export class Agent {
   async #release(): Promise<void> {
     await this.#scheduler?.stop();
     await this.#intake?.stop();
+    await this.#admin?.stop();
     this.#ledger?.close();
     this.#client?.destroy();
     await this.#emulator?.stop();

@@ -23,6 +23,8 @@ export interface Config {
   readonly productCode: string;
   readonly entitlement: EntitlementMode;
   readonly publicKeyVersion: number;
+  /** How long startup retries RegisterUsage or DryRun through throttling, 5xx and network errors. */
+  readonly entitlementRetrySeconds: number;
   /** PEM of the product public key, from METERING_PUBLIC_KEY or METERING_PUBLIC_KEY_FILE. */
   readonly publicKeyPem: string | undefined;
   /** Allow-list of dimension names; undefined accepts any valid name. */
@@ -78,6 +80,7 @@ const LOCAL_DEFAULTS = {
 const DEFAULTS = {
   entitlement: 'register-usage',
   publicKeyVersion: '1',
+  entitlementRetrySeconds: '1800',
   socket: '/run/metering/metering.sock',
   listen: '127.0.0.1:8181',
   adminListen: '0.0.0.0:9181',
@@ -132,6 +135,14 @@ export function loadConfig(env: Env, overrides: ConfigOverrides = {}): Config {
     problem,
   );
   const publicKeyPem = readPublicKey(env, problem);
+  const entitlementRetrySeconds = parseInteger(
+    env,
+    'METERING_ENTITLEMENT_RETRY_SECONDS',
+    DEFAULTS.entitlementRetrySeconds,
+    1,
+    86_400,
+    problem,
+  );
 
   let dimensions: string[] | undefined;
   const dimensionsRaw = get('METERING_DIMENSIONS');
@@ -219,6 +230,7 @@ export function loadConfig(env: Env, overrides: ConfigOverrides = {}): Config {
     productCode: productCode!,
     entitlement: entitlement!,
     publicKeyVersion,
+    entitlementRetrySeconds,
     publicKeyPem,
     dimensions: dimensions ? Object.freeze(dimensions) : undefined,
     socketPath,

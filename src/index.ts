@@ -1,6 +1,6 @@
 /**
- * The library surface of `metering-sidecar`, for a seller's app and tests: the app API client and the
- * Marketplace Metering emulator.
+ * The library surface of `metering-sidecar`, for a seller's app and tests: the app API client, the
+ * entitlement token verifier, and the Marketplace Metering emulator.
  */
 export {
   SidecarClient,
@@ -13,5 +13,14 @@ export {
   MeteringEmulator,
   type EmulatorOptions,
   type EmulatorCall,
+  type EmulatorEntitlement,
   type MeteredRecord,
 } from './emulator/emulator.js';
+export {
+  verifyEntitlementToken,
+  decodeEntitlementToken,
+  type ExpectedClaims,
+  type TokenClaims,
+  type TokenProblem,
+  type TokenVerification,
+} from './entitlement/token.js';

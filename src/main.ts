@@ -99,6 +99,8 @@ async function run(args: readonly string[]): Promise<number> {
   try {
     await agent.start();
   } catch (err) {
+    // A signal during startup (for instance while entitlement is retried) is a shutdown, not a failure.
+    if (signalled !== undefined) return stopped;
     logFatal(logger, err);
     return exitCodeOf(err);
   }
@@ -128,7 +130,9 @@ async function emulator(args: readonly string[]): Promise<number> {
   process.stdout.write(
     `Marketplace Metering emulator listening on ${url}\n` +
       `Point the sidecar at it with AWS_ENDPOINT_URL_MARKETPLACE_METERING=${url}\n` +
-      `Inspect: GET ${url}/emulator/records, GET ${url}/emulator/calls; inject faults: POST ${url}/emulator/faults\n`,
+      `Inspect: GET ${url}/emulator/records, GET ${url}/emulator/calls; inject faults: POST ${url}/emulator/faults\n` +
+      `Entitlement: POST ${url}/emulator/entitlement; tokens are signed with this key (GET ${url}/emulator/public-key):\n` +
+      `${server.publicKeyPem}\n`,
   );
   await new Promise<void>((resolve) => {
     process.once('SIGTERM', () => resolve());

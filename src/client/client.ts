@@ -55,6 +55,21 @@ export class SidecarClient {
     return this.call('POST', '/v1/usage', body);
   }
 
+  /** The entitlement state and the startup token (`GET /v1/entitlement`). */
+  entitlement(): Promise<ApiReply> {
+    return this.call('GET', '/v1/entitlement');
+  }
+
+  /**
+   * A fresh RegisterUsage with the app's own nonce (`POST /v1/entitlement`). Verify the returned token with
+   * `verifyEntitlementToken` and the product's public key: that proves the sidecar was not faked.
+   */
+  proveEntitlement(
+    nonce: string,
+  ): Promise<ApiReply<{ token: string; claims: Record<string, unknown>; verified: boolean } | ApiErrorBody>> {
+    return this.call('POST', '/v1/entitlement', { nonce });
+  }
+
   /** The sidecar's status (`GET /v1/status`). */
   status(): Promise<ApiReply> {
     return this.call('GET', '/v1/status');

@@ -41,7 +41,12 @@ export interface IntakeOptions {
   readonly status: () => unknown;
   /** Body of `GET /v1/entitlement`. */
   readonly entitlement: () => unknown;
+  /** `POST /v1/entitlement`: a fresh RegisterUsage with the app's nonce; answers status and body. */
+  readonly proveEntitlement: (nonce: string) => Promise<{ status: number; body: unknown }>;
 }
+
+/** Longest nonce an app may send (RegisterUsage Nonce, aws-metering-api.md §2.1: len 0..255). */
+export const MAX_NONCE_LENGTH = 255;
 
 /** The app API server. `start()` opens every configured listener; `stop()` drains them. */
 export class IntakeServer {
@@ -144,26 +149,70 @@ export class IntakeServer {
       );
     }
     if (path === '/v1/status') return reply(res, 200, this.#options.status());
-    if (path === '/v1/entitlement') return reply(res, 200, this.#options.entitlement());
+    if (path === '/v1/entitlement') {
+      return req.method === 'GET'
+        ? reply(res, 200, this.#options.entitlement())
+        : this.#postEntitlement(req, res);
+    }
     return this.#postUsage(req, res);
+  }
+
+  async #postEntitlement(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const body = await this.#readJson(req, res);
+    if (body === undefined) return;
+    const nonce = isObject(body) ? body['nonce'] : undefined;
+    if (
+      !isObject(body) ||
+      Object.keys(body).some((k) => k !== 'nonce') ||
+      typeof nonce !== 'string' ||
+      nonce.length === 0 ||
+      nonce.length > MAX_NONCE_LENGTH
+    ) {
+      return fail(
+        res,
+        rejection('InvalidRequest', `send {"nonce": "..."} with a nonce of 1-${MAX_NONCE_LENGTH} characters`),
+      );
+    }
+    const answer = await this.#options.proveEntitlement(nonce);
+    return reply(res, answer.status, answer.body);
+  }
+
+  /** Checks the content type and reads the body up to 1 MiB; answers the error itself and resolves undefined on failure. */
+  async #readText(req: IncomingMessage, res: ServerResponse): Promise<string | undefined> {
+    const type = (req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
+    if (type !== 'application/json') {
+      discardAndFail(
+        req,
+        res,
+        rejection('UnsupportedMediaType', 'send the body as JSON with Content-Type: application/json'),
+      );
+      return undefined;
+    }
+    const text = await readBody(req, MAX_BODY_BYTES);
+    if (text === undefined) {
+      res.shouldKeepAlive = false;
+      fail(res, rejection('TooLarge', `the body exceeds ${MAX_BODY_BYTES} bytes`));
+    }
+    return text;
+  }
+
+  /** {@link #readText}, parsed as JSON. */
+  async #readJson(req: IncomingMessage, res: ServerResponse): Promise<unknown> {
+    const text = await this.#readText(req, res);
+    if (text === undefined) return undefined;
+    try {
+      return JSON.parse(text) as unknown;
+    } catch (err) {
+      fail(res, rejection('InvalidJson', `body is not valid JSON: ${(err as Error).message}`));
+      return undefined;
+    }
   }
 
   async #postUsage(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const gate = this.#options.gate();
     if (gate !== undefined) return discardAndFail(req, res, gate);
-    const type = (req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
-    if (type !== 'application/json') {
-      return discardAndFail(
-        req,
-        res,
-        rejection('UnsupportedMediaType', 'send the body as JSON with Content-Type: application/json'),
-      );
-    }
-    const body = await readBody(req, MAX_BODY_BYTES);
-    if (body === undefined) {
-      res.shouldKeepAlive = false;
-      return fail(res, rejection('TooLarge', `the body exceeds ${MAX_BODY_BYTES} bytes`));
-    }
+    const body = await this.#readText(req, res);
+    if (body === undefined) return;
     const reports = parseUsage(body, this.#options.dimensions);
     if ('kind' in reports) return fail(res, reports);
     let result;
@@ -185,7 +234,7 @@ export class IntakeServer {
 const ROUTES: Readonly<Record<string, readonly string[]>> = {
   '/v1/usage': ['POST'],
   '/v1/status': ['GET'],
-  '/v1/entitlement': ['GET'],
+  '/v1/entitlement': ['GET', 'POST'],
 };
 
 /**
@@ -218,6 +267,10 @@ function readBody(req: IncomingMessage, limit: number): Promise<string | undefin
     req.on('end', onEnd);
     req.on('error', reject);
   });
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
 function discardAndFail(req: IncomingMessage, res: ServerResponse, problem: Rejection): void {

@@ -47,6 +47,10 @@ export type ErrorCode =
   | 'TooManyTagSets'
   | 'NotEntitled'
   | 'StorageUnavailable'
+  | 'TooManyRequests'
+  | 'EntitlementNotApplicable'
+  | 'EntitlementUnavailable'
+  | 'EntitlementRefused'
   | 'Internal';
 
 /** HTTP status of each error code. */
@@ -63,6 +67,10 @@ export const ERROR_STATUS: Readonly<Record<ErrorCode, number>> = {
   TooManyTagSets: 422,
   NotEntitled: 503,
   StorageUnavailable: 503,
+  TooManyRequests: 429,
+  EntitlementNotApplicable: 409,
+  EntitlementUnavailable: 503,
+  EntitlementRefused: 502,
   Internal: 500,
 };
 

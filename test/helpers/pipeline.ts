@@ -71,6 +71,7 @@ export async function startPipeline(options: PipelineOptions) {
     gate: () => gate,
     status: () => ledger.status(clock.now()),
     entitlement: () => ({ state: 'disabled', mode: 'none' }),
+    proveEntitlement: () => Promise.resolve({ status: 409, body: {} }),
   });
   await intake.start();
   const api = new SidecarClient({ socketPath });

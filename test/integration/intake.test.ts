@@ -411,6 +411,7 @@ describe('socket file', () => {
       gate: () => undefined,
       status: () => ({}),
       entitlement: () => ({}),
+      proveEntitlement: () => Promise.resolve({ status: 409, body: {} }),
     });
   }
 

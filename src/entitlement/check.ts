@@ -1,0 +1,276 @@
+/**
+ * Entitlement at startup. A paid container product must not run for a buyer who is not subscribed
+ * (aws-metering-api.md §3.10: terminate on any startup error other than throttling). Three modes:
+ * `register-usage` calls RegisterUsage with a fresh random nonce and verifies the signed token;
+ * `dry-run` calls MeterUsage with DryRun=true for every configured dimension; `none` does nothing.
+ * Checks return an {@link EntitlementResult} value; {@link awaitEntitlement} retries the transient ones.
+ */
+import { randomUUID } from 'node:crypto';
+import {
+  MeterUsageCommand,
+  RegisterUsageCommand,
+  type MarketplaceMeteringClient,
+} from '@aws-sdk/client-marketplace-metering';
+import type { Clock } from '../clock.js';
+import { AwsUnavailableError, NotEntitledError } from '../errors.js';
+import {
+  decodeEntitlementToken,
+  checkClaims,
+  verifyEntitlementToken,
+  type ExpectedClaims,
+  type TokenClaims,
+} from './token.js';
+
+/** Proof of entitlement from RegisterUsage. */
+export interface EntitlementProof {
+  /** The signed token as AWS returned it. */
+  readonly token: string;
+  readonly claims: TokenClaims;
+  /** True when the signature was verified with the configured public key. */
+  readonly verified: boolean;
+  readonly nonce: string;
+  /** Set when AWS reports that the public key version has expired. */
+  readonly keyRotatedAt: Date | undefined;
+}
+
+/** The outcome of one entitlement check. */
+export type EntitlementResult =
+  | { readonly kind: 'entitled'; readonly proof: EntitlementProof | undefined }
+  /** Terminate: the buyer is not entitled, or the answer cannot be trusted. */
+  | { readonly kind: 'notEntitled'; readonly code: string; readonly message: string }
+  /** Retry with backoff: throttling, 5xx or network. */
+  | { readonly kind: 'unavailable'; readonly code: string; readonly message: string };
+
+/** One entitlement check; never throws for AWS or network errors. */
+export interface EntitlementCheck {
+  check(signal?: AbortSignal): Promise<EntitlementResult>;
+}
+
+/** What the operator should check when entitlement is refused. */
+export const OPERATOR_HINT =
+  "check the buyer's subscription, the IAM task role (ECS) or IRSA role (EKS) allowing aws-marketplace:RegisterUsage and aws-marketplace:MeterUsage, AWS_REGION, METERING_PRODUCT_CODE and the public key";
+
+/** RegisterUsage with a fresh nonce, and verification of the returned token. */
+export class RegisterUsageCheck implements EntitlementCheck {
+  readonly #client: MarketplaceMeteringClient;
+  readonly #productCode: string;
+  readonly #publicKeyVersion: number;
+  readonly #publicKeyPem: string | undefined;
+
+  constructor(
+    client: MarketplaceMeteringClient,
+    options: { productCode: string; publicKeyVersion: number; publicKeyPem: string | undefined },
+  ) {
+    this.#client = client;
+    this.#productCode = options.productCode;
+    this.#publicKeyVersion = options.publicKeyVersion;
+    this.#publicKeyPem = options.publicKeyPem;
+  }
+
+  /** Checks with a cryptographically random nonce. */
+  check(signal?: AbortSignal): Promise<EntitlementResult> {
+    return this.prove(randomUUID(), signal);
+  }
+
+  /**
+   * Calls RegisterUsage with `nonce` and verifies the token against the configured key: signature, product
+   * code, key version and nonce. Without a key, only the claims are checked (the caller warns once).
+   */
+  async prove(nonce: string, signal?: AbortSignal): Promise<EntitlementResult> {
+    let output;
+    try {
+      output = await this.#client.send(
+        new RegisterUsageCommand({
+          ProductCode: this.#productCode,
+          PublicKeyVersion: this.#publicKeyVersion,
+          Nonce: nonce,
+        }),
+        signal ? { abortSignal: signal } : {},
+      );
+    } catch (err) {
+      return classifyStartupError(err);
+    }
+    const token = output.Signature;
+    if (typeof token !== 'string' || token === '') {
+      return {
+        kind: 'notEntitled',
+        code: 'ERR_TOKEN_MISSING',
+        message: 'RegisterUsage returned no signature',
+      };
+    }
+    const expected: ExpectedClaims = {
+      productCode: this.#productCode,
+      publicKeyVersion: this.#publicKeyVersion,
+      nonce,
+    };
+    let claims: TokenClaims;
+    if (this.#publicKeyPem !== undefined) {
+      const verification = verifyEntitlementToken(token, this.#publicKeyPem, expected);
+      if (!verification.valid) {
+        return {
+          kind: 'notEntitled',
+          code: `ERR_TOKEN_${verification.problem.toUpperCase().replace(/-/g, '_')}`,
+          message: `the RegisterUsage token is not valid: ${verification.message}`,
+        };
+      }
+      claims = verification.claims;
+    } else {
+      const decoded = decodeEntitlementToken(token);
+      if (!decoded.valid)
+        return { kind: 'notEntitled', code: 'ERR_TOKEN_MALFORMED', message: decoded.message };
+      const checked = checkClaims(decoded.claims, expected);
+      if (!checked.valid) {
+        return {
+          kind: 'notEntitled',
+          code: `ERR_TOKEN_${checked.problem.toUpperCase().replace(/-/g, '_')}`,
+          message: `the RegisterUsage token is not valid: ${checked.message}`,
+        };
+      }
+      claims = decoded.claims;
+    }
+    return {
+      kind: 'entitled',
+      proof: {
+        token,
+        claims,
+        verified: this.#publicKeyPem !== undefined,
+        nonce,
+        keyRotatedAt: output.PublicKeyRotationTimestamp,
+      },
+    };
+  }
+}
+
+/**
+ * MeterUsage with DryRun=true for every dimension (custom-metering products). Success, a `DryRunOperation`
+ * error, or a `DuplicateRequestException` (the hour already has a record: the request was authorised) all
+ * count as entitled. @see aws-metering-api.md §3.4
+ */
+export class DryRunCheck implements EntitlementCheck {
+  readonly #client: MarketplaceMeteringClient;
+  readonly #productCode: string;
+  readonly #dimensions: readonly string[];
+  readonly #clock: Clock;
+
+  constructor(
+    client: MarketplaceMeteringClient,
+    options: { productCode: string; dimensions: readonly string[]; clock: Clock },
+  ) {
+    this.#client = client;
+    this.#productCode = options.productCode;
+    this.#dimensions = options.dimensions;
+    this.#clock = options.clock;
+  }
+
+  async check(signal?: AbortSignal): Promise<EntitlementResult> {
+    for (const dimension of this.#dimensions) {
+      try {
+        await this.#client.send(
+          new MeterUsageCommand({
+            ProductCode: this.#productCode,
+            Timestamp: new Date(this.#clock.now()),
+            UsageDimension: dimension,
+            UsageQuantity: 0,
+            DryRun: true,
+          }),
+          signal ? { abortSignal: signal } : {},
+        );
+      } catch (err) {
+        const name = (err as { name?: unknown }).name;
+        if (name === 'DryRunOperation' || name === 'DuplicateRequestException') continue;
+        const result = classifyStartupError(err);
+        return { ...result, message: `dimension ${JSON.stringify(dimension)}: ${result.message}` };
+      }
+    }
+    return { kind: 'entitled', proof: undefined };
+  }
+}
+
+/**
+ * Maps a startup AWS error: throttling, internal errors, 5xx and network failures are `unavailable` (retry);
+ * everything else is `notEntitled` (terminate). @see aws-metering-api.md §3.10
+ */
+export function classifyStartupError(
+  err: unknown,
+): Extract<EntitlementResult, { kind: 'notEntitled' | 'unavailable' }> {
+  const e = err as {
+    name?: unknown;
+    code?: unknown;
+    message?: unknown;
+    $metadata?: { httpStatusCode?: number };
+  };
+  const errno = typeof e.code === 'string' && /^E[A-Z]+$/.test(e.code) ? e.code : undefined;
+  const code = errno ?? (typeof e.name === 'string' ? e.name : 'UnknownError');
+  const message = typeof e.message === 'string' ? e.message : String(err);
+  const status = e.$metadata?.httpStatusCode;
+  const transient =
+    code === 'ThrottlingException' ||
+    code === 'InternalServiceErrorException' ||
+    (status !== undefined && status >= 500) ||
+    (status === undefined && code !== 'CredentialsProviderError');
+  return transient ? { kind: 'unavailable', code, message } : { kind: 'notEntitled', code, message };
+}
+
+/** First delay of the startup retries; each retry doubles the ceiling, with full jitter. */
+export const ENTITLEMENT_RETRY_BASE_MS = 1_000;
+
+/** Largest delay between startup retries. */
+export const ENTITLEMENT_RETRY_MAX_MS = 60_000;
+
+/** Options of {@link awaitEntitlement}. */
+export interface AwaitOptions {
+  readonly clock: Clock;
+  /** Give up when the next attempt would start after this long (AWS recommends 30 minutes). */
+  readonly budgetMs: number;
+  readonly random?: () => number;
+  readonly signal?: AbortSignal;
+  /** Told about each transient failure and when the next attempt is. */
+  readonly onRetry?: (
+    result: Extract<EntitlementResult, { kind: 'unavailable' }>,
+    attempt: number,
+    nextAtMs: number,
+  ) => void;
+}
+
+/**
+ * Runs `check` until it is conclusive: retries `unavailable` with exponential backoff and full jitter within
+ * the budget. Resolves with the entitled result.
+ * @throws NotEntitledError on `notEntitled` (exit 77).
+ * @throws AwsUnavailableError when the budget runs out (exit 69), or when `signal` aborts.
+ */
+export async function awaitEntitlement(
+  check: EntitlementCheck,
+  options: AwaitOptions,
+): Promise<Extract<EntitlementResult, { kind: 'entitled' }>> {
+  const { clock, signal } = options;
+  const random = options.random ?? Math.random;
+  const deadlineMs = clock.now() + options.budgetMs;
+  for (let attempt = 1; ; attempt++) {
+    if (signal?.aborted)
+      throw new AwsUnavailableError('startup was interrupted before entitlement was established');
+    const result = await check.check(signal);
+    if (result.kind === 'entitled') return result;
+    if (result.kind === 'notEntitled') {
+      throw new NotEntitledError(`entitlement refused (${result.code}): ${result.message}; ${OPERATOR_HINT}`);
+    }
+    const ceilingMs = Math.min(ENTITLEMENT_RETRY_MAX_MS, ENTITLEMENT_RETRY_BASE_MS * 2 ** (attempt - 1));
+    const nextAtMs = clock.now() + Math.floor(random() * ceilingMs);
+    if (nextAtMs > deadlineMs) {
+      throw new AwsUnavailableError(
+        `AWS Marketplace Metering was unreachable for ${Math.round(options.budgetMs / 1000)} s (last error ${result.code}: ${result.message}); check network access to the Region's metering endpoint and AWS_REGION`,
+      );
+    }
+    options.onRetry?.(result, attempt, nextAtMs);
+    await new Promise<void>((resolve) => {
+      const cancel = clock.setTimer(nextAtMs, resolve);
+      signal?.addEventListener(
+        'abort',
+        () => {
+          cancel();
+          resolve();
+        },
+        { once: true },
+      );
+    });
+  }
+}

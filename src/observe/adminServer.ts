@@ -1,0 +1,109 @@
+/**
+ * The admin listener (METERING_ADMIN_LISTEN): read-only health, readiness and status for the orchestrator and
+ * operators. Nothing on it changes state: every route is a GET (HEAD is answered too), anything else is 405.
+ */
+import { createServer, type Server, type ServerResponse } from 'node:http';
+import type { ListenAddress } from '../config.js';
+import { ListenError } from '../errors.js';
+import type { Logger } from '../log.js';
+
+/** One readiness check: `ok`, or why not. */
+export interface ReadinessCheck {
+  readonly ok: boolean;
+  readonly reason?: string;
+}
+
+/** Options of {@link AdminServer}. */
+export interface AdminOptions {
+  readonly listen: ListenAddress;
+  readonly logger: Logger;
+  /** The readiness checks by name; ready when all are ok. */
+  readonly readiness: () => Readonly<Record<string, ReadinessCheck>>;
+  /** Body of `GET /v1/status`. */
+  readonly status: () => unknown;
+}
+
+/** The admin HTTP server. */
+export class AdminServer {
+  readonly #options: AdminOptions;
+  #server: Server | undefined;
+  #port: number | undefined;
+
+  constructor(options: AdminOptions) {
+    this.#options = options;
+  }
+
+  /** The bound port (port 0 resolved). */
+  get port(): number | undefined {
+    return this.#port;
+  }
+
+  /** @throws ListenError when the address cannot be bound. */
+  async start(): Promise<void> {
+    const server = createServer((req, res) => {
+      try {
+        this.#handle(req.method ?? 'GET', (req.url ?? '/').split('?')[0] ?? '/', res);
+      } catch (err) {
+        this.#options.logger.error({ err, code: 'ERR_INTERNAL' }, 'admin request failed');
+        send(res, 500, { error: { code: 'Internal', message: 'internal error; see the sidecar log' } });
+      }
+      req.resume();
+    });
+    server.headersTimeout = 10_000;
+    server.requestTimeout = 10_000;
+    const { host, port } = this.#options.listen;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (err: NodeJS.ErrnoException) =>
+        reject(
+          new ListenError(`cannot listen on ${host}:${port} for the admin API (${err.code ?? err.message})`, {
+            cause: err,
+          }),
+        ),
+      );
+      server.listen({ host, port }, () => resolve());
+    });
+    const address = server.address();
+    this.#port = address !== null && typeof address === 'object' ? address.port : undefined;
+    this.#server = server;
+    this.#options.logger.info({ address: { host, port: this.#port } }, 'admin API listening');
+  }
+
+  #handle(method: string, path: string, res: ServerResponse): void {
+    const route = ROUTES.has(path);
+    if (!route) return send(res, 404, { error: { code: 'NotFound', message: `no such endpoint: ${path}` } });
+    if (method !== 'GET' && method !== 'HEAD') {
+      res.setHeader('allow', 'GET, HEAD');
+      return send(res, 405, { error: { code: 'MethodNotAllowed', message: 'the admin API is read-only' } });
+    }
+    switch (path) {
+      case '/healthz':
+        return send(res, 200, { status: 'ok' });
+      case '/readyz': {
+        const checks = this.#options.readiness();
+        const ready = Object.values(checks).every((c) => c.ok);
+        return send(res, ready ? 200 : 503, { ready, checks });
+      }
+      default:
+        return send(res, 200, this.#options.status());
+    }
+  }
+
+  /** Closes the listener and its connections. Idempotent. */
+  async stop(): Promise<void> {
+    const server = this.#server;
+    this.#server = undefined;
+    if (server === undefined) return;
+    await new Promise<void>((resolve) => {
+      server.close(() => resolve());
+      server.closeAllConnections();
+    });
+  }
+}
+
+const ROUTES = new Set(['/healthz', '/readyz', '/v1/status']);
+
+function send(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+  res.end(text);
+}
