@@ -30,10 +30,11 @@ import { NotEntitledError } from './errors.js';
 import { IntakeServer } from './intake/server.js';
 import { ERROR_STATUS, rejection, type ErrorCode, type Rejection } from './intake/usage.js';
 import { AdminServer, type ReadinessCheck } from './observe/adminServer.js';
+import { Metrics } from './observe/metrics.js';
 import { SqliteLedger, type LedgerStatus } from './ledger/ledger.js';
 import type { Logger } from './log.js';
 import { Scheduler } from './schedule/scheduler.js';
-import { createMeteringClient } from './send/client.js';
+import { createMeteringClient, observeClient } from './send/client.js';
 import { MeteringSender } from './send/sender.js';
 
 /** Credentials the client signs with in local mode; the embedded emulator takes them as the task identity. */
@@ -75,11 +76,27 @@ export class Agent {
   #starting: Promise<void> | undefined;
   readonly #abort = new AbortController();
   #stopping: Promise<StopOutcome> | undefined;
+  readonly #metrics: Metrics;
+  #writable: { atMs: number; check: ReadinessCheck } | undefined;
 
   constructor(config: Config, deps: AgentDeps) {
     this.#config = config;
     this.#logger = deps.logger;
     this.#clock = deps.clock;
+    this.#metrics = new Metrics({
+      ledger: () => {
+        const ledger = this.#ledger;
+        if (ledger === undefined || this.#stopping !== undefined) return undefined;
+        return ledger.status(this.#clock.now());
+      },
+      entitlementState: () => this.#entitlement,
+      ledgerFiles: () => this.#ledger?.files ?? [],
+    });
+  }
+
+  /** The agent's metrics registry. */
+  get metrics(): Metrics {
+    return this.#metrics;
   }
 
   /** The app API's TCP address once started (its port resolved when configured as 0). */
@@ -146,6 +163,7 @@ export class Agent {
         endpoint,
         ...(config.local ? { credentials: LOCAL_CREDENTIALS } : {}),
       });
+      observeClient(this.#client, this.#metrics);
       const sender = new MeteringSender(this.#client);
 
       this.#intake = new IntakeServer({
@@ -158,6 +176,7 @@ export class Agent {
         status: () => this.status(),
         entitlement: () => this.#entitlementView(),
         proveEntitlement: (nonce) => this.#proveEntitlement(nonce),
+        metrics: this.#metrics,
       });
       await this.#intake.start();
 
@@ -167,6 +186,7 @@ export class Agent {
           logger: this.#logger.child({ component: 'admin' }),
           readiness: () => this.readiness(),
           status: () => this.status(),
+          metrics: () => this.#metrics.text(),
         });
         await this.#admin.start();
       }
@@ -180,6 +200,7 @@ export class Agent {
         logger: this.#logger.child({ component: 'scheduler' }),
         schedule: config.schedule,
         jitterSeconds: config.sendJitterSeconds,
+        metrics: this.#metrics,
       });
       await this.#scheduler.start();
       this.#logger.info(
@@ -309,13 +330,14 @@ export class Agent {
     }
   }
 
-  /** The readiness checks of `/readyz`: entitlement established and the app API listening. */
+  /** The readiness checks of `/readyz`: entitlement established, the ledger writable, the app API listening. */
   readiness(): Record<string, ReadinessCheck> {
     const entitled = this.#entitlement === 'entitled' || this.#entitlement === 'disabled';
     return {
       entitlement: entitled
         ? { ok: true }
         : { ok: false, reason: `${this.#entitlement}: ${this.#entitlementReason}` },
+      ledger: this.#ledgerWritable(),
       intake:
         this.#intake?.listening === true
           ? { ok: true }
@@ -323,8 +345,38 @@ export class Agent {
     };
   }
 
+  /** A write probe of the ledger, at most once a second however often readiness is asked. */
+  #ledgerWritable(): ReadinessCheck {
+    const nowMs = this.#clock.now();
+    if (this.#writable !== undefined && nowMs - this.#writable.atMs < 1000) return this.#writable.check;
+    const ledger = this.#ledger;
+    const check: ReadinessCheck =
+      ledger === undefined || this.#stopping !== undefined
+        ? { ok: false, reason: 'the ledger is not open' }
+        : ledger.writable(nowMs);
+    if (!check.ok && this.#writable?.check.ok !== false) {
+      this.#metrics.errors.inc({ code: 'ERR_STATE_UNAVAILABLE' });
+      this.#logger.error(
+        { code: 'ERR_STATE_UNAVAILABLE', reason: check.reason },
+        'the ledger is not writable; usage is refused until it is',
+      );
+    }
+    if (check.ok && this.#writable?.check.ok === false) {
+      this.#logger.info({ code: 'ERR_STATE_UNAVAILABLE' }, 'the ledger is writable again; usage is accepted');
+    }
+    this.#writable = { atMs: nowMs, check };
+    return check;
+  }
+
   #gate(): Rejection | undefined {
-    if (this.#entitlement === 'entitled' || this.#entitlement === 'disabled') return undefined;
+    if (this.#entitlement === 'entitled' || this.#entitlement === 'disabled') {
+      const storage = this.#ledgerWritable();
+      if (storage.ok) return undefined;
+      return rejection(
+        'StorageUnavailable',
+        `the sidecar cannot store usage right now (${storage.reason}); retry later`,
+      );
+    }
     return rejection(
       'NotEntitled',
       this.#entitlement === 'pending'
@@ -358,9 +410,15 @@ export class Agent {
 
   /** The body of `GET /v1/status`. */
   status(): unknown {
+    const checks = this.readiness();
+    const ready = Object.values(checks).every((c) => c.ok);
     const ledger = this.#ledger;
-    if (ledger === undefined) return { entitlement: this.#entitlementView() };
-    return formatStatus(ledger.status(this.#clock.now()), this.#entitlementView(), this.#config);
+    if (ledger === undefined) return { ready, checks, entitlement: this.#entitlementView() };
+    return {
+      ready,
+      checks,
+      ...formatStatus(ledger.status(this.#clock.now()), this.#entitlementView(), this.#config),
+    };
   }
 
   /**
@@ -430,7 +488,7 @@ export class Agent {
   }
 }
 
-function formatStatus(status: LedgerStatus, entitlement: unknown, config: Config): unknown {
+function formatStatus(status: LedgerStatus, entitlement: unknown, config: Config): Record<string, unknown> {
   return {
     entitlement,
     productCode: config.productCode,

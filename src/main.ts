@@ -36,6 +36,7 @@ Usage:
   metering-sidecar report DIMENSION QUANTITY [--tag k=v]... [--id KEY]
                                                    report usage through the app API
   metering-sidecar status [--json]                 show what the sidecar holds
+  metering-sidecar healthcheck                     exit 0 when ready, 1 otherwise (for Docker and ECS)
   metering-sidecar --version | --help
 
 Configuration comes from METERING_* and AWS_* environment variables (docs/configuration.md).`;
@@ -59,6 +60,8 @@ async function main(argv: readonly string[]): Promise<number> {
       return report(rest);
     case 'status':
       return status(rest);
+    case 'healthcheck':
+      return healthcheck(rest);
     case 'help':
       process.stdout.write(`${HELP}\n`);
       return EXIT.ok;
@@ -181,6 +184,49 @@ async function status(args: readonly string[]): Promise<number> {
   return reply.status === 200 ? EXIT.ok : EXIT.unexpected;
 }
 
+/** Longest a health check may take: Docker and ECS run it often and need a quick answer. */
+const HEALTHCHECK_TIMEOUT_MS = 2_000;
+
+/**
+ * Exit 0 when the sidecar is ready, 1 otherwise, within 2 seconds: `/readyz` on the admin listener, or the
+ * readiness in `/v1/status` over the app socket when the admin listener is off. Needs no curl in the image.
+ */
+async function healthcheck(args: readonly string[]): Promise<number> {
+  parse(args, {});
+  const deadline = AbortSignal.timeout(HEALTHCHECK_TIMEOUT_MS);
+  const admin = process.env['METERING_ADMIN_LISTEN']?.trim() || '0.0.0.0:9181';
+  try {
+    let ready: boolean;
+    let detail: unknown;
+    if (admin !== 'off') {
+      const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(admin);
+      if (!match) throw new UsageError(`METERING_ADMIN_LISTEN=${JSON.stringify(admin)} is not HOST:PORT`);
+      const host = match[1] ?? match[2];
+      // A wildcard address is reached on loopback.
+      const target =
+        host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '[::1]' : host.includes(':') ? `[${host}]` : host;
+      const response = await fetch(`http://${target}:${match[3]}/readyz`, { signal: deadline });
+      detail = await response.json();
+      ready = response.status === 200;
+    } else {
+      const reply = await Promise.race([
+        apiClient({ timeoutMs: HEALTHCHECK_TIMEOUT_MS }).status(),
+        new Promise<never>((_, reject) =>
+          deadline.addEventListener('abort', () => reject(new Error('timed out'))),
+        ),
+      ]);
+      detail = (reply.body as { checks?: unknown }).checks;
+      ready = reply.status === 200 && (reply.body as { ready?: unknown }).ready === true;
+    }
+    process.stdout.write(`${ready ? 'ready' : 'not ready'} ${JSON.stringify(detail)}\n`);
+    return ready ? EXIT.ok : EXIT.unexpected;
+  } catch (err) {
+    if (err instanceof UsageError) throw err;
+    process.stdout.write(`not ready: ${(err as Error).message}\n`);
+    return EXIT.unexpected;
+  }
+}
+
 interface StatusBody {
   entitlement: { state: string; mode: string };
   openHours: { hourStart: string; dimension: string; quantity: number; tagSets: number }[];
@@ -212,14 +258,14 @@ function formatStatusTable(body: StatusBody): string {
 }
 
 /** The app API address from METERING_SOCKET / METERING_LISTEN, as the sidecar reads them. */
-function apiClient(): SidecarClient {
+function apiClient(options: { timeoutMs?: number } = {}): SidecarClient {
   const socket = process.env['METERING_SOCKET']?.trim() || '/run/metering/metering.sock';
-  if (socket !== 'off') return new SidecarClient({ socketPath: socket });
+  if (socket !== 'off') return new SidecarClient({ socketPath: socket }, options);
   const listen = process.env['METERING_LISTEN']?.trim() || '127.0.0.1:8181';
   const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(listen);
   if (!match) throw new UsageError(`METERING_LISTEN=${JSON.stringify(listen)} is not HOST:PORT`);
   const address: ApiAddress = { host: match[1] ?? match[2], port: Number(match[3]) };
-  return new SidecarClient(address);
+  return new SidecarClient(address, options);
 }
 
 type Options = Parameters<typeof parseArgs>[0] extends infer T

@@ -13,6 +13,7 @@ import {
 } from '@aws-sdk/client-marketplace-metering';
 import type { Clock } from '../clock.js';
 import { AwsUnavailableError, NotEntitledError } from '../errors.js';
+import { errorMessage, errorName, httpStatusOf } from '../send/awsErrors.js';
 import {
   decodeEntitlementToken,
   checkClaims,
@@ -176,7 +177,7 @@ export class DryRunCheck implements EntitlementCheck {
           signal ? { abortSignal: signal } : {},
         );
       } catch (err) {
-        const name = (err as { name?: unknown }).name;
+        const name = errorName(err);
         if (name === 'DryRunOperation' || name === 'DuplicateRequestException') continue;
         const result = classifyStartupError(err);
         return { ...result, message: `dimension ${JSON.stringify(dimension)}: ${result.message}` };
@@ -193,16 +194,9 @@ export class DryRunCheck implements EntitlementCheck {
 export function classifyStartupError(
   err: unknown,
 ): Extract<EntitlementResult, { kind: 'notEntitled' | 'unavailable' }> {
-  const e = err as {
-    name?: unknown;
-    code?: unknown;
-    message?: unknown;
-    $metadata?: { httpStatusCode?: number };
-  };
-  const errno = typeof e.code === 'string' && /^E[A-Z]+$/.test(e.code) ? e.code : undefined;
-  const code = errno ?? (typeof e.name === 'string' ? e.name : 'UnknownError');
-  const message = typeof e.message === 'string' ? e.message : String(err);
-  const status = e.$metadata?.httpStatusCode;
+  const code = errorName(err);
+  const message = errorMessage(err);
+  const status = httpStatusOf(err);
   const transient =
     code === 'ThrottlingException' ||
     code === 'InternalServiceErrorException' ||

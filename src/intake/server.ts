@@ -12,6 +12,7 @@ import type { ListenAddress } from '../config.js';
 import { ListenError, StorageUnavailableError } from '../errors.js';
 import type { SqliteLedger } from '../ledger/ledger.js';
 import type { Logger } from '../log.js';
+import type { Metrics } from '../observe/metrics.js';
 import { ERROR_STATUS, MAX_BODY_BYTES, parseUsage, rejection, type Rejection } from './usage.js';
 
 /**
@@ -43,6 +44,7 @@ export interface IntakeOptions {
   readonly entitlement: () => unknown;
   /** `POST /v1/entitlement`: a fresh RegisterUsage with the app's nonce; answers status and body. */
   readonly proveEntitlement: (nonce: string) => Promise<{ status: number; body: unknown }>;
+  readonly metrics?: Metrics;
 }
 
 /** Longest nonce an app may send (RegisterUsage Nonce, aws-metering-api.md §2.1: len 0..255). */
@@ -209,6 +211,12 @@ export class IntakeServer {
   }
 
   async #postUsage(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const metrics = this.#options.metrics;
+    res.once('finish', () => {
+      const code =
+        res.statusCode === 202 ? '' : ((res.getHeader('x-error-code') as string | undefined) ?? 'Unknown');
+      metrics?.intakeRequests.inc({ result: res.statusCode === 202 ? 'accepted' : 'rejected', code });
+    });
     const gate = this.#options.gate();
     if (gate !== undefined) return discardAndFail(req, res, gate);
     const body = await this.#readText(req, res);
@@ -221,12 +229,18 @@ export class IntakeServer {
     } catch (err) {
       if (!(err instanceof StorageUnavailableError)) throw err;
       this.#options.logger.error({ err, code: err.code }, 'usage refused: the ledger cannot commit');
+      metrics?.errors.inc({ code: err.code });
       return fail(
         res,
         rejection('StorageUnavailable', 'the sidecar cannot store usage right now; retry later'),
       );
     }
     if (result.kind === 'rejection') return fail(res, result);
+    if (metrics !== undefined) {
+      for (const [dimension, quantity] of result.counted) {
+        metrics.usageQuantity.inc({ dimension: metrics.dimension(dimension) }, quantity);
+      }
+    }
     return reply(res, 202, { accepted: result.accepted, duplicates: result.duplicates });
   }
 }
@@ -279,6 +293,7 @@ function discardAndFail(req: IncomingMessage, res: ServerResponse, problem: Reje
 }
 
 function fail(res: ServerResponse, problem: Rejection): void {
+  res.setHeader('x-error-code', problem.code);
   reply(res, ERROR_STATUS[problem.code], errorBody(problem));
 }
 

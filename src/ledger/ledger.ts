@@ -9,7 +9,7 @@
  * commit). Sealing a bucket, storing its record and deleting the bucket happen in one transaction, as does every
  * carry. An unreadable or newer-schema database raises {@link LedgerCorruptError}; it is never reset.
  */
-import { mkdirSync } from 'node:fs';
+import { closeSync, fsyncSync, mkdirSync, openSync, unlinkSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import Database from 'better-sqlite3';
@@ -35,6 +35,9 @@ export const LEDGER_FILE = 'ledger.db';
 
 /** Schema version written to `PRAGMA user_version`; a newer file is refused, never downgraded. */
 const SCHEMA_VERSION = 1;
+
+/** Size of the write probe: a volume with less free space than this is treated as full. */
+const WRITE_PROBE_BYTES = 64 * 1024;
 
 /** Idempotency keys are kept 24 hours (DESIGN.md, app API). */
 export const IDEMPOTENCY_TTL_MS = 24 * HOUR_MS;
@@ -102,6 +105,8 @@ export interface RecordResult {
   readonly kind: 'recorded';
   readonly accepted: number;
   readonly duplicates: number;
+  /** Quantity counted per dimension (duplicates excluded). */
+  readonly counted: ReadonlyMap<string, number>;
 }
 
 /** Usage of one dimension in an hour not yet sealed. */
@@ -119,6 +124,8 @@ export interface LedgerStatus {
   readonly records: Readonly<Record<RecordStatus, number>>;
   /** Seconds since the Timestamp of the oldest pending record; null when nothing is pending. */
   readonly oldestUnsentAgeSeconds: number | null;
+  /** Quantity of pending records per dimension. */
+  readonly pendingByDimension: ReadonlyMap<string, number>;
   readonly failed: readonly {
     dimension: string;
     hourStartMs: number;
@@ -177,9 +184,11 @@ export class SqliteLedger {
   #closed = false;
   #commits = 0;
   readonly #stmt: ReturnType<SqliteLedger['prepare']>;
+  readonly #path: string;
 
   private constructor(db: Database.Database, options: LedgerOptions, ledgerId: string) {
     this.#db = db;
+    this.#path = db.name;
     this.#options = options;
     this.#ledgerId = ledgerId;
     this.#stmt = this.prepare();
@@ -299,6 +308,12 @@ export class SqliteLedger {
       openUsage: db.prepare(
         'SELECT dimension, hour_ms, sum(quantity) AS quantity, count(*) AS tag_sets FROM buckets GROUP BY dimension, hour_ms ORDER BY hour_ms, dimension',
       ),
+      pendingByDimension: db.prepare(
+        "SELECT dimension, sum(quantity) AS quantity FROM records WHERE status = 'pending' GROUP BY dimension",
+      ),
+      probe: db.prepare(
+        "INSERT INTO meta (key, value) VALUES ('probe', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+      ),
       oldestPending: db.prepare("SELECT min(timestamp_ms) FROM records WHERE status = 'pending'").pluck(),
       failed: db.prepare(
         "SELECT dimension, hour_ms, quantity, last_error FROM records WHERE status = 'failed' ORDER BY hour_ms DESC LIMIT 100",
@@ -415,7 +430,13 @@ export class SqliteLedger {
       if (firstNewIndex !== undefined)
         this.#checkTagLimits(dimension, hourMs, firstNewIndex, reports.length > 1);
     }
-    return { kind: 'recorded', accepted: reports.length - duplicates, duplicates };
+    const counted = new Map<string, number>();
+    for (const [dimension, byTags] of sums) {
+      let quantity = 0;
+      for (const sum of byTags.values()) quantity += sum.quantity;
+      counted.set(dimension, quantity);
+    }
+    return { kind: 'recorded', accepted: reports.length - duplicates, duplicates, counted };
   }
 
   /** Refuses a batch that would give one record more tag sets or tag keys than AWS accepts. */
@@ -601,6 +622,12 @@ export class SqliteLedger {
       })),
       records,
       oldestUnsentAgeSeconds: oldest === null ? null : Math.max(0, Math.floor((nowMs - oldest) / 1000)),
+      pendingByDimension: new Map(
+        (this.#stmt.pendingByDimension.all() as { dimension: string; quantity: number }[]).map((r) => [
+          r.dimension,
+          r.quantity,
+        ]),
+      ),
       failed: (
         this.#stmt.failed.all() as {
           dimension: string;
@@ -615,6 +642,35 @@ export class SqliteLedger {
         error: r.last_error ?? undefined,
       })),
     };
+  }
+
+  /**
+   * Whether the ledger can commit right now: a one-row write transaction, so a read-only or full volume shows
+   * before usage is refused. Used by readiness; never throws.
+   */
+  writable(nowMs: number): { ok: true } | { ok: false; reason: string } {
+    // SQLite reuses space in its write-ahead log, so a small commit can succeed on a full disk: also write
+    // and sync a probe file of a useful size next to the database.
+    const probe = join(this.#options.stateDir, '.write-probe');
+    try {
+      const fd = openSync(probe, 'w');
+      try {
+        writeSync(fd, Buffer.alloc(WRITE_PROBE_BYTES));
+        fsyncSync(fd);
+      } finally {
+        closeSync(fd);
+        unlinkSync(probe);
+      }
+      this.#stmt.probe.run(String(nowMs));
+      return { ok: true };
+    } catch (err) {
+      return { ok: false, reason: `the state directory or ledger cannot be written (${describe(err)})` };
+    }
+  }
+
+  /** The files of the database: the ledger itself, its write-ahead log and shared-memory index. */
+  get files(): readonly string[] {
+    return [this.#path, `${this.#path}-wal`, `${this.#path}-shm`];
   }
 
   /** Forgets idempotency keys older than 24 hours and settled records past retention. */

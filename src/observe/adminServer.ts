@@ -21,6 +21,8 @@ export interface AdminOptions {
   readonly readiness: () => Readonly<Record<string, ReadinessCheck>>;
   /** Body of `GET /v1/status`. */
   readonly status: () => unknown;
+  /** `GET /metrics`: the Prometheus text exposition. */
+  readonly metrics: () => Promise<{ contentType: string; body: string }>;
 }
 
 /** The admin HTTP server. */
@@ -41,13 +43,13 @@ export class AdminServer {
   /** @throws ListenError when the address cannot be bound. */
   async start(): Promise<void> {
     const server = createServer((req, res) => {
-      try {
-        this.#handle(req.method ?? 'GET', (req.url ?? '/').split('?')[0] ?? '/', res);
-      } catch (err) {
-        this.#options.logger.error({ err, code: 'ERR_INTERNAL' }, 'admin request failed');
-        send(res, 500, { error: { code: 'Internal', message: 'internal error; see the sidecar log' } });
-      }
       req.resume();
+      this.#handle(req.method ?? 'GET', (req.url ?? '/').split('?')[0] ?? '/', res).catch((err: unknown) => {
+        this.#options.logger.error({ err, code: 'ERR_INTERNAL' }, 'admin request failed');
+        if (!res.headersSent)
+          send(res, 500, { error: { code: 'Internal', message: 'internal error; see the sidecar log' } });
+        else res.destroy();
+      });
     });
     server.headersTimeout = 10_000;
     server.requestTimeout = 10_000;
@@ -68,7 +70,7 @@ export class AdminServer {
     this.#options.logger.info({ address: { host, port: this.#port } }, 'admin API listening');
   }
 
-  #handle(method: string, path: string, res: ServerResponse): void {
+  async #handle(method: string, path: string, res: ServerResponse): Promise<void> {
     const route = ROUTES.has(path);
     if (!route) return send(res, 404, { error: { code: 'NotFound', message: `no such endpoint: ${path}` } });
     if (method !== 'GET' && method !== 'HEAD') {
@@ -82,6 +84,12 @@ export class AdminServer {
         const checks = this.#options.readiness();
         const ready = Object.values(checks).every((c) => c.ok);
         return send(res, ready ? 200 : 503, { ready, checks });
+      }
+      case '/metrics': {
+        const { contentType, body } = await this.#options.metrics();
+        res.writeHead(200, { 'content-type': contentType, 'content-length': Buffer.byteLength(body) });
+        res.end(body);
+        return;
       }
       default:
         return send(res, 200, this.#options.status());
@@ -100,7 +108,7 @@ export class AdminServer {
   }
 }
 
-const ROUTES = new Set(['/healthz', '/readyz', '/v1/status']);
+const ROUTES = new Set(['/healthz', '/readyz', '/metrics', '/v1/status']);
 
 function send(res: ServerResponse, status: number, body: unknown): void {
   const text = JSON.stringify(body);

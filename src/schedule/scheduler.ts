@@ -8,6 +8,7 @@ import { createTask, type ScheduledTask } from 'node-cron';
 import type { CancelTimer, Clock } from '../clock.js';
 import type { SqliteLedger, StoredRecord } from '../ledger/ledger.js';
 import type { Logger } from '../log.js';
+import type { Metrics } from '../observe/metrics.js';
 import type { Sender, SendError, SendResult } from '../send/sender.js';
 
 /** First retry delay after a transient failure. */
@@ -36,6 +37,7 @@ export interface SchedulerOptions {
   readonly jitterSeconds: number;
   /** Random source in [0, 1) for jitter; injectable for tests. */
   readonly random?: () => number;
+  readonly metrics?: Metrics;
 }
 
 /** Delay before retry number `attempts` (1-based): exponential from 5 s to 15 min, with jitter. */
@@ -90,11 +92,13 @@ export class Scheduler {
     const run = this.runOnce({ includeOpen: false });
     run.then(
       (summary) => this.#options.logger.debug({ reason, ...summary }, 'run finished'),
-      (err: unknown) =>
+      (err: unknown) => {
+        this.#options.metrics?.errors.inc({ code: codeOf(err) ?? 'ERR_UNEXPECTED' });
         this.#options.logger.error(
           { err, code: codeOf(err), reason },
           'run failed; retrying at the next tick',
-        ),
+        );
+      },
     );
   }
 
@@ -128,6 +132,7 @@ export class Scheduler {
     }
     const sealedRecords = ledger.seal(clock.now(), includeOpen);
     for (const record of sealedRecords) {
+      this.#count('sealed', record);
       logger.info(
         { dimension: record.dimension, hour: iso(record.hourStartMs), quantity: record.quantity },
         'hour sealed',
@@ -163,6 +168,7 @@ export class Scheduler {
     switch (result.status) {
       case 'accepted':
         ledger.markSent(record.id, result.meteringRecordId, nowMs);
+        this.#count('sent', record);
         logger.info({ ...fields, meteringRecordId: result.meteringRecordId }, 'usage metered');
         return 'sent';
       case 'retryable': {
@@ -178,6 +184,7 @@ export class Scheduler {
         return this.#expire(record, formatError(result.error)) ? 'carried' : 'failed';
       case 'duplicate':
         ledger.markFailed(record.id, formatError(result.error), nowMs);
+        this.#count('failed', record, result.error.name);
         logger.error(
           { ...fields, code: result.error.name, alert: true },
           'AWS already holds a different quantity for this dimension and hour; the record is kept as failed and never resent: reconcile by hand (see docs/operations.md)',
@@ -185,6 +192,7 @@ export class Scheduler {
         return 'failed';
       case 'rejected':
         ledger.markFailed(record.id, formatError(result.error), nowMs);
+        this.#count('failed', record, result.error.name);
         logger.error(
           { ...fields, code: result.error.name, alert: true },
           'AWS refused the record; it is kept as failed: fix the cause named by the code (see docs/operations.md)',
@@ -208,6 +216,7 @@ export class Scheduler {
         clock.now(),
         false,
       );
+      this.#count('failed', record, 'ERR_SEND_AMBIGUOUS');
       logger.error(
         { ...fields, code: 'ERR_SEND_AMBIGUOUS', alert: true },
         'record window closed after an attempt that may have been recorded by AWS; not carried, to avoid billing twice: check the seller report',
@@ -215,11 +224,22 @@ export class Scheduler {
       return false;
     }
     const toHourMs = ledger.carry(record.id, clock.now(), reason);
+    this.#count('carried', record);
     logger.warn(
       { ...fields, carriedTo: toHourMs === undefined ? undefined : iso(toHourMs), reason },
       'usage carried',
     );
     return true;
+  }
+
+  #count(event: 'sealed' | 'sent' | 'carried' | 'failed', record: StoredRecord, error = ''): void {
+    const metrics = this.#options.metrics;
+    if (metrics === undefined) return;
+    const dimension = metrics.dimension(record.dimension);
+    if (event === 'sealed') metrics.recordsSealed.inc({ dimension });
+    else if (event === 'sent') metrics.recordsSent.inc({ dimension });
+    else if (event === 'carried') metrics.recordsCarried.inc({ dimension });
+    else metrics.recordsFailed.inc({ dimension, error });
   }
 
   /** Arms one timer for the earliest pending retry. */

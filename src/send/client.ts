@@ -5,6 +5,7 @@
  */
 import { MarketplaceMeteringClient } from '@aws-sdk/client-marketplace-metering';
 import { defaultProvider } from '@aws-sdk/credential-provider-node';
+import { errorName } from './awsErrors.js';
 
 /** Per-request deadline: a MeterUsage answer normally takes well under a second. */
 export const REQUEST_TIMEOUT_MS = 10_000;
@@ -42,4 +43,38 @@ export function createMeteringClient(options: MeteringClientOptions): Marketplac
       connectionTimeout: CONNECTION_TIMEOUT_MS,
     },
   });
+}
+
+/** What {@link observeClient} reports for each call (SDK retries included). */
+export interface CallObserver {
+  call(
+    operation: string,
+    outcome: 'success' | 'error',
+    error: string,
+    seconds: number,
+    dryRun: boolean,
+  ): void;
+}
+
+/**
+ * Observes every MeterUsage and RegisterUsage call of `client`, SDK retries included, for metrics: the
+ * operation, its outcome, the AWS error name and the duration. Adds one middleware at the initialize step.
+ */
+export function observeClient(client: MarketplaceMeteringClient, observer: CallObserver): void {
+  client.middlewareStack.add(
+    (next, context) => async (args) => {
+      const operation = (context.commandName ?? 'Unknown').replace(/Command$/, '');
+      const dryRun = (args.input as { DryRun?: unknown }).DryRun === true;
+      const started = performance.now();
+      try {
+        const output = await next(args);
+        observer.call(operation, 'success', '', (performance.now() - started) / 1000, dryRun);
+        return output;
+      } catch (err) {
+        observer.call(operation, 'error', errorName(err), (performance.now() - started) / 1000, dryRun);
+        throw err;
+      }
+    },
+    { step: 'initialize', name: 'meteringSidecarObserver' },
+  );
 }

@@ -5,6 +5,7 @@
  */
 import { MeterUsageCommand, type MarketplaceMeteringClient } from '@aws-sdk/client-marketplace-metering';
 import type { MeterUsageRequest } from '../ledger/hours.js';
+import { errorMessage, errorName, httpStatusOf } from './awsErrors.js';
 
 /** An AWS (or network) error reduced to what the ledger keeps and the logs show. */
 export interface SendError {
@@ -150,12 +151,5 @@ export function classify(err: unknown, dryRun: boolean): SendResult {
 }
 
 function toSendError(err: unknown): SendError {
-  if (!(err instanceof Error)) return { name: 'UnknownError', message: String(err), httpStatus: undefined };
-  const e = err as Error & { code?: unknown; $metadata?: { httpStatusCode?: number } };
-  const code = typeof e.code === 'string' && /^E[A-Z]+$/.test(e.code) ? e.code : undefined;
-  return {
-    name: code ?? e.name,
-    message: e.message,
-    httpStatus: e.$metadata?.httpStatusCode,
-  };
+  return { name: errorName(err), message: errorMessage(err), httpStatus: httpStatusOf(err) };
 }

@@ -6,7 +6,8 @@ import { IntakeServer } from '../../src/intake/server.js';
 import type { Rejection } from '../../src/intake/usage.js';
 import { SqliteLedger } from '../../src/ledger/ledger.js';
 import { Scheduler } from '../../src/schedule/scheduler.js';
-import { createMeteringClient } from '../../src/send/client.js';
+import { Metrics } from '../../src/observe/metrics.js';
+import { createMeteringClient, observeClient } from '../../src/send/client.js';
 import { MeteringSender } from '../../src/send/sender.js';
 import { memoryLogger } from './logger.js';
 import { ManualClock } from './manualClock.js';
@@ -51,7 +52,14 @@ export async function startPipeline(options: PipelineOptions) {
     maxAttempts: options.maxAttempts ?? 1,
     requestTimeoutMs: options.requestTimeoutMs ?? 2_000,
   });
+  const metrics = new Metrics({
+    ledger: () => ledger.status(clock.now()),
+    entitlementState: () => 'disabled',
+    ledgerFiles: () => ledger.files,
+  });
+  observeClient(client, metrics);
   const scheduler = new Scheduler({
+    metrics,
     ledger,
     sender: new MeteringSender(client),
     clock,
@@ -72,6 +80,7 @@ export async function startPipeline(options: PipelineOptions) {
     status: () => ledger.status(clock.now()),
     entitlement: () => ({ state: 'disabled', mode: 'none' }),
     proveEntitlement: () => Promise.resolve({ status: 409, body: {} }),
+    metrics,
   });
   await intake.start();
   const api = new SidecarClient({ socketPath });
@@ -86,6 +95,7 @@ export async function startPipeline(options: PipelineOptions) {
     api,
     tcpApi,
     socketPath,
+    metrics,
     logLines: lines,
     setGate(rejection: Rejection | undefined): void {
       gate = rejection;

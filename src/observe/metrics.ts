@@ -1,0 +1,192 @@
+/**
+ * Prometheus metrics, on a registry of the sidecar's own (never prom-client's global one), all prefixed
+ * `metering_`, counters ending `_total`. Labels stay low-cardinality: dimension (at most 24 distinct values; an
+ * app that sends more, without METERING_DIMENSIONS, is folded into `other`), result, error code and AWS
+ * error name; never tag values or request data. Gauges that describe the ledger are read from it on scrape.
+ * docs/operations.md lists every metric.
+ */
+import { statSync } from 'node:fs';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { CallObserver } from '../send/client.js';
+
+/** Distinct dimension label values kept: AWS allows 24 dimensions per product (aws-metering-api.md §3.3). */
+const MAX_DIMENSION_LABELS = 24;
+
+/** What the scrape-time gauges read. */
+export interface MetricsSources {
+  /** Unsealed and pending quantity per dimension, the oldest unsent record's age, and record counts. */
+  readonly ledger: () =>
+    | {
+        open: readonly { dimension: string; quantity: number }[];
+        pendingByDimension: ReadonlyMap<string, number>;
+        oldestUnsentAgeSeconds: number | null;
+      }
+    | undefined;
+  readonly entitlementState: () => string;
+  /** Files whose sizes add up to the ledger size (database, WAL, shared memory). */
+  readonly ledgerFiles: () => readonly string[];
+}
+
+/** Entitlement states exported as an enum-style gauge. */
+const ENTITLEMENT_STATES = ['pending', 'entitled', 'not-entitled', 'disabled'];
+
+/** The sidecar's metrics. One instance per agent. */
+export class Metrics implements CallObserver {
+  readonly registry = new Registry();
+  readonly #dimensions = new Set<string>();
+
+  readonly usageQuantity = new Counter({
+    name: 'metering_usage_quantity_total',
+    help: 'Usage quantity acknowledged (202) by the app API, per dimension.',
+    labelNames: ['dimension'] as const,
+    registers: [this.registry],
+  });
+
+  readonly intakeRequests = new Counter({
+    name: 'metering_intake_requests_total',
+    help: 'App API usage requests by result (accepted, rejected) and error code.',
+    labelNames: ['result', 'code'] as const,
+    registers: [this.registry],
+  });
+
+  readonly recordsSealed = new Counter({
+    name: 'metering_records_sealed_total',
+    help: 'Hourly records sealed, per dimension.',
+    labelNames: ['dimension'] as const,
+    registers: [this.registry],
+  });
+
+  readonly recordsSent = new Counter({
+    name: 'metering_records_sent_total',
+    help: 'Records accepted by MeterUsage, per dimension.',
+    labelNames: ['dimension'] as const,
+    registers: [this.registry],
+  });
+
+  readonly recordsCarried = new Counter({
+    name: 'metering_records_carried_total',
+    help: 'Records whose quantity was carried into a later hour, per dimension.',
+    labelNames: ['dimension'] as const,
+    registers: [this.registry],
+  });
+
+  readonly recordsFailed = new Counter({
+    name: 'metering_records_failed_total',
+    help: 'Records kept as failed for a human, per dimension and error.',
+    labelNames: ['dimension', 'error'] as const,
+    registers: [this.registry],
+  });
+
+  readonly awsCalls = new Counter({
+    name: 'metering_aws_calls_total',
+    help: 'MeterUsage and RegisterUsage calls by operation, outcome (success, error) and AWS error name.',
+    labelNames: ['operation', 'outcome', 'error'] as const,
+    registers: [this.registry],
+  });
+
+  readonly awsCallDuration = new Histogram({
+    name: 'metering_aws_call_duration_seconds',
+    help: 'Duration of MeterUsage and RegisterUsage calls, SDK retries included.',
+    labelNames: ['operation'] as const,
+    buckets: [0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+    registers: [this.registry],
+  });
+
+  readonly lastSuccess = new Gauge({
+    name: 'metering_last_success_timestamp_seconds',
+    help: 'Unix time of the last MeterUsage call AWS accepted.',
+    registers: [this.registry],
+  });
+
+  readonly errors = new Counter({
+    name: 'metering_errors_total',
+    help: 'Errors of background work and storage, by code.',
+    labelNames: ['code'] as const,
+    registers: [this.registry],
+  });
+
+  constructor(sources: MetricsSources) {
+    const dimensionLabel = (d: string): string => this.dimension(d);
+    new Gauge({
+      name: 'metering_pending_quantity',
+      help: 'Quantity acknowledged but not yet accepted by AWS (open hours plus pending records), per dimension.',
+      labelNames: ['dimension'] as const,
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        const ledger = sources.ledger();
+        if (ledger === undefined) return;
+        const totals = new Map<string, number>();
+        for (const o of ledger.open)
+          totals.set(
+            dimensionLabel(o.dimension),
+            (totals.get(dimensionLabel(o.dimension)) ?? 0) + o.quantity,
+          );
+        for (const [d, q] of ledger.pendingByDimension)
+          totals.set(dimensionLabel(d), (totals.get(dimensionLabel(d)) ?? 0) + q);
+        for (const [d, q] of totals) this.set({ dimension: d }, q);
+      },
+    });
+    new Gauge({
+      name: 'metering_oldest_unsent_age_seconds',
+      help: 'Age of the oldest sealed record not yet accepted by AWS (0 when none).',
+      registers: [this.registry],
+      collect() {
+        this.set(sources.ledger()?.oldestUnsentAgeSeconds ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'metering_entitlement_state',
+      help: 'Entitlement state: 1 for the current state, 0 for the others.',
+      labelNames: ['state'] as const,
+      registers: [this.registry],
+      collect() {
+        const current = sources.entitlementState();
+        for (const state of ENTITLEMENT_STATES) this.set({ state }, state === current ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'metering_ledger_size_bytes',
+      help: 'Size of the ledger files (database and write-ahead log).',
+      registers: [this.registry],
+      collect() {
+        let bytes = 0;
+        for (const file of sources.ledgerFiles()) {
+          try {
+            bytes += statSync(file).size;
+          } catch {
+            // A WAL or shared-memory file exists only while the database is open: a missing one counts zero.
+          }
+        }
+        this.set(bytes);
+      },
+    });
+    collectDefaultMetrics({ register: this.registry, prefix: 'metering_' });
+  }
+
+  /** Counts one MeterUsage or RegisterUsage call (the {@link CallObserver} of `observeClient`). */
+  call(
+    operation: string,
+    outcome: 'success' | 'error',
+    error: string,
+    seconds: number,
+    dryRun: boolean,
+  ): void {
+    this.awsCalls.inc({ operation, outcome, error });
+    this.awsCallDuration.observe({ operation }, seconds);
+    if (operation === 'MeterUsage' && outcome === 'success' && !dryRun) this.lastSuccess.setToCurrentTime();
+  }
+
+  /** The label for a dimension: itself for the first 24 seen, `other` after that. */
+  dimension(name: string): string {
+    if (this.#dimensions.has(name)) return name;
+    if (this.#dimensions.size >= MAX_DIMENSION_LABELS) return 'other';
+    this.#dimensions.add(name);
+    return name;
+  }
+
+  /** The Prometheus text exposition. */
+  async text(): Promise<{ contentType: string; body: string }> {
+    return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+  }
+}
