@@ -91,6 +91,32 @@ const DEFAULTS = {
   logLevel: 'info',
 } as const;
 
+/**
+ * Every environment variable the sidecar reads, so deployment files (Helm chart, ECS task definitions) can
+ * be checked against it. AWS_* variables read by the SDK's credential chain are not listed.
+ */
+export const ENVIRONMENT_VARIABLES: readonly string[] = Object.freeze([
+  'METERING_PRODUCT_CODE',
+  'METERING_ENTITLEMENT',
+  'METERING_PUBLIC_KEY_VERSION',
+  'METERING_PUBLIC_KEY',
+  'METERING_PUBLIC_KEY_FILE',
+  'METERING_ENTITLEMENT_RETRY_SECONDS',
+  'METERING_DIMENSIONS',
+  'METERING_SOCKET',
+  'METERING_LISTEN',
+  'METERING_ADMIN_LISTEN',
+  'METERING_STATE_DIR',
+  'METERING_SCHEDULE',
+  'METERING_SEND_JITTER_SECONDS',
+  'METERING_DRY_RUN',
+  'METERING_SHUTDOWN_TIMEOUT_SECONDS',
+  'METERING_LOG_LEVEL',
+  'METERING_LOCAL',
+  'AWS_REGION',
+  'AWS_ENDPOINT_URL_MARKETPLACE_METERING',
+]);
+
 type Env = Readonly<Record<string, string | undefined>>;
 
 /** Options that the command line adds on top of the environment. */

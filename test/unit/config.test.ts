@@ -236,3 +236,17 @@ describe('isLoopback', () => {
     expect(isLoopback(host)).toBe(expected);
   });
 });
+
+describe('ENVIRONMENT_VARIABLES', () => {
+  it('lists exactly the variables config.ts reads', async () => {
+    const { readFileSync } = await import('node:fs');
+    const source = readFileSync(new URL('../../src/config.ts', import.meta.url), 'utf8');
+    const listStart = source.indexOf('export const ENVIRONMENT_VARIABLES');
+    const listEnd = source.indexOf(']);', listStart);
+    const outsideList = source.slice(0, listStart) + source.slice(listEnd);
+    const read = new Set([...outsideList.matchAll(/'((?:METERING|AWS)_[A-Z_]+)'/g)].map((m) => m[1]!));
+    read.delete('AWS_ACCESS_KEY_ID'); // only checked for the static-credentials warning; the SDK reads it
+    const { ENVIRONMENT_VARIABLES } = await import('../../src/config.js');
+    expect([...ENVIRONMENT_VARIABLES].sort()).toEqual([...read].sort());
+  });
+});
