@@ -37,6 +37,9 @@ import { Scheduler } from './schedule/scheduler.js';
 import { createMeteringClient, observeClient } from './send/client.js';
 import { MeteringSender } from './send/sender.js';
 
+/** Shortest interval between two app-requested entitlement proofs (RegisterUsage calls). */
+const PROOF_INTERVAL_MS = 5_000;
+
 /** Credentials the client signs with in local mode; the embedded emulator takes them as the task identity. */
 const LOCAL_CREDENTIALS = { accessKeyId: 'LOCALTASK', secretAccessKey: 'local-only' } as const;
 
@@ -64,6 +67,8 @@ export class Agent {
   #emulator: MeteringEmulator | undefined;
   #ledger: SqliteLedger | undefined;
   #client: MarketplaceMeteringClient | undefined;
+  #sendClient: MarketplaceMeteringClient | undefined;
+  #lastProofAtMs = -Infinity;
   #intake: IntakeServer | undefined;
   #admin: AdminServer | undefined;
   #scheduler: Scheduler | undefined;
@@ -158,13 +163,26 @@ export class Agent {
       });
       this.#logger.info({ stateDir: config.stateDir, ledgerId: this.#ledger.ledgerId }, 'ledger open');
 
-      this.#client = createMeteringClient({
+      const clientOptions = {
         region: config.region,
         endpoint,
         ...(config.local ? { credentials: LOCAL_CREDENTIALS } : {}),
-      });
+      };
+      // Entitlement lets the SDK retry; sends make one attempt each, so every attempt's outcome is known and
+      // a record an earlier attempt may have delivered is never mistaken for one AWS refused.
+      this.#client = createMeteringClient(clientOptions);
+      this.#sendClient = createMeteringClient({ ...clientOptions, maxAttempts: 1 });
       observeClient(this.#client, this.#metrics);
-      const sender = new MeteringSender(this.#client);
+      observeClient(this.#sendClient, this.#metrics);
+      this.#scheduler = new Scheduler({
+        ledger: this.#ledger,
+        sender: new MeteringSender(this.#sendClient),
+        clock: this.#clock,
+        logger: this.#logger.child({ component: 'scheduler' }),
+        schedule: config.schedule,
+        jitterSeconds: config.sendJitterSeconds,
+        metrics: this.#metrics,
+      });
 
       this.#intake = new IntakeServer({
         socketPath: config.socketPath,
@@ -191,17 +209,12 @@ export class Agent {
         await this.#admin.start();
       }
 
-      await this.#checkEntitlement(this.#emulator?.publicKeyPem);
-
-      this.#scheduler = new Scheduler({
-        ledger: this.#ledger,
-        sender,
-        clock: this.#clock,
-        logger: this.#logger.child({ component: 'scheduler' }),
-        schedule: config.schedule,
-        jitterSeconds: config.sendJitterSeconds,
-        metrics: this.#metrics,
-      });
+      try {
+        await this.#checkEntitlement(this.#emulator?.publicKeyPem);
+      } catch (err) {
+        await this.#flushBeforeExit();
+        throw err;
+      }
       await this.#scheduler.start();
       this.#logger.info(
         { host: hostname(), dryRun: config.dryRun, local: config.local, schedule: config.schedule },
@@ -283,6 +296,31 @@ export class Agent {
     }
   }
 
+  /**
+   * When startup ends without entitlement, usage a previous run of this task acknowledged may still be in the
+   * ledger: send it (AWS keeps accepting a running task's records) before exiting, within the shutdown timeout.
+   */
+  async #flushBeforeExit(): Promise<void> {
+    if (this.#stopping !== undefined || this.#scheduler === undefined) return;
+    const status = this.#ledger?.status(this.#clock.now());
+    if (status === undefined || (status.records.pending === 0 && status.open.length === 0)) return;
+    this.#logger.warn(
+      { pending: status.records.pending, openHours: status.open.length },
+      'startup failed with usage of a previous run in the ledger; sending it before exiting',
+    );
+    try {
+      const summary = await this.#scheduler.flush(
+        this.#clock.now() + this.#config.shutdownTimeoutSeconds * 1000,
+      );
+      this.#logger.info(summary, 'flush before exit finished');
+    } catch (err) {
+      this.#logger.error(
+        { err, code: (err as { code?: string }).code },
+        'flush before exit failed; usage stays in the ledger',
+      );
+    }
+  }
+
   /** `POST /v1/entitlement`: a fresh RegisterUsage with the app's nonce, so the app can verify the token itself. */
   async #proveEntitlement(nonce: string): Promise<{ status: number; body: unknown }> {
     const error = (code: ErrorCode, message: string): { status: number; body: unknown } => ({
@@ -296,10 +334,17 @@ export class Agent {
       );
     }
     if (this.#entitlement !== 'entitled') return error('NotEntitled', this.#entitlementReason);
-    // RegisterUsage is limited to 5 requests/s per account (aws-metering-api.md §3.5): one at a time per task.
-    if (this.#proving)
-      return error('TooManyRequests', 'another entitlement proof is in progress; retry in a second');
+    // RegisterUsage's 5 requests/s quota (aws-metering-api.md §3.5) is shared by every task of the buyer's
+    // account: one proof per PROOF_INTERVAL_MS per task keeps a looping app from starving other startups.
+    const nowMs = this.#clock.now();
+    if (this.#proving || nowMs - this.#lastProofAtMs < PROOF_INTERVAL_MS) {
+      return error(
+        'TooManyRequests',
+        `at most one entitlement proof every ${PROOF_INTERVAL_MS / 1000} s; retry later`,
+      );
+    }
     this.#proving = true;
+    this.#lastProofAtMs = nowMs;
     try {
       const result = await this.#registerUsage.prove(nonce, this.#abort.signal);
       if (result.kind === 'entitled' && result.proof !== undefined) {
@@ -456,7 +501,8 @@ export class Agent {
       const status = this.#ledger?.status(this.#clock.now());
       if (status !== undefined) {
         const unsentRecords = status.records.pending;
-        const unsealedHours = status.open.length;
+        // An hour whose usage adds up to zero sends nothing, so it does not count as left behind.
+        const unsealedHours = status.open.filter((o) => o.quantity > 0).length;
         outcome = { exitCode: unsentRecords + unsealedHours === 0 ? 0 : 75, unsentRecords, unsealedHours };
       } else {
         outcome = { exitCode: 0, unsentRecords: 0, unsealedHours: 0 };
@@ -484,6 +530,7 @@ export class Agent {
     await this.#admin?.stop();
     this.#ledger?.close();
     this.#client?.destroy();
+    this.#sendClient?.destroy();
     await this.#emulator?.stop();
   }
 }

@@ -67,6 +67,7 @@ CREATE TABLE IF NOT EXISTS records (
   attempts INTEGER NOT NULL DEFAULT 0,
   next_attempt_ms INTEGER NOT NULL,
   maybe_delivered INTEGER NOT NULL DEFAULT 0,
+  in_flight INTEGER NOT NULL DEFAULT 0,
   last_error TEXT,
   metering_record_id TEXT,
   sealed_at_ms INTEGER NOT NULL,
@@ -192,6 +193,8 @@ export class SqliteLedger {
     this.#options = options;
     this.#ledgerId = ledgerId;
     this.#stmt = this.prepare();
+    // A record that was being sent when the process died may have reached AWS: never carry it.
+    this.#db.prepare('UPDATE records SET maybe_delivered = 1, in_flight = 0 WHERE in_flight = 1').run();
     for (const row of this.#db.prepare('SELECT dimension, hour_ms FROM records').all() as {
       dimension: string;
       hour_ms: number;
@@ -292,18 +295,20 @@ export class SqliteLedger {
       retryAllNow: db.prepare(
         "UPDATE records SET next_attempt_ms = ? WHERE status = 'pending' AND next_attempt_ms > ?",
       ),
+      markInFlight: db.prepare("UPDATE records SET in_flight = 1 WHERE id = ? AND status = 'pending'"),
       markSent: db.prepare(
-        "UPDATE records SET status = 'sent', metering_record_id = ?, settled_at_ms = ?, attempts = attempts + 1 WHERE id = ? AND status = 'pending'",
+        "UPDATE records SET status = 'sent', in_flight = 0, metering_record_id = ?, settled_at_ms = ?, attempts = attempts + 1 WHERE id = ? AND status = 'pending'",
       ),
       markRetry: db.prepare(
-        "UPDATE records SET attempts = attempts + 1, next_attempt_ms = ?, last_error = ?, maybe_delivered = max(maybe_delivered, ?) WHERE id = ? AND status = 'pending'",
+        "UPDATE records SET in_flight = 0, attempts = attempts + 1, next_attempt_ms = ?, last_error = ?, maybe_delivered = max(maybe_delivered, ?) WHERE id = ? AND status = 'pending'",
       ),
       markFailed: db.prepare(
-        "UPDATE records SET status = 'failed', last_error = ?, settled_at_ms = ?, attempts = attempts + ? WHERE id = ? AND status = 'pending'",
+        "UPDATE records SET status = 'failed', in_flight = 0, last_error = ?, settled_at_ms = ?, attempts = attempts + ? WHERE id = ? AND status = 'pending'",
       ),
       markCarried: db.prepare(
-        "UPDATE records SET status = 'carried', last_error = ?, settled_at_ms = ?, carried_to_hour_ms = ? WHERE id = ? AND status = 'pending'",
+        "UPDATE records SET status = 'carried', in_flight = 0, last_error = ?, settled_at_ms = ?, carried_to_hour_ms = ? WHERE id = ? AND status = 'pending'",
       ),
+      tagsOf: db.prepare('SELECT tags FROM buckets WHERE dimension = ? AND hour_ms = ?').pluck(),
       statusCounts: db.prepare('SELECT status, count(*) AS n FROM records GROUP BY status'),
       openUsage: db.prepare(
         'SELECT dimension, hour_ms, sum(quantity) AS quantity, count(*) AS tag_sets FROM buckets GROUP BY dimension, hour_ms ORDER BY hour_ms, dimension',
@@ -505,11 +510,8 @@ export class SqliteLedger {
           ) as RecordRow;
           sealedNow.push({ dimension, hourMs });
           out.push(toRecord(row));
-          // The cap's excess is carried into the next hour not yet sealed, keeping its tag sets.
-          for (const excess of sealed.excess) {
-            const nextHourMs = targetHour(hourMs + HOUR_MS, (h) => this.#isSealed(dimension, h));
-            this.#addCarried(dimension, nextHourMs, excess.tagsKey, excess.quantity, nextHourMs);
-          }
+          // The cap's excess is carried into the next hour that can take it, keeping its tag sets.
+          if (sealed.excess.length > 0) this.#placeCarried(dimension, hourMs + HOUR_MS, sealed.excess);
         }
         return out;
       })();
@@ -547,6 +549,14 @@ export class SqliteLedger {
     this.#write(() => this.#stmt.retryAllNow.run(nowMs, nowMs));
   }
 
+  /**
+   * Marks a record as being sent, durably, before the request leaves: if the process dies before the outcome
+   * is recorded, the next start treats the record as possibly delivered.
+   */
+  markInFlight(id: number): void {
+    this.#write(() => this.#stmt.markInFlight.run(id));
+  }
+
   /** AWS accepted the record. Idempotent: only a pending record changes. */
   markSent(id: number, meteringRecordId: string, nowMs: number): void {
     this.#write(() => this.#stmt.markSent.run(meteringRecordId, nowMs, id));
@@ -573,25 +583,56 @@ export class SqliteLedger {
         const row = this.#stmt.byId.get(id) as RecordRow | undefined;
         if (row === undefined || row.status !== 'pending') return undefined;
         const record = toRecord(row);
-        const hourMs = targetHour(nowMs, (h) => this.#isSealed(record.dimension, h));
-        const atMs = bucketTime(nowMs, hourMs);
-        const allocations = record.request.UsageAllocations ?? [{ AllocatedUsageQuantity: record.quantity }];
-        for (const allocation of allocations) {
-          const tagsKey = JSON.stringify(
-            Object.fromEntries((allocation.Tags ?? []).map((t) => [t.Key, t.Value])),
-          );
-          this.#addCarried(record.dimension, hourMs, tagsKey, allocation.AllocatedUsageQuantity, atMs);
-        }
+        const allocations = (
+          record.request.UsageAllocations ?? [{ AllocatedUsageQuantity: record.quantity }]
+        ).map((a) => ({
+          tagsKey: JSON.stringify(Object.fromEntries((a.Tags ?? []).map((t) => [t.Key, t.Value]))),
+          quantity: a.AllocatedUsageQuantity,
+        }));
+        const hourMs = this.#placeCarried(record.dimension, nowMs, allocations);
         this.#stmt.markCarried.run(reason, nowMs, hourMs, id);
         return hourMs;
       })(),
     );
   }
 
-  #addCarried(dimension: string, hourMs: number, tagsKey: string, quantity: number, atMs: number): void {
-    if (this.#stmt.addToBucket.run(quantity, atMs, dimension, hourMs, tagsKey).changes === 0) {
-      this.#stmt.insertBucket.run(dimension, hourMs, tagsKey, quantity, atMs);
+  /**
+   * Adds carried usage (per tag set) to the first unsealed hour from `fromMs` on whose record would still be
+   * within AWS's tag limits (2,500 tag sets, 5 tag keys), so a carry never produces a record AWS refuses.
+   * Returns the hour. An hour with no usage always fits, because the carried usage came from one valid record.
+   */
+  #placeCarried(
+    dimension: string,
+    fromMs: number,
+    allocations: readonly { tagsKey: string; quantity: number }[],
+  ): number {
+    let hourMs = targetHour(fromMs, (h) => this.#isSealed(dimension, h));
+    while (
+      !this.#fits(
+        dimension,
+        hourMs,
+        allocations.map((a) => a.tagsKey),
+      )
+    ) {
+      hourMs = targetHour(hourMs + HOUR_MS, (h) => this.#isSealed(dimension, h));
     }
+    const atMs = bucketTime(fromMs, hourMs);
+    for (const { tagsKey, quantity } of allocations) {
+      if (this.#stmt.addToBucket.run(quantity, atMs, dimension, hourMs, tagsKey).changes === 0) {
+        this.#stmt.insertBucket.run(dimension, hourMs, tagsKey, quantity, atMs);
+      }
+    }
+    return hourMs;
+  }
+
+  /** Whether adding these tag sets to (dimension, hour) keeps its record within AWS's tag limits. */
+  #fits(dimension: string, hourMs: number, tagsKeys: readonly string[]): boolean {
+    const sets = new Set(this.#stmt.tagsOf.all(dimension, hourMs) as string[]);
+    for (const key of tagsKeys) sets.add(key);
+    if (sets.size > MAX_TAG_SETS) return false;
+    const keys = new Set<string>();
+    for (const set of sets) for (const key of Object.keys(JSON.parse(set) as object)) keys.add(key);
+    return keys.size <= MAX_TAG_KEYS;
   }
 
   /** Records that must be carried at `nowMs` because their six-hour window is closing. */

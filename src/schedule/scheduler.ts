@@ -141,6 +141,7 @@ export class Scheduler {
     ledger.prune(clock.now());
     for (const record of ledger.due(clock.now())) {
       if (signal.aborted) break;
+      ledger.markInFlight(record.id);
       const result = await this.#options.sender.send(record.request, signal);
       switch (this.#settle(record, result)) {
         case 'sent':

@@ -84,30 +84,22 @@ const NOT_DELIVERED_CODES = new Set([
   'CredentialsProviderError',
 ]);
 
-/** Network failures after the request may have been written: AWS may have recorded it. */
-const MAYBE_DELIVERED_CODES = new Set([
-  'ECONNRESET',
-  'EPIPE',
-  'ETIMEDOUT',
-  'TimeoutError',
-  'RequestTimeout',
-  'AbortError',
-]);
-
 /**
- * Maps an error from MeterUsage to a {@link SendResult}. The policy, from aws-metering-api.md §3.10 and the
- * hour rules of DESIGN.md:
+ * Maps an error from MeterUsage to a {@link SendResult}. Each send is one HTTP attempt (the sender's client
+ * makes no SDK retries), so the outcome of every attempt is known. The policy, from aws-metering-api.md §3.10
+ * and the hour rules of DESIGN.md:
  *
  * | error                                                                 | result      | record becomes |
  * |-----------------------------------------------------------------------|-------------|----------------|
- * | ThrottlingException, InternalServiceErrorException, other 5xx, network, credentials | retryable | pending (backoff) |
+ * | ThrottlingException, connection refused, DNS, no credentials, any other 4xx not named below (expired or unrecognised credentials, access denied, clock skew) | retryable | pending (backoff) |
+ * | InternalServiceErrorException and other 5xx, resets and timeouts after the request was written | retryable, maybe delivered | pending (backoff) |
  * | DuplicateRequestException (AWS holds another quantity for the hour)   | duplicate   | failed + alert |
  * | TimestampOutOfBoundsException                                         | expired     | carried        |
- * | InvalidUsageDimension, InvalidTag, InvalidUsageAllocations, CustomerNotEntitled, InvalidEndpointRegion, InvalidProductCode, IdempotencyConflict, any other 4xx | rejected | failed |
+ * | InvalidUsageDimension, InvalidTag, InvalidUsageAllocations, CustomerNotEntitled, InvalidEndpointRegion, InvalidProductCode, IdempotencyConflict | rejected | failed |
  * | DryRunOperation on a DryRun request                                   | accepted    | sent           |
  *
- * `maybeDelivered` is false only when AWS cannot have recorded the request (connection refused, DNS, no
- * credentials, an explicit throttle or internal error); a carried record must never have been delivered.
+ * `maybeDelivered` is false only when AWS cannot have recorded the request: a throttle or a 4xx refusal, or a
+ * failure before the request was written. A record that may have been delivered is never carried.
  */
 export function classify(err: unknown, dryRun: boolean): SendResult {
   const error = toSendError(err);
@@ -116,7 +108,6 @@ export function classify(err: unknown, dryRun: boolean): SendResult {
     return { status: 'accepted', meteringRecordId: DRY_RUN_RECORD_ID };
   switch (name) {
     case 'ThrottlingException':
-    case 'InternalServiceErrorException':
       return { status: 'retryable', error, maybeDelivered: false };
     case 'DuplicateRequestException':
       return { status: 'duplicate', error };
@@ -132,21 +123,11 @@ export function classify(err: unknown, dryRun: boolean): SendResult {
       return { status: 'rejected', error };
   }
   if (error.httpStatus !== undefined) {
-    if (error.httpStatus >= 500) return { status: 'retryable', error, maybeDelivered: true };
-    // Authentication and authorisation answers (expired role session, missing policy) heal when the
-    // credentials do; AWS did not record anything.
-    if (
-      error.httpStatus === 401 ||
-      error.httpStatus === 403 ||
-      /token|signature|credential|accessdenied/i.test(name)
-    ) {
-      return { status: 'retryable', error, maybeDelivered: false };
-    }
-    return { status: 'rejected', error };
+    // An internal error may come after the record was stored; any other answered request was refused whole.
+    return { status: 'retryable', error, maybeDelivered: error.httpStatus >= 500 };
   }
   if (NOT_DELIVERED_CODES.has(name)) return { status: 'retryable', error, maybeDelivered: false };
-  if (MAYBE_DELIVERED_CODES.has(name)) return { status: 'retryable', error, maybeDelivered: true };
-  // Any other failure without an HTTP answer is a local or network problem: retry, assuming the worst.
+  // A reset, timeout or abort, or anything else without an HTTP answer: assume the worst.
   return { status: 'retryable', error, maybeDelivered: true };
 }
 

@@ -115,13 +115,37 @@ describe('metering pipeline', () => {
     expect(p.emulator.records[0].quantity).toBe(5);
   });
 
-  it('lets the SDK retry a 500 within one send', async () => {
-    const p = await pipeline({ start: H10 + 60_000, maxAttempts: 3 });
+  it('treats a 500 as possibly delivered, and resends the same request', async () => {
+    const p = await pipeline({ start: H10 + 60_000 });
     await p.api.report({ dimension: 'requests', quantity: 2 });
     p.emulator.failNext('MeterUsage', 'InternalServiceErrorException', 1);
     p.clock.set(H11);
-    expect(await p.scheduler.runOnce({ includeOpen: false })).toMatchObject({ sent: 1 });
+    expect(await p.scheduler.runOnce({ includeOpen: false })).toMatchObject({ retrying: 1 });
+    expect(p.ledger.pending()[0].maybeDelivered).toBe(true);
+    p.clock.set(p.ledger.nextAttemptMs()!);
+    await p.scheduler.runOnce({ includeOpen: false });
     expect(p.emulator.totals().get('requests')).toBe(2);
+  });
+
+  it.each([
+    ['UnrecognizedClientException'],
+    ['ExpiredTokenException'],
+    ['AccessDeniedException'],
+    ['RequestExpired'],
+  ])('retries a record refused with %s once the credentials heal, never failing it', async (errorName) => {
+    // Regression: credential errors that did not match a name pattern failed the record for good.
+    const p = await pipeline({ start: H10 + 60_000 });
+    await p.api.report({ dimension: 'requests', quantity: 3 });
+    p.emulator.failNext('MeterUsage', errorName, 2);
+    p.clock.set(H11);
+    await p.scheduler.runOnce({ includeOpen: false });
+    expect(p.ledger.pending()[0]).toMatchObject({ maybeDelivered: false });
+    for (let i = 0; i < 2; i++) {
+      p.clock.set(p.ledger.nextAttemptMs()!);
+      await p.scheduler.runOnce({ includeOpen: false });
+    }
+    expect(p.ledger.status(p.clock.now()).records).toMatchObject({ sent: 1, failed: 0 });
+    expect(p.emulator.totals().get('requests')).toBe(3);
   });
 
   it('marks a DuplicateRequestException failed, alerts, and never resends another quantity', async () => {

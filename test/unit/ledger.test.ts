@@ -233,6 +233,40 @@ describe('SqliteLedger', () => {
     ]);
   });
 
+  it('treats a record that was in flight when the process died as possibly delivered', async () => {
+    // Regression: AWS could accept a record and the process die before markSent; after a restart the record
+    // looked undelivered and could be carried, billing it twice.
+    const { clock, ledger, dir } = setup(H10 + 60_000);
+    await recorded(ledger, [report('a', 5), report('b', 1)]);
+    const [a, b] = ledger.seal(H11, false);
+    ledger.markInFlight(a.id);
+    ledger.markInFlight(b.id);
+    ledger.markRetry(b.id, 'ThrottlingException: slow', H11 + 5000, false);
+    ledger.close();
+
+    const reopened = openLedger(dir, clock);
+    expect(reopened.get(a.id)!.maybeDelivered).toBe(true);
+    expect(reopened.get(b.id)!.maybeDelivered).toBe(false);
+  });
+
+  it('carries into a later hour when the open hour could not take the tag sets', async () => {
+    // Regression: a carry could give a record six tag keys, which AWS refuses, so the usage was never billed.
+    const { clock, ledger } = setup(H10 + 60_000);
+    await recorded(ledger, [report('a', 10, { k1: 'x', k2: 'x', k3: 'x' })]);
+    const [record] = ledger.seal(H11, false);
+    const deadline = H10 + 60_000 + MAX_RECORD_AGE_MS - CARRY_MARGIN_MS;
+    clock.set(deadline);
+    await recorded(ledger, [report('a', 1, { k4: 'y', k5: 'y', k6: 'y' })]);
+    const H15 = Date.parse('2026-03-01T15:00:00Z');
+
+    expect(ledger.carry(record.id, clock.now(), 'window closing')).toBe(H15 + HOUR_MS);
+
+    expect(ledger.status(clock.now()).open).toEqual([
+      { dimension: 'a', hourStartMs: H15, quantity: 1, tagSets: 1 },
+      { dimension: 'a', hourStartMs: H15 + HOUR_MS, quantity: 10, tagSets: 1 },
+    ]);
+  });
+
   it('acknowledges a repeated idempotency key without counting it again, for 24 hours', async () => {
     const { clock, ledger } = setup(H10 + 60_000);
     expect(
