@@ -59,9 +59,10 @@ const PRODUCT_CODE_PATTERN = /^[-a-zA-Z0-9/=:_.@]{1,255}$/;
 
 /**
  * Dimension names are set at listing time; AWS allows 1..255 characters of any kind
- * (aws-metering-api.md §2.2). The sidecar refuses control characters so a name is always printable in logs.
+ * (aws-metering-api.md §2.2). The sidecar refuses control characters, so a name is always printable in logs,
+ * and lone UTF-16 surrogates, which SQLite would store as a different string.
  */
-export const DIMENSION_PATTERN = /^[^\p{Cc}]{1,255}$/u;
+export const DIMENSION_PATTERN = /^[^\p{Cc}\p{Cs}]{1,255}$/u;
 
 /** At most 24 pricing dimensions per container product. @see aws-metering-api.md §3.3 */
 const MAX_DIMENSIONS = 24;

@@ -26,6 +26,15 @@ export const SOCKET_MODE = 0o666;
 const HEADERS_TIMEOUT_MS = 10_000;
 const REQUEST_TIMEOUT_MS = 30_000;
 
+/**
+ * Most request bodies read at once: each may hold up to 1 MiB, so this bounds the memory a misbehaving local
+ * client can tie up (64 MiB). Beyond it, requests are answered 429 at once.
+ */
+export const MAX_CONCURRENT_BODIES = 64;
+
+/** Most open connections per listener; more are refused by the kernel queue, not buffered. */
+const MAX_CONNECTIONS = 1024;
+
 /** How long stop() waits for in-flight requests before closing their connections. */
 const STOP_GRACE_MS = 10_000;
 
@@ -58,6 +67,8 @@ export class IntakeServer {
   #listening = false;
   /** Requests being handled, including ones whose client has gone away while their batch commits. */
   readonly #inFlight = new Set<Promise<void>>();
+  /** Bodies being read right now. */
+  #reading = 0;
 
   constructor(options: IntakeOptions) {
     this.#options = options;
@@ -135,6 +146,7 @@ export class IntakeServer {
     });
     server.headersTimeout = HEADERS_TIMEOUT_MS;
     server.requestTimeout = REQUEST_TIMEOUT_MS;
+    server.maxConnections = MAX_CONNECTIONS;
     this.#servers.push(server);
     return server;
   }
@@ -190,7 +202,22 @@ export class IntakeServer {
       );
       return undefined;
     }
-    const text = await readBody(req, MAX_BODY_BYTES);
+    if (this.#reading >= MAX_CONCURRENT_BODIES) {
+      res.setHeader('retry-after', '1');
+      discardAndFail(
+        req,
+        res,
+        rejection('TooManyRequests', 'too many requests in progress; retry in a second'),
+      );
+      return undefined;
+    }
+    this.#reading++;
+    let text: string | undefined;
+    try {
+      text = await readBody(req, MAX_BODY_BYTES);
+    } finally {
+      this.#reading--;
+    }
     if (text === undefined) {
       res.shouldKeepAlive = false;
       fail(res, rejection('TooLarge', `the body exceeds ${MAX_BODY_BYTES} bytes`));

@@ -91,6 +91,9 @@ export function rejection(code: ErrorCode, message: string, index?: number): Rej
 
 const RECORD_FIELDS = new Set(['dimension', 'quantity', 'tags', 'id']);
 
+/** A lone UTF-16 surrogate: SQLite would store it as U+FFFD, so the key would not match itself later. */
+const LONE_SURROGATE = /\p{Cs}/u;
+
 /**
  * Parses a `POST /v1/usage` body: one record, or `{"records":[...]}` with 1..10,000 records.
  * Returns the validated reports, or the first problem found.
@@ -185,7 +188,10 @@ function parseRecord(
   }
 
   const id = value['id'];
-  if (id !== undefined && (typeof id !== 'string' || id.length === 0 || id.length > MAX_ID_LENGTH)) {
+  if (
+    id !== undefined &&
+    (typeof id !== 'string' || id.length === 0 || id.length > MAX_ID_LENGTH || LONE_SURROGATE.test(id))
+  ) {
     return rejection('InvalidRequest', `"id" must be a string of 1-${MAX_ID_LENGTH} characters${at}`, index);
   }
 

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { SidecarClient } from '../../src/client/client.js';
 import { ListenError } from '../../src/errors.js';
-import { IntakeServer, SOCKET_MODE } from '../../src/intake/server.js';
+import { IntakeServer, MAX_CONCURRENT_BODIES, SOCKET_MODE } from '../../src/intake/server.js';
 import { rejection } from '../../src/intake/usage.js';
 import { startPipeline, type Pipeline } from '../helpers/pipeline.js';
 import { memoryLogger } from '../helpers/logger.js';
@@ -278,6 +278,33 @@ describe('app API', () => {
     expect(totals(p)).toEqual([]);
     // The server is still serving.
     expect((await p.api.report({ dimension: 'a', quantity: 1 })).status).toBe(202);
+  });
+
+  it('reads at most 64 bodies at once and answers 429 beyond, so slow clients cannot exhaust memory', async () => {
+    // Regression: hundreds of connections each holding a body of almost 1 MiB grew the sidecar by 400 MiB.
+    const p = await pipeline();
+    const held: import('node:net').Socket[] = [];
+    for (let i = 0; i < MAX_CONCURRENT_BODIES; i++) {
+      await new Promise<void>((resolve) => {
+        const socket = connect(p.socketPath, () => {
+          socket.write(
+            'POST /v1/usage HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{"dimension"',
+            () => resolve(),
+          );
+        });
+        socket.on('error', () => undefined);
+        held.push(socket);
+      });
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const refused = await p.api.report({ dimension: 'a', quantity: 1 });
+    for (const socket of held) socket.destroy();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const accepted = await p.api.report({ dimension: 'a', quantity: 1 });
+
+    expect(refused).toMatchObject({ status: 429, body: { error: { code: 'TooManyRequests' } } });
+    expect(accepted.status).toBe(202);
+    expect(totals(p)).toEqual([{ dimension: 'a', hourStartMs: H10, quantity: 1, tagSets: 1 }]);
   });
 
   it('accepts a body of just under 1 MiB', async () => {

@@ -52,6 +52,8 @@ describe('parseUsage', () => {
     ['{"dimension":7,"quantity":1}', 'UnknownDimension'],
     ['{"dimension":"a\\u0000b","quantity":1}', 'UnknownDimension'],
     [`{"dimension":"${'d'.repeat(256)}","quantity":1}`, 'UnknownDimension'],
+    ['{"dimension":"a\\ud800","quantity":1}', 'UnknownDimension'],
+    ['{"dimension":"a","quantity":1,"id":"k\\udc00"}', 'InvalidRequest'],
     ['{"dimension":"a"}', 'InvalidQuantity'],
     ['{"dimension":"a","quantity":-1}', 'InvalidQuantity'],
     ['{"dimension":"a","quantity":1.5}', 'InvalidQuantity'],
