@@ -197,11 +197,13 @@ export function classifyStartupError(
   const code = errorName(err);
   const message = errorMessage(err);
   const status = httpStatusOf(err);
+  // No HTTP answer means a network failure, or credentials not (yet) served by the ECS agent or the IRSA
+  // token file: both may heal within the budget. AWS's terminate rule is for its answers.
   const transient =
     code === 'ThrottlingException' ||
     code === 'InternalServiceErrorException' ||
     (status !== undefined && status >= 500) ||
-    (status === undefined && code !== 'CredentialsProviderError');
+    status === undefined;
   return transient ? { kind: 'unavailable', code, message } : { kind: 'notEntitled', code, message };
 }
 
@@ -244,6 +246,9 @@ export async function awaitEntitlement(
       throw new AwsUnavailableError('startup was interrupted before entitlement was established');
     const result = await check.check(signal);
     if (result.kind === 'entitled') return result;
+    // An abort during the check surfaces as a network error: stop here rather than wait out a backoff.
+    if (signal?.aborted)
+      throw new AwsUnavailableError('startup was interrupted before entitlement was established');
     if (result.kind === 'notEntitled') {
       throw new NotEntitledError(`entitlement refused (${result.code}): ${result.message}; ${OPERATOR_HINT}`);
     }

@@ -178,6 +178,22 @@ describe('entitlement at startup (built CLI against the emulator)', () => {
     expect(emulator.totals().get('requests')).toBe(1);
   });
 
+  it('sends usage a previous run left in the ledger before exiting 77 on a restart that is not entitled', async () => {
+    // Regression: a restarted container that failed entitlement never sent the acknowledged usage it found.
+    const { emulator, socketPath, spawn } = await setup();
+    const first = spawn();
+    await first.ready();
+    const client = new SidecarClient({ socketPath });
+    expect((await client.report({ dimension: 'gb', quantity: 12 })).status).toBe(202);
+    client.close();
+    await first.stop('SIGKILL');
+
+    emulator.setEntitlement('CustomerNotEntitledException');
+    const second = spawn();
+    expect((await second.exited).code).toBe(77);
+    expect(Object.fromEntries(emulator.totals())).toEqual({ gb: 12 });
+  });
+
   it('exits 69 when AWS stays unavailable for the whole retry budget', async () => {
     const { emulator, spawn } = await setup();
     emulator.failNext('RegisterUsage', 'ThrottlingException', 10_000);
@@ -235,6 +251,11 @@ describe('entitlement at startup (built CLI against the emulator)', () => {
     ).toMatchObject({
       valid: false,
       problem: 'nonce',
+    });
+    // One proof per 5 s per task: RegisterUsage's quota is shared by the whole account.
+    expect(await client.proveEntitlement('app-nonce-43')).toMatchObject({
+      status: 429,
+      body: { error: { code: 'TooManyRequests' } },
     });
     const bad = await client.call('POST', '/v1/entitlement', { nonce: '' });
     expect(bad).toMatchObject({ status: 400, body: { error: { code: 'InvalidRequest' } } });

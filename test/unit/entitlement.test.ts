@@ -128,9 +128,28 @@ describe('classifyStartupError', () => {
       Object.assign(new Error('Could not load credentials from any providers'), {
         name: 'CredentialsProviderError',
       }),
-      'notEntitled',
+      'unavailable',
     ],
   ])('%s → %s', (err, kind) => {
     expect(classifyStartupError(err).kind).toBe(kind);
+  });
+});
+
+describe('awaitEntitlement and aborts', () => {
+  it('stops at once when aborted while a check is in flight', async () => {
+    // Regression: an abort during the check came back as a network error and the loop waited out a backoff
+    // of up to a minute on an already-aborted signal.
+    const clock = new ManualClock(0);
+    const controller = new AbortController();
+    const check: EntitlementCheck = {
+      check: () => {
+        controller.abort();
+        return Promise.resolve({ kind: 'unavailable', code: 'AbortError', message: 'aborted' });
+      },
+    };
+    await expect(
+      awaitEntitlement(check, { clock, budgetMs: 1_800_000, signal: controller.signal }),
+    ).rejects.toThrow(/interrupted/);
+    expect(clock.pendingTimers).toEqual([]);
   });
 });
