@@ -184,6 +184,8 @@ export class SqliteLedger {
   #flushScheduled = false;
   #closed = false;
   #commits = 0;
+  /** The latest time the ledger has used; see {@link SqliteLedger.#timeNow}. */
+  #highWaterMs: number;
   readonly #stmt: ReturnType<SqliteLedger['prepare']>;
   readonly #path: string;
 
@@ -193,6 +195,18 @@ export class SqliteLedger {
     this.#options = options;
     this.#ledgerId = ledgerId;
     this.#stmt = this.prepare();
+    this.#highWaterMs = Math.max(
+      ...(
+        this.#db
+          .prepare(
+            `SELECT (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'created_at_ms') AS a,
+                    (SELECT max(first_at_ms) FROM buckets) AS b,
+                    (SELECT max(sealed_at_ms) FROM records) AS c`,
+          )
+          .raw()
+          .get() as (number | null)[]
+      ).map((v) => v ?? 0),
+    );
     // A record that was being sent when the process died may have reached AWS: never carry it.
     this.#db.prepare('UPDATE records SET maybe_delivered = 1, in_flight = 0 WHERE in_flight = 1').run();
     for (const row of this.#db.prepare('SELECT dimension, hour_ms FROM records').all() as {
@@ -237,6 +251,9 @@ export class SqliteLedger {
         db.exec(SCHEMA);
         if (version === 0) {
           db.prepare("INSERT INTO meta (key, value) VALUES ('ledger_id', ?)").run(randomUUID());
+          db.prepare("INSERT INTO meta (key, value) VALUES ('created_at_ms', ?)").run(
+            String(options.clock.now()),
+          );
           db.pragma(`user_version = ${SCHEMA_VERSION}`);
         }
         const row = db.prepare("SELECT value FROM meta WHERE key = 'ledger_id'").get() as
@@ -360,7 +377,7 @@ export class SqliteLedger {
   record(reports: readonly UsageReport[]): Promise<RecordResult | Rejection> {
     if (this.#closed) return Promise.reject(new StorageUnavailableError('the ledger is closed'));
     return new Promise((resolve, reject) => {
-      this.#queue.push({ reports, arrivalMs: this.#options.clock.now(), resolve, reject });
+      this.#queue.push({ reports, arrivalMs: this.#timeNow(this.#options.clock.now()), resolve, reject });
       if (!this.#flushScheduled) {
         this.#flushScheduled = true;
         // Group commit: every batch queued before the next turn of the event loop shares one transaction.
@@ -475,7 +492,8 @@ export class SqliteLedger {
    * cap moves to the next hour. Each (dimension, hour) is sealed at most once. Returns the new records.
    * @throws StorageUnavailableError when the transaction could not commit; nothing changed.
    */
-  seal(nowMs: number, includeOpen: boolean): StoredRecord[] {
+  seal(clockMs: number, includeOpen: boolean): StoredRecord[] {
+    const nowMs = this.#timeNow(clockMs);
     const stmt = this.#stmt;
     const sealedNow: { dimension: string; hourMs: number }[] = [];
     try {
@@ -483,7 +501,7 @@ export class SqliteLedger {
         const out: StoredRecord[] = [];
         const hours = stmt.bucketHours.all() as { dimension: string; hour_ms: number }[];
         for (const { dimension, hour_ms: hourMs } of hours) {
-          if (!maySeal(hourMs, nowMs, includeOpen) || this.#isSealed(dimension, hourMs)) continue;
+          if (!maySeal(hourMs, clockMs, includeOpen) || this.#isSealed(dimension, hourMs)) continue;
           const buckets = (
             stmt.bucketsOf.all(dimension, hourMs) as { tags: string; quantity: number; first_at_ms: number }[]
           ).map((b) => ({ tagsKey: b.tags, quantity: b.quantity, firstAtMs: b.first_at_ms }));
@@ -577,7 +595,8 @@ export class SqliteLedger {
    * per tag set, is added to the hour open at `nowMs` (or the next unsealed hour), and the record is marked
    * carried, in one transaction. Returns the hour it went to.
    */
-  carry(id: number, nowMs: number, reason: string): number | undefined {
+  carry(id: number, clockMs: number, reason: string): number | undefined {
+    const nowMs = this.#timeNow(clockMs);
     return this.#write(() =>
       this.#db.transaction(() => {
         const row = this.#stmt.byId.get(id) as RecordRow | undefined;
@@ -636,7 +655,8 @@ export class SqliteLedger {
   }
 
   /** Records that must be carried at `nowMs` because their six-hour window is closing. */
-  expiring(nowMs: number): StoredRecord[] {
+  expiring(clockMs: number): StoredRecord[] {
+    const nowMs = this.#timeNow(clockMs);
     return this.pending().filter((r) => carryDeadline(r.timestampMs) <= nowMs);
   }
 
@@ -743,6 +763,18 @@ export class SqliteLedger {
     } catch (err) {
       throw new StorageUnavailableError(`the ledger could not commit (${describe(err)})`, { cause: err });
     }
+  }
+
+  /**
+   * The time usage is stamped with: the clock, but never earlier than any time the ledger has already used
+   * (its creation, a bucket's first usage, a seal). After the clock jumps back, usage is neither stamped before
+   * the software started nor counted in an hour already sealed. Whether an hour may be sealed is decided by
+   * the clock itself, so after a jump forward that is later undone nothing is sealed until the clock has caught
+   * up again, and no record carries a timestamp ahead of the clock.
+   */
+  #timeNow(clockMs: number): number {
+    if (clockMs > this.#highWaterMs) this.#highWaterMs = clockMs;
+    return this.#highWaterMs;
   }
 
   #isSealed(dimension: string, hourMs: number): boolean {

@@ -267,6 +267,47 @@ describe('SqliteLedger', () => {
     ]);
   });
 
+  it('never stamps usage before the software started when the clock jumps back', async () => {
+    // Prepare: the ledger starts at 10:30.
+    const { clock, ledger } = setup(H10 + 30 * 60_000);
+    await recorded(ledger, [report('a', 1)]);
+
+    // Act: the clock steps back 40 minutes, into the previous hour.
+    clock.set(H10 - 10 * 60_000);
+    await recorded(ledger, [report('a', 2)]);
+    const atShutdown = ledger.seal(clock.now(), true);
+    clock.set(H11 + 60_000);
+    const [record] = ledger.seal(clock.now(), false);
+
+    // Assess: counted in the hour the software started in, stamped at its start, sealed once the clock passed it.
+    expect(atShutdown).toEqual([]);
+    expect(record).toMatchObject({ hourStartMs: H10, quantity: 3, timestampMs: H10 + 30 * 60_000 });
+    expect(ledger.status(clock.now()).open).toEqual([]);
+  });
+
+  it('after a forward jump that is undone, seals nothing ahead of the clock and no hour twice', async () => {
+    const { clock, ledger } = setup(H10 + 5 * 60_000);
+    await recorded(ledger, [report('a', 1)]);
+    // The clock jumps forward three hours: hour 10 closes and is sealed.
+    clock.set(H10 + 3 * HOUR_MS + 10 * 60_000);
+    expect(ledger.seal(clock.now(), false).map((r) => r.hourStartMs)).toEqual([H10]);
+    await recorded(ledger, [report('a', 2)]);
+    // NTP corrects it back to 10:20.
+    clock.set(H10 + 20 * 60_000);
+    await recorded(ledger, [report('a', 4)]);
+
+    // Neither a scheduled nor a shutdown seal may send the 13:00 hour before the clock reaches it.
+    expect(ledger.seal(clock.now(), false)).toEqual([]);
+    expect(ledger.seal(clock.now(), true)).toEqual([]);
+    expect(ledger.status(clock.now()).open).toEqual([
+      { dimension: 'a', hourStartMs: H10 + 3 * HOUR_MS, quantity: 6, tagSets: 1 },
+    ]);
+    clock.set(H10 + 4 * HOUR_MS);
+    const [late] = ledger.seal(clock.now(), false);
+    expect(late).toMatchObject({ hourStartMs: H10 + 3 * HOUR_MS, quantity: 6 });
+    expect(late.timestampMs).toBeLessThanOrEqual(clock.now());
+  });
+
   it('acknowledges a repeated idempotency key without counting it again, for 24 hours', async () => {
     const { clock, ledger } = setup(H10 + 60_000);
     expect(
