@@ -390,6 +390,11 @@ export class MeteringEmulator {
     for (let i = 0; i < count; i += 1) this.#tampering.push(copy);
   }
 
+  /** Drops every queued fault, keeping calls, records and tokens: AWS recovers from an outage. */
+  clearFaults(): void {
+    this.#faults = new Map();
+  }
+
   /**
    * Forgets calls, records, ClientTokens, once-per-hour keys, queued faults and queued token tampering.
    * Keeps listening, the signing key and the entitlement state.

@@ -1,0 +1,181 @@
+/**
+ * Fault suite, scenario 1: 100 SIGKILLs at random moments (under concurrent load, during commits, during
+ * sends and during shutdown flushes) over simulated hours. The built sidecar runs unmodified; libfaketime
+ * shifts the clock it reads, further ahead at every restart, so hours close, are sealed and sent while AWS
+ * (the emulator, on the same shifted clock) throttles, fails and loses answers. At the end the emulator's
+ * record of what was metered is checked against the clients' record of what was acknowledged.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { SidecarClient, type UsageInput } from '../../src/client/client.js';
+import { MeteringEmulator } from '../../src/emulator/emulator.js';
+import { faketimeEnv } from '../helpers/faketime.js';
+import { SidecarProcess, startCredentialsServer } from '../helpers/sidecarProcess.js';
+
+const DIMENSIONS = ['requests', 'gb', 'nodes'];
+const KILLS = Number(process.env['FAULT_KILLS'] ?? 100);
+const HOUR_MS = 3_600_000;
+
+/** Figures of this run, printed at the end (docs/reliability.md quotes them). */
+export const figures = { kills: 0, sigterms: 0, restarts: 0, faults: 0, batches: 0, records: 0, hours: 0 };
+
+const cleanups: (() => Promise<void> | void)[] = [];
+afterAll(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+function randomInt(min: number, max: number): number {
+  return min + Math.floor(Math.random() * (max - min + 1));
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+describe('fault suite: SIGKILL campaign over simulated hours', () => {
+  it(`meters exactly the acknowledged usage through ${KILLS} kills`, async () => {
+    // Prepare
+    const dir = mkdtempSync(join(tmpdir(), 'metering-faults-'));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    let offsetMs = 0;
+    const emulator = new MeteringEmulator({
+      productCode: 'prod-faults',
+      dimensions: DIMENSIONS,
+      now: () => Date.now() + offsetMs,
+    });
+    const url = await emulator.start();
+    cleanups.push(() => emulator.stop());
+    const creds = await startCredentialsServer('ASIATASKFAULTS');
+    cleanups.push(() => creds.close());
+    const socketPath = join(dir, 'metering.sock');
+    const env = {
+      METERING_PRODUCT_CODE: 'prod-faults',
+      METERING_PUBLIC_KEY: emulator.publicKeyPem,
+      METERING_DIMENSIONS: DIMENSIONS.join(','),
+      METERING_SOCKET: socketPath,
+      METERING_LISTEN: 'off',
+      METERING_ADMIN_LISTEN: 'off',
+      METERING_STATE_DIR: join(dir, 'state'),
+      METERING_SEND_JITTER_SECONDS: '0',
+      METERING_SHUTDOWN_TIMEOUT_SECONDS: '5',
+      METERING_LOG_LEVEL: 'info',
+      AWS_REGION: 'us-east-1',
+      AWS_ENDPOINT_URL_MARKETPLACE_METERING: url,
+      AWS_CONTAINER_CREDENTIALS_FULL_URI: creds.url,
+    };
+    let sidecar: SidecarProcess | undefined;
+    cleanups.push(() => {
+      sidecar?.child.kill('SIGKILL');
+    });
+    const start = async (): Promise<void> => {
+      sidecar = SidecarProcess.spawn({ ...env, ...faketimeEnv(offsetMs) });
+      figures.restarts++;
+      await sidecar.ready(30_000);
+    };
+
+    // Clients send batches with idempotency ids and resend each until it is acknowledged.
+    const acked = new Map<string, number>();
+    const stop = { now: false };
+    const client = async (name: string): Promise<void> => {
+      let seq = 0;
+      let api = new SidecarClient({ socketPath }, { timeoutMs: 5000 });
+      while (!stop.now) {
+        const records: UsageInput[] = Array.from({ length: randomInt(1, 25) }, () => ({
+          dimension: DIMENSIONS[randomInt(0, DIMENSIONS.length - 1)],
+          quantity: randomInt(0, 5000),
+          tags: { client: name, region: ['eu', 'us', 'ap'][randomInt(0, 2)] },
+          id: `${name}-${seq++}`,
+        }));
+        for (;;) {
+          try {
+            const reply = await api.report(records);
+            if (reply.status === 202) break;
+            // 503 while starting (entitlement) or 429: the batch was not stored; resend.
+            if (reply.status !== 503 && reply.status !== 429) throw new Error(`unexpected ${reply.status}`);
+          } catch (err) {
+            if (err instanceof Error && err.message.startsWith('unexpected')) throw err;
+            api.close();
+            api = new SidecarClient({ socketPath }, { timeoutMs: 5000 });
+          }
+          await sleep(10);
+        }
+        figures.batches++;
+        figures.records += records.length;
+        for (const r of records) acked.set(r.dimension, (acked.get(r.dimension) ?? 0) + r.quantity);
+      }
+      api.close();
+    };
+
+    // Act
+    await start();
+    const clients = Array.from({ length: 4 }, (_, i) => client(`c${i}`));
+    const startedAtMs = Date.now();
+    while (figures.kills < KILLS) {
+      // Now and then AWS misbehaves.
+      if (Math.random() < 0.3) {
+        const fault = [
+          'ThrottlingException',
+          'InternalServiceErrorException',
+          'ResetAfterProcessing',
+          'ConnectionReset',
+        ][randomInt(0, 3)];
+        const count = randomInt(1, 3);
+        emulator.failNext('MeterUsage', fault, count);
+        figures.faults += count;
+      }
+      await sleep(randomInt(20, 300));
+      if (Math.random() < 0.1) {
+        // A shutdown flush, killed at a random moment of its sends.
+        sidecar!.child.kill('SIGTERM');
+        figures.sigterms++;
+        await sleep(randomInt(0, 40));
+      }
+      await sidecar!.stop('SIGKILL');
+      figures.kills++;
+      // Time moves on: a new simulated hour every few restarts (less than the six-hour window).
+      if (Math.random() < 0.25) {
+        offsetMs += randomInt(45, 100) * 60_000;
+        figures.hours++;
+      }
+      await start();
+    }
+    stop.now = true;
+    await Promise.all(clients);
+    // The last hour: a clean shutdown, with AWS behaving.
+    emulator.clearFaults();
+    const exit = await sidecar!.stop('SIGTERM');
+    const elapsedS = Math.round((Date.now() - startedAtMs) / 1000);
+
+    // Assess
+    expect(exit.code, sidecar!.stdout).toBe(0);
+    const metered = Object.fromEntries(emulator.totals());
+    expect(metered).toEqual(Object.fromEntries(acked));
+    // One record per (task, dimension, hour); never a DuplicateRequestException or IdempotencyConflict.
+    const keys = emulator.records.map((r) => `${r.identity}|${r.dimension}|${r.hourStartMs}`);
+    expect(new Set(keys).size).toBe(keys.length);
+    const errors = new Set(emulator.calls.map((c) => c.error));
+    expect(errors.has('DuplicateRequestException')).toBe(false);
+    expect(errors.has('IdempotencyConflictException')).toBe(false);
+    // No record was ever sent twice with different content.
+    const bodies = new Map<string, string>();
+    for (const call of emulator.calls) {
+      if (call.operation !== 'MeterUsage') continue;
+      const input = call.input as { ClientToken: string };
+      const body = JSON.stringify(call.input);
+      expect(bodies.get(input.ClientToken) ?? body).toBe(body);
+      bodies.set(input.ClientToken, body);
+    }
+    // Each record's timestamp lies inside its hour and inside the simulated run.
+    for (const r of emulator.records) {
+      expect(r.timestampMs - r.hourStartMs).toBeLessThan(HOUR_MS);
+      expect(r.timestampMs).toBeGreaterThanOrEqual(startedAtMs - 60_000);
+      expect(r.allocations.reduce((s, a) => s + a.quantity, 0)).toBe(r.quantity);
+    }
+    expect(new Set(emulator.records.map((r) => r.hourStartMs)).size).toBeGreaterThan(3);
+    console.log(
+      `fault suite (kills): ${figures.kills} SIGKILLs (${figures.sigterms} during shutdown flushes), ${figures.restarts} starts, ` +
+        `${figures.hours} simulated hour steps, ${figures.faults} MeterUsage faults injected, ${figures.batches} batches / ` +
+        `${figures.records} records acknowledged, ${emulator.records.length} records metered, losses 0, duplicates 0, ${elapsedS} s`,
+    );
+  }, 600_000);
+});
