@@ -171,7 +171,7 @@ export class Agent {
       // Entitlement lets the SDK retry; sends make one attempt each, so every attempt's outcome is known and
       // a record an earlier attempt may have delivered is never mistaken for one AWS refused.
       this.#client = createMeteringClient(clientOptions);
-      this.#sendClient = createMeteringClient({ ...clientOptions, maxAttempts: 1 });
+      this.#sendClient = createMeteringClient({ ...clientOptions, maxAttempts: 1, keepAlive: false });
       observeClient(this.#client, this.#metrics);
       observeClient(this.#sendClient, this.#metrics);
       this.#scheduler = new Scheduler({

@@ -27,6 +27,12 @@ export interface MeteringClientOptions {
   readonly credentials?: { readonly accessKeyId: string; readonly secretAccessKey: string };
   readonly maxAttempts?: number;
   readonly requestTimeoutMs?: number;
+  /**
+   * Reuse connections (default true). The sender turns it off: a pooled connection the server has already
+   * closed fails with a reset that looks exactly like a request lost after it was written, and such a record
+   * must then be treated as maybe delivered. Sends are hourly, so a fresh connection each costs nothing.
+   */
+  readonly keepAlive?: boolean;
 }
 
 /** Builds the SDK client. The caller destroys it when done. */
@@ -41,6 +47,9 @@ export function createMeteringClient(options: MeteringClientOptions): Marketplac
       // Without this the handler only warns when the deadline passes and the call hangs on.
       throwOnRequestTimeout: true,
       connectionTimeout: CONNECTION_TIMEOUT_MS,
+      ...(options.keepAlive === false
+        ? { httpAgent: { keepAlive: false }, httpsAgent: { keepAlive: false } }
+        : {}),
     },
   });
 }

@@ -50,6 +50,7 @@ export async function startPipeline(options: PipelineOptions) {
     endpoint,
     credentials: { accessKeyId: 'TASK1', secretAccessKey: 'secret' },
     maxAttempts: options.maxAttempts ?? 1,
+    keepAlive: false,
     requestTimeoutMs: options.requestTimeoutMs ?? 2_000,
   });
   const metrics = new Metrics({
