@@ -210,7 +210,7 @@ export class Agent {
       }
 
       try {
-        await this.#checkEntitlement(this.#emulator?.publicKeyPem);
+        await this.#checkEntitlement(() => this.#emulator?.publicKeyPem);
       } catch (err) {
         await this.#flushBeforeExit();
         throw err;
@@ -232,7 +232,7 @@ export class Agent {
    * `register-usage` and `dry-run` retry throttling, 5xx and network errors within
    * METERING_ENTITLEMENT_RETRY_SECONDS; any other answer throws {@link NotEntitledError}.
    */
-  async #checkEntitlement(localPublicKeyPem: string | undefined): Promise<void> {
+  async #checkEntitlement(localPublicKeyPem: () => string | undefined): Promise<void> {
     const config = this.#config;
     const log = this.#logger.child({ component: 'entitlement' });
     if (config.entitlement === 'none') {
@@ -243,7 +243,8 @@ export class Agent {
     }
     let check: EntitlementCheck;
     if (config.entitlement === 'register-usage') {
-      const publicKeyPem = config.publicKeyPem ?? localPublicKeyPem;
+      // The emulator makes its signing key on first use: only ask for it when RegisterUsage will be checked.
+      const publicKeyPem = config.publicKeyPem ?? localPublicKeyPem();
       if (publicKeyPem === undefined) {
         log.warn(
           { code: 'ERR_PUBLIC_KEY_MISSING' },

@@ -187,6 +187,7 @@ export class SqliteLedger {
   /** The latest time the ledger has used; see {@link SqliteLedger.#timeNow}. */
   #highWaterMs: number;
   readonly #stmt: ReturnType<SqliteLedger['prepare']>;
+  readonly #transactions: { queue: (items: readonly Queued[]) => (RecordResult | Rejection)[] };
   readonly #path: string;
 
   private constructor(db: Database.Database, options: LedgerOptions, ledgerId: string) {
@@ -195,6 +196,7 @@ export class SqliteLedger {
     this.#options = options;
     this.#ledgerId = ledgerId;
     this.#stmt = this.prepare();
+    this.#transactions = this.#transactionsOf(db);
     this.#highWaterMs = Math.max(
       ...(
         this.#db
@@ -392,18 +394,9 @@ export class SqliteLedger {
     const queue = this.#queue;
     this.#queue = [];
     if (queue.length === 0) return;
-    const results: (RecordResult | Rejection)[] = [];
+    let results: (RecordResult | Rejection)[];
     try {
-      this.#db.transaction(() => {
-        for (const item of queue) {
-          try {
-            results.push(this.#db.transaction(() => this.#apply(item.reports, item.arrivalMs))());
-          } catch (err) {
-            if (!(err instanceof BatchRejected)) throw err;
-            results.push(err.rejection);
-          }
-        }
-      })();
+      results = this.#transactions.queue(queue);
       this.#commits++;
     } catch (err) {
       const failure = new StorageUnavailableError(`the ledger could not commit (${describe(err)})`, {
@@ -413,6 +406,28 @@ export class SqliteLedger {
       return;
     }
     queue.forEach((item, i) => item.resolve(results[i]));
+  }
+
+  /**
+   * The group-commit transactions: one for the whole queue, a savepoint per batch inside it. Built once, as
+   * better-sqlite3 prepares a transaction function's BEGIN and SAVEPOINT statements when it is created, which
+   * costs more than a small batch.
+   */
+  #transactionsOf(db: Database.Database) {
+    const batch = db.transaction((reports: readonly UsageReport[], arrivalMs: number) =>
+      this.#apply(reports, arrivalMs),
+    );
+    const queue = db.transaction((items: readonly Queued[]) =>
+      items.map((item) => {
+        try {
+          return batch(item.reports, item.arrivalMs);
+        } catch (err) {
+          if (!(err instanceof BatchRejected)) throw err;
+          return err.rejection;
+        }
+      }),
+    );
+    return { queue };
   }
 
   #apply(reports: readonly UsageReport[], arrivalMs: number): RecordResult {
