@@ -337,7 +337,7 @@ export class Agent {
     if (this.#entitlement !== 'entitled') return error('NotEntitled', this.#entitlementReason);
     // RegisterUsage's 5 requests/s quota (aws-metering-api.md §3.5) is shared by every task of the buyer's
     // account: one proof per PROOF_INTERVAL_MS per task keeps a looping app from starving other startups.
-    const nowMs = this.#clock.now();
+    const nowMs = performance.now(); // monotonic: a wall clock stepping back must not block proofs
     if (this.#proving || nowMs - this.#lastProofAtMs < PROOF_INTERVAL_MS) {
       return error(
         'TooManyRequests',
@@ -394,7 +394,9 @@ export class Agent {
   /** A write probe of the ledger, at most once a second however often readiness is asked. */
   #ledgerWritable(): ReadinessCheck {
     const nowMs = this.#clock.now();
-    if (this.#writable !== undefined && nowMs - this.#writable.atMs < 1000) return this.#writable.check;
+    // Cached by the monotonic clock: a wall clock stepping back must not freeze the cache.
+    const atMs = performance.now();
+    if (this.#writable !== undefined && atMs - this.#writable.atMs < 1000) return this.#writable.check;
     const ledger = this.#ledger;
     const check: ReadinessCheck =
       ledger === undefined || this.#stopping !== undefined
@@ -410,7 +412,7 @@ export class Agent {
     if (check.ok && this.#writable?.check.ok === false) {
       this.#logger.info({ code: 'ERR_STATE_UNAVAILABLE' }, 'the ledger is writable again; usage is accepted');
     }
-    this.#writable = { atMs: nowMs, check };
+    this.#writable = { atMs, check };
     return check;
   }
 

@@ -21,6 +21,7 @@ import {
   MAX_TAG_KEYS,
   MAX_TAG_SETS,
   bucketTime,
+  canonicalTags,
   carryDeadline,
   clientToken,
   maySeal,
@@ -155,6 +156,7 @@ interface RecordRow {
   attempts: number;
   next_attempt_ms: number;
   maybe_delivered: number;
+  in_flight: number;
   last_error: string | null;
   metering_record_id: string | null;
 }
@@ -201,8 +203,9 @@ export class SqliteLedger {
       ...(
         this.#db
           .prepare(
+            // Clock readings only: a bucket's first usage can be stamped at the start of a later hour.
             `SELECT (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'created_at_ms') AS a,
-                    (SELECT max(first_at_ms) FROM buckets) AS b,
+                    (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'high_water_ms') AS b,
                     (SELECT max(sealed_at_ms) FROM records) AS c`,
           )
           .raw()
@@ -417,16 +420,22 @@ export class SqliteLedger {
     const batch = db.transaction((reports: readonly UsageReport[], arrivalMs: number) =>
       this.#apply(reports, arrivalMs),
     );
-    const queue = db.transaction((items: readonly Queued[]) =>
-      items.map((item) => {
+    const setHighWater = db.prepare(
+      "INSERT INTO meta (key, value) VALUES ('high_water_ms', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
+    );
+    const queue = db.transaction((items: readonly Queued[]) => {
+      const results = items.map((item) => {
         try {
           return batch(item.reports, item.arrivalMs);
         } catch (err) {
           if (!(err instanceof BatchRejected)) throw err;
           return err.rejection;
         }
-      }),
-    );
+      });
+      // Kept so that a restart after the clock stepped back still stamps nothing earlier.
+      setHighWater.run(String(Math.max(...items.map((item) => item.arrivalMs))));
+      return results;
+    });
     return { queue };
   }
 
@@ -502,13 +511,13 @@ export class SqliteLedger {
   }
 
   /**
-   * Seals every (dimension, hour) that may be sealed at `nowMs` (closed hours; with `includeOpen`, at shutdown,
+   * Seals every (dimension, hour) that may be sealed at `clockMs` (closed hours; with `includeOpen`, at shutdown,
    * also the open hour) into pending records, each with its stored MeterUsage request. Excess over the quantity
    * cap moves to the next hour. Each (dimension, hour) is sealed at most once. Returns the new records.
    * @throws StorageUnavailableError when the transaction could not commit; nothing changed.
    */
   seal(clockMs: number, includeOpen: boolean): StoredRecord[] {
-    const nowMs = this.#timeNow(clockMs);
+    this.#timeNow(clockMs); // keeps the high-water mark moving with the clock
     const stmt = this.#stmt;
     const sealedNow: { dimension: string; hourMs: number }[] = [];
     try {
@@ -538,8 +547,9 @@ export class SqliteLedger {
             sealed.timestampMs,
             token,
             JSON.stringify(request),
-            nowMs,
-            nowMs,
+            // Clock readings, not the stamping time: a record is due, and was sealed, by the clock.
+            clockMs,
+            clockMs,
           ) as RecordRow;
           sealedNow.push({ dimension, hourMs });
           out.push(toRecord(row));
@@ -620,7 +630,7 @@ export class SqliteLedger {
         const allocations = (
           record.request.UsageAllocations ?? [{ AllocatedUsageQuantity: record.quantity }]
         ).map((a) => ({
-          tagsKey: JSON.stringify(Object.fromEntries((a.Tags ?? []).map((t) => [t.Key, t.Value]))),
+          tagsKey: canonicalTags(Object.fromEntries((a.Tags ?? []).map((t) => [t.Key, t.Value]))),
           quantity: a.AllocatedUsageQuantity,
         }));
         const hourMs = this.#placeCarried(record.dimension, nowMs, allocations);
@@ -671,8 +681,8 @@ export class SqliteLedger {
 
   /** Records that must be carried at `nowMs` because their six-hour window is closing. */
   expiring(clockMs: number): StoredRecord[] {
-    const nowMs = this.#timeNow(clockMs);
-    return this.pending().filter((r) => carryDeadline(r.timestampMs) <= nowMs);
+    // By the clock itself: AWS judges the window by its own clock, not by the ledger's stamping time.
+    return this.pending().filter((r) => carryDeadline(r.timestampMs) <= clockMs);
   }
 
   /** A summary for status and for the exit code at shutdown. */
@@ -818,7 +828,9 @@ function toRecord(row: RecordRow): StoredRecord {
     status: row.status,
     attempts: row.attempts,
     nextAttemptMs: row.next_attempt_ms,
-    maybeDelivered: row.maybe_delivered !== 0,
+    // A record still marked in flight had an attempt whose outcome was never stored (for instance because the
+    // disk filled up right after AWS accepted it): it may have been delivered.
+    maybeDelivered: row.maybe_delivered !== 0 || row.in_flight !== 0,
     lastError: row.last_error ?? undefined,
     meteringRecordId: row.metering_record_id ?? undefined,
   };

@@ -56,6 +56,8 @@ export class Scheduler {
   #retryTimer: CancelTimer | undefined;
   #jitterTimer: CancelTimer | undefined;
   #stopped = false;
+  /** Consecutive runs that failed; they space out the retries. */
+  #failedRuns = 0;
 
   constructor(options: SchedulerOptions) {
     this.#options = options;
@@ -112,10 +114,21 @@ export class Scheduler {
     const run = previous
       .catch(() => undefined)
       .then(() => this.#run(options.includeOpen, options.signal ?? this.#controller.signal));
-    const tracked = run.finally(() => {
-      if (this.#current === tracked) this.#current = undefined;
-      this.#armRetry();
-    });
+    const tracked = run
+      .then(
+        (summary) => {
+          this.#failedRuns = 0;
+          return summary;
+        },
+        (err: unknown) => {
+          this.#failedRuns++;
+          throw err;
+        },
+      )
+      .finally(() => {
+        if (this.#current === tracked) this.#current = undefined;
+        this.#armRetry();
+      });
     this.#current = tracked;
     return tracked;
   }
@@ -256,6 +269,10 @@ export class Scheduler {
       return;
     }
     if (nextMs === undefined) return;
+    // After a run that failed (the ledger could not be written), back off instead of retrying at once.
+    if (this.#failedRuns > 0) {
+      nextMs = Math.max(nextMs, this.#options.clock.now() + retryDelayMs(this.#failedRuns, this.#random));
+    }
     this.#retryTimer = this.#options.clock.setTimer(nextMs, () => this.#trigger('retry'));
   }
 

@@ -44,6 +44,8 @@ export function createMeteringClient(options: MeteringClientOptions): Marketplac
     maxAttempts: options.maxAttempts ?? SDK_MAX_ATTEMPTS,
     requestHandler: {
       requestTimeout: options.requestTimeoutMs ?? REQUEST_TIMEOUT_MS,
+      // The request timeout ends when the headers arrive; a body that stalls after them is ended by this.
+      socketTimeout: options.requestTimeoutMs ?? REQUEST_TIMEOUT_MS,
       // Without this the handler only warns when the deadline passes and the call hangs on.
       throwOnRequestTimeout: true,
       connectionTimeout: CONNECTION_TIMEOUT_MS,

@@ -85,6 +85,12 @@ const NOT_DELIVERED_CODES = new Set([
 ]);
 
 /**
+ * The SDK's connection timeout: the request never left (each send opens a fresh connection), unlike a
+ * request timeout after the connection was made.
+ */
+const CONNECT_TIMEOUT = /did not establish a connection with the server/;
+
+/**
  * Maps an error from MeterUsage to a {@link SendResult}. Each send is one HTTP attempt (the sender's client
  * makes no SDK retries), so the outcome of every attempt is known. The policy, from aws-metering-api.md §3.10
  * and the hour rules of DESIGN.md:
@@ -123,10 +129,14 @@ export function classify(err: unknown, dryRun: boolean): SendResult {
       return { status: 'rejected', error };
   }
   if (error.httpStatus !== undefined) {
-    // An internal error may come after the record was stored; any other answered request was refused whole.
-    return { status: 'retryable', error, maybeDelivered: error.httpStatus >= 500 };
+    // A 4xx is AWS refusing the request whole. A 5xx may come after the record was stored, and a 2xx or 3xx
+    // whose body was cut off or unreadable (the SDK then reports the error with that status) was accepted.
+    const refused = error.httpStatus >= 400 && error.httpStatus < 500;
+    return { status: 'retryable', error, maybeDelivered: !refused };
   }
-  if (NOT_DELIVERED_CODES.has(name)) return { status: 'retryable', error, maybeDelivered: false };
+  if (NOT_DELIVERED_CODES.has(name) || CONNECT_TIMEOUT.test(error.message)) {
+    return { status: 'retryable', error, maybeDelivered: false };
+  }
   // A reset, timeout or abort, or anything else without an HTTP answer: assume the worst.
   return { status: 'retryable', error, maybeDelivered: true };
 }

@@ -249,6 +249,61 @@ describe('SqliteLedger', () => {
     expect(reopened.get(b.id)!.maybeDelivered).toBe(false);
   });
 
+  it('treats a record marked in flight as possibly delivered while the process still runs', async () => {
+    // Regression: AWS accepted a record, then markSent failed (disk full); the record stayed pending and could
+    // be carried once the disk recovered, billing it twice.
+    const { ledger } = setup(H10 + 60_000);
+    await recorded(ledger, [report('a', 5)]);
+    const [a] = ledger.seal(H11, false);
+    ledger.markInFlight(a.id);
+    expect(ledger.get(a.id)!.maybeDelivered).toBe(true);
+  });
+
+  it('does not take a later hour a bucket was moved to as the time after a restart', async () => {
+    // Regression: usage moved to the next hour (stamped 11:00) made the high-water mark 11:00 after a restart,
+    // so usage at 10:20 went into the future hour and records sealed at shutdown were not due until 11:00.
+    const { clock, ledger, dir } = setup(H10 + 5 * 60_000);
+    await recorded(ledger, [report('a', 1)]);
+    ledger.seal(clock.now(), true); // shutdown flush seals 10:00 for a
+    ledger.close();
+    clock.set(H10 + 15 * 60_000);
+    const second = openLedger(dir, clock);
+    await recorded(second, [report('a', 2), report('c', 3)]); // a moves to 11:00; c stays at 10:00
+    second.close();
+    clock.set(H10 + 20 * 60_000);
+    const third = openLedger(dir, clock);
+    await recorded(third, [report('c', 4)]);
+
+    expect(third.status(clock.now()).open).toEqual([
+      { dimension: 'c', hourStartMs: H10, quantity: 7, tagSets: 1 },
+      { dimension: 'a', hourStartMs: H11, quantity: 2, tagSets: 1 },
+    ]);
+    clock.set(H10 + 25 * 60_000);
+    const [c] = third.seal(clock.now(), true);
+    expect(c).toMatchObject({ dimension: 'c', hourStartMs: H10, quantity: 7 });
+    // Both the 10:00 record of a (sealed by the first shutdown) and the new one of c are due now.
+    expect(
+      third
+        .due(clock.now())
+        .map((r) => `${r.dimension}@${r.hourStartMs - H10}`)
+        .sort(),
+    ).toEqual(['a@0', 'c@0']);
+  });
+
+  it('carries tag sets under the same key intake uses, so a carried and a new report share one allocation', async () => {
+    // Regression: keys like "10" and "9" came back in JavaScript's integer-first order, giving two
+    // allocations with the same tags, which AWS refuses.
+    const { clock, ledger } = setup(H10 + 60_000);
+    await recorded(ledger, [report('a', 5, { '10': 'x', '9': 'y' })]);
+    const [record] = ledger.seal(H11, false);
+    clock.set(H10 + 60_000 + MAX_RECORD_AGE_MS - CARRY_MARGIN_MS);
+    ledger.carry(record.id, clock.now(), 'window closing');
+    await recorded(ledger, [report('a', 1, { '9': 'y', '10': 'x' })]);
+    expect(ledger.status(clock.now()).open).toEqual([
+      { dimension: 'a', hourStartMs: Date.parse('2026-03-01T15:00:00Z'), quantity: 6, tagSets: 1 },
+    ]);
+  });
+
   it('carries into a later hour when the open hour could not take the tag sets', async () => {
     // Regression: a carry could give a record six tag keys, which AWS refuses, so the usage was never billed.
     const { clock, ledger } = setup(H10 + 60_000);
