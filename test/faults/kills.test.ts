@@ -5,14 +5,10 @@
  * (the emulator, on the same shifted clock) throttles, fails and loses answers. At the end the emulator's
  * record of what was metered is checked against the clients' record of what was acknowledged.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { SidecarClient, type UsageInput } from '../../src/client/client.js';
-import { MeteringEmulator } from '../../src/emulator/emulator.js';
-import { faketimeEnv } from '../helpers/faketime.js';
-import { SidecarProcess, startCredentialsServer } from '../helpers/sidecarProcess.js';
+import { sidecarFixture, type Cleanups } from '../helpers/fixture.js';
+import type { SidecarProcess } from '../helpers/sidecarProcess.js';
 
 const DIMENSIONS = ['requests', 'gb', 'nodes'];
 const KILLS = Number(process.env['FAULT_KILLS'] ?? 100);
@@ -21,7 +17,7 @@ const HOUR_MS = 3_600_000;
 /** Figures of this run, printed at the end (docs/reliability.md quotes them). */
 export const figures = { kills: 0, sigterms: 0, restarts: 0, faults: 0, batches: 0, records: 0, hours: 0 };
 
-const cleanups: (() => Promise<void> | void)[] = [];
+const cleanups: Cleanups = [];
 afterAll(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
 });
@@ -35,40 +31,20 @@ const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout
 describe('fault suite: SIGKILL campaign over simulated hours', () => {
   it(`meters exactly the acknowledged usage through ${KILLS} kills`, async () => {
     // Prepare
-    const dir = mkdtempSync(join(tmpdir(), 'metering-faults-'));
-    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
     let offsetMs = 0;
-    const emulator = new MeteringEmulator({
-      productCode: 'prod-faults',
-      dimensions: DIMENSIONS,
-      now: () => Date.now() + offsetMs,
+    const { emulator, socketPath, spawn } = await sidecarFixture(cleanups, {
+      name: 'faults',
+      emulator: { dimensions: DIMENSIONS },
+      env: {
+        METERING_DIMENSIONS: DIMENSIONS.join(','),
+        METERING_SHUTDOWN_TIMEOUT_SECONDS: '5',
+        METERING_LOG_LEVEL: 'info',
+      },
+      clockOffsetMs: () => offsetMs,
     });
-    const url = await emulator.start();
-    cleanups.push(() => emulator.stop());
-    const creds = await startCredentialsServer('ASIATASKFAULTS');
-    cleanups.push(() => creds.close());
-    const socketPath = join(dir, 'metering.sock');
-    const env = {
-      METERING_PRODUCT_CODE: 'prod-faults',
-      METERING_PUBLIC_KEY: emulator.publicKeyPem,
-      METERING_DIMENSIONS: DIMENSIONS.join(','),
-      METERING_SOCKET: socketPath,
-      METERING_LISTEN: 'off',
-      METERING_ADMIN_LISTEN: 'off',
-      METERING_STATE_DIR: join(dir, 'state'),
-      METERING_SEND_JITTER_SECONDS: '0',
-      METERING_SHUTDOWN_TIMEOUT_SECONDS: '5',
-      METERING_LOG_LEVEL: 'info',
-      AWS_REGION: 'us-east-1',
-      AWS_ENDPOINT_URL_MARKETPLACE_METERING: url,
-      AWS_CONTAINER_CREDENTIALS_FULL_URI: creds.url,
-    };
     let sidecar: SidecarProcess | undefined;
-    cleanups.push(() => {
-      sidecar?.child.kill('SIGKILL');
-    });
     const start = async (): Promise<void> => {
-      sidecar = SidecarProcess.spawn({ ...env, ...faketimeEnv(offsetMs) });
+      sidecar = spawn();
       figures.restarts++;
       await sidecar.ready(30_000);
     };

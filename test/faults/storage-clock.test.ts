@@ -6,65 +6,33 @@
  * libfaketime moves its clock.
  */
 import { createHash } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { SidecarClient } from '../../src/client/client.js';
-import { MeteringEmulator } from '../../src/emulator/emulator.js';
-import { faketimeEnv } from '../helpers/faketime.js';
-import { SidecarProcess, startCredentialsServer } from '../helpers/sidecarProcess.js';
+import { sidecarFixture, type Cleanups } from '../helpers/fixture.js';
 import { Tmpfs } from '../helpers/tmpfs.js';
 
 const HOUR_MS = 3_600_000;
-const cleanups: (() => Promise<void> | void)[] = [];
+const cleanups: Cleanups = [];
 afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
 });
 
 async function setup(stateDir?: string) {
-  const dir = mkdtempSync(join(tmpdir(), 'metering-sc-'));
-  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
   let offsetMs = 0;
-  const emulator = new MeteringEmulator({ productCode: 'prod-sc', now: () => Date.now() + offsetMs });
-  const url = await emulator.start();
-  cleanups.push(() => emulator.stop());
-  const creds = await startCredentialsServer('ASIATASKSC');
-  cleanups.push(() => creds.close());
-  const socketPath = join(dir, 'metering.sock');
-  const state = stateDir ?? join(dir, 'state');
-  const spawn = (): SidecarProcess => {
-    const sidecar = SidecarProcess.spawn({
-      METERING_PRODUCT_CODE: 'prod-sc',
-      METERING_PUBLIC_KEY: emulator.publicKeyPem,
-      METERING_SOCKET: socketPath,
-      METERING_LISTEN: 'off',
-      METERING_ADMIN_LISTEN: 'off',
-      METERING_STATE_DIR: state,
-      METERING_SEND_JITTER_SECONDS: '0',
-      AWS_REGION: 'us-east-1',
-      AWS_ENDPOINT_URL_MARKETPLACE_METERING: url,
-      AWS_CONTAINER_CREDENTIALS_FULL_URI: creds.url,
-      ...(offsetMs !== 0 ? faketimeEnv(offsetMs) : {}),
-    });
-    cleanups.push(() => {
-      sidecar.child.kill('SIGKILL');
-    });
-    return sidecar;
-  };
+  const fixture = await sidecarFixture(cleanups, {
+    name: 'sc',
+    ...(stateDir !== undefined ? { stateDir } : {}),
+    clockOffsetMs: () => offsetMs,
+  });
   return {
-    emulator,
-    socketPath,
-    state,
-    spawn,
+    ...fixture,
+    state: fixture.stateDir,
     setOffset: (ms: number): void => {
       offsetMs = ms;
     },
   };
-}
-
-function fatal(sidecar: SidecarProcess): Record<string, unknown> {
-  return sidecar.logLines().find((l) => l['level'] === 'fatal') ?? {};
 }
 
 describe('fault suite: storage', () => {
@@ -76,8 +44,8 @@ describe('fault suite: storage', () => {
     const { spawn } = await setup(join(fs.dir, 'state'));
     const sidecar = spawn();
     expect((await sidecar.exited).code).toBe(1);
-    expect(fatal(sidecar)).toMatchObject({ code: 'ERR_STATE_UNAVAILABLE' });
-    expect(String(fatal(sidecar)['msg'])).toMatch(
+    expect(sidecar.fatal()).toMatchObject({ code: 'ERR_STATE_UNAVAILABLE' });
+    expect(String(sidecar.fatal()['msg'])).toMatch(
       /METERING_STATE_DIR.*writable|read-only|EROFS|SQLITE_READONLY|SQLITE_CANTOPEN/i,
     );
     expect(sidecar.stdout).not.toContain('metering sidecar ready');
@@ -111,7 +79,7 @@ describe('fault suite: storage', () => {
 
     const second = spawn();
     expect((await second.exited).code).toBe(1);
-    expect(fatal(second)).toMatchObject({ code: 'ERR_STATE_CORRUPT' });
+    expect(second.fatal()).toMatchObject({ code: 'ERR_STATE_CORRUPT' });
     expect(createHash('sha256').update(readFileSync(file)).digest('hex')).toBe(digest);
   });
 

@@ -67,6 +67,21 @@ export class SidecarProcess {
     }
   }
 
+  /** The admin listener's port, from the sidecar's own log line (for METERING_ADMIN_LISTEN=...:0). */
+  async adminPort(): Promise<number> {
+    for (;;) {
+      const line = this.logLines().find((l) => l['msg'] === 'admin API listening') as
+        { address: { port: number } } | undefined;
+      if (line !== undefined) return line.address.port;
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+  }
+
+  /** The first fatal log line, or an empty object. */
+  fatal(): Record<string, unknown> {
+    return this.logLines().find((l) => l['level'] === 'fatal') ?? {};
+  }
+
   /** Sends a signal and waits for the exit. */
   async stop(signal: NodeJS.Signals): Promise<Exit> {
     this.child.kill(signal);

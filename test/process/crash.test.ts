@@ -4,56 +4,36 @@
  * during commits and during sends, and restarted on the same state directory. The emulator must end up with,
  * per dimension, exactly the acknowledged total, and must never have answered DuplicateRequestException.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { SidecarClient, type UsageInput } from '../../src/client/client.js';
-import { MeteringEmulator } from '../../src/emulator/emulator.js';
-import { SidecarProcess, startCredentialsServer } from '../helpers/sidecarProcess.js';
+import { sidecarFixture, type Cleanups } from '../helpers/fixture.js';
+import type { SidecarProcess } from '../helpers/sidecarProcess.js';
 
 const DIMENSIONS = ['requests', 'gb', 'nodes'];
 
-const cleanups: (() => Promise<void> | void)[] = [];
+const cleanups: Cleanups = [];
 afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
 });
 
 async function setup(overrides: Record<string, string> = {}) {
-  const dir = mkdtempSync(join(tmpdir(), 'metering-crash-'));
-  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
-  const emulator = new MeteringEmulator({ productCode: 'prod-crash', dimensions: DIMENSIONS });
-  const url = await emulator.start();
-  cleanups.push(() => emulator.stop());
-  const creds = await startCredentialsServer('ASIATASK1');
-  cleanups.push(() => creds.close());
-  const socketPath = join(dir, 'metering.sock');
-  const env = {
-    METERING_PRODUCT_CODE: 'prod-crash',
-    METERING_ENTITLEMENT: 'none',
-    METERING_DIMENSIONS: DIMENSIONS.join(','),
-    METERING_SOCKET: socketPath,
-    METERING_LISTEN: 'off',
-    METERING_ADMIN_LISTEN: 'off',
-    METERING_STATE_DIR: join(dir, 'state'),
-    METERING_SEND_JITTER_SECONDS: '0',
-    METERING_SHUTDOWN_TIMEOUT_SECONDS: '30',
-    METERING_LOG_LEVEL: 'info',
-    AWS_REGION: 'us-east-1',
-    AWS_ENDPOINT_URL_MARKETPLACE_METERING: url,
-    AWS_CONTAINER_CREDENTIALS_FULL_URI: creds.url,
-    ...overrides,
-  };
-  let current: SidecarProcess | undefined;
-  cleanups.push(() => {
-    current?.child.kill('SIGKILL');
+  const fixture = await sidecarFixture(cleanups, {
+    name: 'crash',
+    emulator: { dimensions: DIMENSIONS },
+    env: {
+      METERING_ENTITLEMENT: 'none',
+      METERING_DIMENSIONS: DIMENSIONS.join(','),
+      METERING_SHUTDOWN_TIMEOUT_SECONDS: '30',
+      METERING_LOG_LEVEL: 'info',
+      ...overrides,
+    },
   });
   const startSidecar = async (): Promise<SidecarProcess> => {
-    current = SidecarProcess.spawn(env);
-    await current.ready();
-    return current;
+    const sidecar = fixture.spawn();
+    await sidecar.ready();
+    return sidecar;
   };
-  return { emulator, socketPath, startSidecar };
+  return { emulator: fixture.emulator, socketPath: fixture.socketPath, startSidecar };
 }
 
 /** Acknowledged quantity per dimension, as the clients saw it. */
@@ -157,7 +137,7 @@ describe('crash safety (built CLI, SIGKILL and restart)', () => {
     const keys = emulator.records.map((r) => `${r.identity}|${r.dimension}|${r.hourStartMs}`);
     expect(new Set(keys).size).toBe(keys.length);
     for (const record of emulator.records) {
-      expect(record.identity).toBe('ASIATASK1');
+      expect(record.identity).toBe('ASIATASKCRASH');
       expect(record.allocations.reduce((sum, a) => sum + a.quantity, 0)).toBe(record.quantity);
     }
     // Every resend of a record carried the same body.

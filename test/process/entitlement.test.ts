@@ -3,67 +3,23 @@
  * while pending, and the app-facing proof.
  */
 import { generateKeyPairSync } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { SidecarClient } from '../../src/client/client.js';
-import { MeteringEmulator, type EmulatorOptions } from '../../src/emulator/emulator.js';
+import type { EmulatorOptions } from '../../src/emulator/emulator.js';
 import { verifyEntitlementToken } from '../../src/entitlement/token.js';
-import { SidecarProcess, startCredentialsServer } from '../helpers/sidecarProcess.js';
+import { sidecarFixture, type Cleanups } from '../helpers/fixture.js';
 
-const cleanups: (() => Promise<void> | void)[] = [];
+const cleanups: Cleanups = [];
 afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
 });
 
 async function setup(emulatorOptions: Partial<EmulatorOptions> = {}) {
-  const dir = mkdtempSync(join(tmpdir(), 'metering-ent-'));
-  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
-  const emulator = new MeteringEmulator({
-    productCode: 'prod-ent',
-    dimensions: ['requests', 'gb'],
-    ...emulatorOptions,
+  return sidecarFixture(cleanups, {
+    name: 'ent',
+    emulator: { dimensions: ['requests', 'gb'], ...emulatorOptions },
+    env: { METERING_ADMIN_LISTEN: '127.0.0.1:0' },
   });
-  const url = await emulator.start();
-  cleanups.push(() => emulator.stop());
-  const creds = await startCredentialsServer('ASIATASKENT');
-  cleanups.push(() => creds.close());
-  const socketPath = join(dir, 'metering.sock');
-  const baseEnv: Record<string, string> = {
-    METERING_PRODUCT_CODE: 'prod-ent',
-    METERING_PUBLIC_KEY: emulator.publicKeyPem,
-    METERING_SOCKET: socketPath,
-    METERING_LISTEN: 'off',
-    METERING_ADMIN_LISTEN: '127.0.0.1:0',
-    METERING_STATE_DIR: join(dir, 'state'),
-    METERING_SEND_JITTER_SECONDS: '0',
-    AWS_REGION: 'us-east-1',
-    AWS_ENDPOINT_URL_MARKETPLACE_METERING: url,
-    AWS_CONTAINER_CREDENTIALS_FULL_URI: creds.url,
-  };
-  const spawn = (env: Record<string, string> = {}): SidecarProcess => {
-    const sidecar = SidecarProcess.spawn({ ...baseEnv, ...env });
-    cleanups.push(() => {
-      sidecar.child.kill('SIGKILL');
-    });
-    return sidecar;
-  };
-  return { emulator, socketPath, spawn };
-}
-
-/** The admin port, from the sidecar's own log line. */
-async function adminPort(sidecar: SidecarProcess): Promise<number> {
-  for (;;) {
-    const line = sidecar.logLines().find((l) => l['msg'] === 'admin API listening') as
-      { address: { port: number } } | undefined;
-    if (line !== undefined) return line.address.port;
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}
-
-function fatalLine(sidecar: SidecarProcess): Record<string, unknown> | undefined {
-  return sidecar.logLines().find((l) => l['level'] === 'fatal');
 }
 
 describe('entitlement at startup (built CLI against the emulator)', () => {
@@ -72,7 +28,7 @@ describe('entitlement at startup (built CLI against the emulator)', () => {
     const sidecar = spawn();
     await sidecar.ready();
 
-    const port = await adminPort(sidecar);
+    const port = await sidecar.adminPort();
     const readyz = await fetch(`http://127.0.0.1:${port}/readyz`);
     expect(readyz.status).toBe(200);
     const client = new SidecarClient({ socketPath });
@@ -107,7 +63,7 @@ describe('entitlement at startup (built CLI against the emulator)', () => {
     const sidecar = spawn(env);
     const exit = await sidecar.exited;
     expect(exit.code).toBe(77);
-    const fatal = fatalLine(sidecar)!;
+    const fatal = sidecar.fatal();
     expect(fatal['code']).toBe('ERR_NOT_ENTITLED');
     expect(fatal['msg']).toContain(code);
     expect(fatal['msg']).toMatch(/subscription.*IRSA.*AWS_REGION.*METERING_PRODUCT_CODE.*public key/);
@@ -120,7 +76,7 @@ describe('entitlement at startup (built CLI against the emulator)', () => {
       .toString();
     const sidecar = spawn({ METERING_PUBLIC_KEY: other });
     expect((await sidecar.exited).code).toBe(77);
-    expect(fatalLine(sidecar)!['msg']).toContain('signature does not match');
+    expect(sidecar.fatal()['msg']).toContain('signature does not match');
   });
 
   it.each([
@@ -131,7 +87,7 @@ describe('entitlement at startup (built CLI against the emulator)', () => {
     emulator.tamperNextToken(claims);
     const sidecar = spawn();
     expect((await sidecar.exited).code).toBe(77);
-    expect(fatalLine(sidecar)!['msg']).toContain(message);
+    expect(sidecar.fatal()['msg']).toContain(message);
   });
 
   it('retries throttling and becomes ready', async () => {
@@ -149,7 +105,7 @@ describe('entitlement at startup (built CLI against the emulator)', () => {
     const { emulator, socketPath, spawn } = await setup();
     emulator.failNext('RegisterUsage', 'InternalServiceErrorException', 10_000);
     const sidecar = spawn();
-    const port = await adminPort(sidecar);
+    const port = await sidecar.adminPort();
     // Wait for the first failed attempt.
     while (!sidecar.stdout.includes('entitlement check failed for now'))
       await new Promise((r) => setTimeout(r, 10));
@@ -200,7 +156,7 @@ describe('entitlement at startup (built CLI against the emulator)', () => {
     const sidecar = spawn({ METERING_ENTITLEMENT_RETRY_SECONDS: '2' });
     const exit = await sidecar.exited;
     expect(exit.code).toBe(69);
-    expect(fatalLine(sidecar)!['code']).toBe('ERR_AWS_UNAVAILABLE');
+    expect(sidecar.fatal()['code']).toBe('ERR_AWS_UNAVAILABLE');
   });
 
   it('stops cleanly on SIGTERM while entitlement is being retried', async () => {
@@ -231,7 +187,7 @@ describe('entitlement at startup (built CLI against the emulator)', () => {
 
     const unknown = spawn({ METERING_ENTITLEMENT: 'dry-run', METERING_DIMENSIONS: 'requests,cpu_hours' });
     expect((await unknown.exited).code).toBe(77);
-    expect(fatalLine(unknown)!['msg']).toContain('InvalidUsageDimensionException');
+    expect(unknown.fatal()['msg']).toContain('InvalidUsageDimensionException');
   });
 
   it('proves entitlement to the app with its own nonce', async () => {

@@ -4,63 +4,28 @@
  * that never carry a secret.
  */
 import { execFile } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
 import { SidecarClient } from '../../src/client/client.js';
-import { MeteringEmulator } from '../../src/emulator/emulator.js';
 import { parsePrometheus, sampleValue } from '../helpers/prometheus.js';
-import { MAIN, SidecarProcess, startCredentialsServer } from '../helpers/sidecarProcess.js';
+import { sidecarFixture, type Cleanups } from '../helpers/fixture.js';
+import { MAIN } from '../helpers/sidecarProcess.js';
 import { Tmpfs } from '../helpers/tmpfs.js';
 
 const run = promisify(execFile);
-const cleanups: (() => Promise<void> | void)[] = [];
+const cleanups: Cleanups = [];
 afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
 });
 
 async function setup(options: { stateDir?: string; env?: Record<string, string> } = {}) {
-  const dir = mkdtempSync(join(tmpdir(), 'metering-op-'));
-  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
-  const emulator = new MeteringEmulator({ productCode: 'prod-op' });
-  const url = await emulator.start();
-  cleanups.push(() => emulator.stop());
-  const creds = await startCredentialsServer('ASIATASKOP');
-  cleanups.push(() => creds.close());
-  const socketPath = join(dir, 'metering.sock');
-  const env: Record<string, string> = {
-    METERING_PRODUCT_CODE: 'prod-op',
-    METERING_PUBLIC_KEY: emulator.publicKeyPem,
-    METERING_SOCKET: socketPath,
-    METERING_LISTEN: 'off',
-    METERING_ADMIN_LISTEN: '127.0.0.1:0',
-    METERING_STATE_DIR: options.stateDir ?? join(dir, 'state'),
-    METERING_SEND_JITTER_SECONDS: '0',
-    AWS_REGION: 'us-east-1',
-    AWS_ENDPOINT_URL_MARKETPLACE_METERING: url,
-    AWS_CONTAINER_CREDENTIALS_FULL_URI: creds.url,
-    ...options.env,
-  };
-  const spawn = (extra: Record<string, string> = {}): SidecarProcess => {
-    const sidecar = SidecarProcess.spawn({ ...env, ...extra });
-    cleanups.push(() => {
-      sidecar.child.kill('SIGKILL');
-    });
-    return sidecar;
-  };
-  return { emulator, socketPath, spawn, env, stateDir: env['METERING_STATE_DIR'] };
-}
-
-async function adminPort(sidecar: SidecarProcess): Promise<number> {
-  for (;;) {
-    const line = sidecar.logLines().find((l) => l['msg'] === 'admin API listening') as
-      { address: { port: number } } | undefined;
-    if (line !== undefined) return line.address.port;
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
+  return sidecarFixture(cleanups, {
+    name: 'op',
+    ...(options.stateDir !== undefined ? { stateDir: options.stateDir } : {}),
+    env: { METERING_ADMIN_LISTEN: '127.0.0.1:0', ...options.env },
+  });
 }
 
 async function cli(
@@ -87,7 +52,7 @@ describe('operating the sidecar', () => {
     const { emulator, socketPath, spawn } = await setup({ stateDir: join(fs.dir, 'state') });
     const sidecar = spawn();
     await sidecar.ready();
-    const port = await adminPort(sidecar);
+    const port = await sidecar.adminPort();
     const client = new SidecarClient({ socketPath });
     cleanups.push(() => client.close());
     expect((await client.report({ dimension: 'requests', quantity: 7 })).status).toBe(202);
@@ -221,7 +186,7 @@ describe('operating the sidecar', () => {
     const { spawn } = await setup();
     const sidecar = spawn();
     await sidecar.ready();
-    const port = await adminPort(sidecar);
+    const port = await sidecar.adminPort();
     for (const path of ['/healthz', '/readyz', '/metrics', '/v1/status']) {
       expect((await fetch(`http://127.0.0.1:${port}${path}`, { method: 'POST', body: '{}' })).status).toBe(
         405,
