@@ -3,8 +3,8 @@
 # --read-only, --cap-drop=ALL, no-new-privileges, in --local mode (embedded emulator). Sends usage through
 # the socket from the host, checks the image's health check, stops it with SIGTERM and checks that the usage
 # was metered and the exit code is 0. Prints the image size. Cleans up every container, process and mount it
-# created. Offline recipe: ../shared/reference/tooling.md §2 of the project notes, reproduced in
-# scripts/image-engine.sh.
+# created. Where registries other than npm and Debian cannot be reached, scripts/image-engine.sh provides the
+# engine and the base image.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
