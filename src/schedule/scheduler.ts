@@ -17,6 +17,15 @@ export const RETRY_BASE_MS = 5_000;
 /** Longest retry delay: retries keep going until the record's window closes, at least this often. */
 export const RETRY_MAX_MS = 15 * 60_000;
 
+/**
+ * First retry delay during the shutdown flush. The state volume usually dies with the task or pod, so the
+ * seconds before the deadline are the last chance to deliver: retries come quickly, not on the hourly backoff.
+ */
+export const SHUTDOWN_RETRY_BASE_MS = 250;
+
+/** Longest retry delay during the shutdown flush. */
+export const SHUTDOWN_RETRY_MAX_MS = 2_000;
+
 /** What one run did. */
 export interface RunSummary {
   readonly sealed: number;
@@ -45,6 +54,23 @@ export function retryDelayMs(attempts: number, random: () => number): number {
   const ceiling = Math.min(RETRY_MAX_MS, RETRY_BASE_MS * 2 ** Math.max(0, attempts - 1));
   return Math.round(ceiling / 2 + (random() * ceiling) / 2);
 }
+
+/**
+ * Delay before retry number `retry` (1-based) of one record during the shutdown flush: exponential from 250 ms
+ * to 2 s with jitter, and never more than a quarter of the `remainingMs` before the deadline, so that several
+ * more attempts fit in whatever time is left.
+ */
+export function shutdownRetryDelayMs(retry: number, remainingMs: number, random: () => number): number {
+  const ceiling = Math.min(
+    SHUTDOWN_RETRY_MAX_MS,
+    SHUTDOWN_RETRY_BASE_MS * 2 ** Math.max(0, retry - 1),
+    Math.max(0, remainingMs / 4),
+  );
+  return Math.round(ceiling / 2 + (random() * ceiling) / 2);
+}
+
+/** When a record that failed for now is tried again: the hourly backoff, or the shutdown flush's. */
+type RetryPolicy = (record: StoredRecord, nowMs: number) => number;
 
 /** Seals and sends on a schedule; see the module comment. */
 export class Scheduler {
@@ -110,10 +136,16 @@ export class Scheduler {
    * flight waits for it. Rejects only when the ledger cannot be written.
    */
   runOnce(options: { includeOpen: boolean; signal?: AbortSignal }): Promise<RunSummary> {
+    return this.#runSerialised(
+      options.includeOpen,
+      options.signal ?? this.#controller.signal,
+      (record, nowMs) => nowMs + retryDelayMs(record.attempts + 1, this.#random),
+    );
+  }
+
+  #runSerialised(includeOpen: boolean, signal: AbortSignal, retryAt: RetryPolicy): Promise<RunSummary> {
     const previous = this.#current ?? Promise.resolve(undefined);
-    const run = previous
-      .catch(() => undefined)
-      .then(() => this.#run(options.includeOpen, options.signal ?? this.#controller.signal));
+    const run = previous.catch(() => undefined).then(() => this.#run(includeOpen, signal, retryAt));
     const tracked = run
       .then(
         (summary) => {
@@ -133,7 +165,7 @@ export class Scheduler {
     return tracked;
   }
 
-  async #run(includeOpen: boolean, signal: AbortSignal): Promise<RunSummary> {
+  async #run(includeOpen: boolean, signal: AbortSignal, retryAt: RetryPolicy): Promise<RunSummary> {
     const { ledger, clock, logger } = this.#options;
     let sent = 0;
     let retrying = 0;
@@ -156,7 +188,7 @@ export class Scheduler {
       if (signal.aborted) break;
       ledger.markInFlight(record.id);
       const result = await this.#options.sender.send(record.request, signal);
-      switch (this.#settle(record, result)) {
+      switch (this.#settle(record, result, retryAt)) {
         case 'sent':
           sent++;
           break;
@@ -175,7 +207,11 @@ export class Scheduler {
   }
 
   /** Applies a send result to the record's state in the ledger. */
-  #settle(record: StoredRecord, result: SendResult): 'sent' | 'retrying' | 'carried' | 'failed' {
+  #settle(
+    record: StoredRecord,
+    result: SendResult,
+    retryAt: RetryPolicy,
+  ): 'sent' | 'retrying' | 'carried' | 'failed' {
     const { ledger, clock, logger } = this.#options;
     const fields = { dimension: record.dimension, hour: iso(record.hourStartMs), quantity: record.quantity };
     const nowMs = clock.now();
@@ -186,7 +222,7 @@ export class Scheduler {
         logger.info({ ...fields, meteringRecordId: result.meteringRecordId }, 'usage metered');
         return 'sent';
       case 'retryable': {
-        const nextMs = nowMs + retryDelayMs(record.attempts + 1, this.#random);
+        const nextMs = retryAt(record, nowMs);
         ledger.markRetry(record.id, formatError(result.error), nextMs, result.maybeDelivered);
         logger.warn(
           { ...fields, code: result.error.name, attempts: record.attempts + 1, retryAt: iso(nextMs) },
@@ -278,8 +314,10 @@ export class Scheduler {
 
   /**
    * Shutdown: stop scheduling, let the run in flight finish (aborted at `deadlineMs`), then seal everything
-   * including the open hour and send, retrying transient failures as their backoff ends, until nothing is
-   * pending or `deadlineMs` is reached. Resolves with the totals of the final runs.
+   * including the open hour and try every unsent record at once, whatever backoff it was waiting out: on ECS
+   * and EKS the state volume usually dies with the task or pod, so these seconds are the last chance. Transient
+   * failures are retried with {@link shutdownRetryDelayMs} until nothing is pending or `deadlineMs` is reached.
+   * Resolves with the totals of the final runs.
    */
   async flush(deadlineMs: number): Promise<RunSummary> {
     await this.stop();
@@ -290,9 +328,19 @@ export class Scheduler {
       this.#controller.abort();
     });
     const total = { sealed: 0, sent: 0, retrying: 0, carried: 0, failed: 0 };
+    // Retries of each record within this flush, for its shutdown backoff.
+    const retries = new Map<number, number>();
+    const retryAt: RetryPolicy = (record, nowMs) => {
+      const retry = (retries.get(record.id) ?? 0) + 1;
+      retries.set(record.id, retry);
+      return nowMs + shutdownRetryDelayMs(retry, deadlineMs - nowMs, this.#random);
+    };
     try {
+      // A run in flight (a scheduled tick) finishes first; then nothing unsent waits for its hourly backoff.
+      await (this.#current ?? Promise.resolve()).catch(() => undefined);
+      ledger.retryAllNow(clock.now());
       for (;;) {
-        const summary = await this.runOnce({ includeOpen: true, signal: controller.signal });
+        const summary = await this.#runSerialised(true, controller.signal, retryAt);
         total.sealed += summary.sealed;
         total.sent += summary.sent;
         total.carried += summary.carried;
@@ -300,17 +348,7 @@ export class Scheduler {
         total.retrying = summary.retrying;
         const nextMs = ledger.nextAttemptMs();
         if (nextMs === undefined || nextMs >= deadlineMs || controller.signal.aborted) return total;
-        await new Promise<void>((resolve) => {
-          const cancel = clock.setTimer(nextMs, resolve);
-          controller.signal.addEventListener(
-            'abort',
-            () => {
-              cancel();
-              resolve();
-            },
-            { once: true },
-          );
-        });
+        await abortableSleep(clock, nextMs, controller.signal);
       }
     } finally {
       cancelDeadline();
@@ -327,6 +365,22 @@ export class Scheduler {
       this.#task = undefined;
     }
   }
+}
+
+/** Resolves at `atMs` on `clock`, or as soon as `signal` aborts. */
+function abortableSleep(clock: Clock, atMs: number, signal: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve) => {
+    if (signal.aborted) return resolve();
+    const cancel = clock.setTimer(atMs, () => {
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    });
+    const onAbort = (): void => {
+      cancel();
+      resolve();
+    };
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
 }
 
 function formatError(error: SendError): string {

@@ -337,6 +337,51 @@ describe('metering pipeline', () => {
     ]);
     await emulator.stop();
   });
+
+  // Regression: the shutdown flush only sent records already due, so a record waiting out the hourly
+  // backoff (attempt 5: next retry a minute away) was left unsent by a 20 s shutdown.
+  it('at shutdown tries at once a record waiting out its backoff, then retries quickly until the deadline', async () => {
+    // Prepare: five throttles put the record at attempts=5, its next retry well past a 20 s deadline.
+    const p = await pipeline({ start: H10 + 60_000 });
+    await p.api.report({ dimension: 'requests', quantity: 6 });
+    p.emulator.failNext('MeterUsage', 'ThrottlingException', 5);
+    p.clock.set(H11 + 1000);
+    await p.scheduler.runOnce({ includeOpen: false });
+    for (let i = 0; i < 4; i++) {
+      p.clock.set(p.ledger.nextAttemptMs()!);
+      await p.scheduler.runOnce({ includeOpen: false });
+    }
+    const [record] = p.ledger.pending();
+    expect(record.attempts).toBe(5);
+    const startMs = p.clock.now();
+    expect(record.nextAttemptMs - startMs).toBeGreaterThan(20_000);
+
+    // Act: shut down with a 20 s deadline while AWS throttles three more times.
+    p.emulator.failNext('MeterUsage', 'ThrottlingException', 3);
+    const summary = await driveClock(p, p.scheduler.flush(startMs + 20_000));
+
+    // Assess: sent within the deadline, once.
+    expect(summary).toMatchObject({ sent: 1, retrying: 0 });
+    expect(p.clock.now() - startMs).toBeLessThan(20_000);
+    expect(p.emulator.records.map((r) => r.quantity)).toEqual([6]);
+    expect(p.ledger.status(p.clock.now()).records).toMatchObject({ pending: 0, sent: 1 });
+  });
+
+  it('at shutdown keeps retrying transient failures until the deadline, then leaves the record pending', async () => {
+    const p = await pipeline({ start: H10 + 60_000 });
+    await p.api.report({ dimension: 'requests', quantity: 2 });
+    p.emulator.failNext('MeterUsage', 'ThrottlingException', 10_000);
+    const startMs = p.clock.now();
+
+    const summary = await driveClock(p, p.scheduler.flush(startMs + 10_000));
+
+    const calls = p.emulator.calls.filter((c) => c.operation === 'MeterUsage');
+    // A short bounded backoff: many attempts in 10 s, none after the deadline.
+    expect(calls.length).toBeGreaterThan(5);
+    expect(Math.max(...calls.map((c) => c.atMs))).toBeLessThanOrEqual(startMs + 10_000);
+    expect(summary).toMatchObject({ sealed: 1, sent: 0, retrying: 1 });
+    expect(p.ledger.status(p.clock.now()).records.pending).toBe(1);
+  });
 });
 
 async function waitFor(condition: () => boolean, timeoutMs = 5000): Promise<void> {
@@ -345,4 +390,15 @@ async function waitFor(condition: () => boolean, timeoutMs = 5000): Promise<void
     if (Date.now() - start > timeoutMs) throw new Error('condition not met in time');
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
+}
+
+/** Advances the manual clock in 50 ms steps while `work` runs (its timers fire on the way); resolves its result. */
+async function driveClock<T>(p: Pipeline, work: Promise<T>): Promise<T> {
+  let done = false;
+  const result = work.finally(() => (done = true));
+  while (!done) {
+    await new Promise((resolve) => setTimeout(resolve, 1));
+    if (!done) p.clock.advance(50);
+  }
+  return result;
 }

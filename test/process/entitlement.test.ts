@@ -7,6 +7,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { SidecarClient } from '../../src/client/client.js';
 import type { EmulatorOptions } from '../../src/emulator/emulator.js';
 import { verifyEntitlementToken } from '../../src/entitlement/token.js';
+import { systemClock } from '../../src/clock.js';
+import { SqliteLedger } from '../../src/ledger/ledger.js';
 import { sidecarFixture, type Cleanups } from '../helpers/fixture.js';
 
 const cleanups: Cleanups = [];
@@ -148,6 +150,24 @@ describe('entitlement at startup (built CLI against the emulator)', () => {
     const second = spawn();
     expect((await second.exited).code).toBe(77);
     expect(Object.fromEntries(emulator.totals())).toEqual({ gb: 12 });
+  });
+
+  it('before exiting 77, also sends a record a previous run left waiting out a long backoff', async () => {
+    // Regression: the flush before exit only sent records already due, so a record whose next retry was a
+    // minute away stayed unsent, and on ECS or EKS its volume then died with the task.
+    const { emulator, stateDir, productCode, spawn } = await setup();
+    const ledger = SqliteLedger.open({ stateDir, productCode, dryRun: false, clock: systemClock });
+    await ledger.record([{ dimension: 'gb', quantity: 9, tagsKey: '{}', id: undefined }]);
+    const [record] = ledger.seal(Date.now(), true);
+    for (let attempt = 1; attempt <= 5; attempt++) {
+      ledger.markRetry(record.id, 'ThrottlingException: Rate exceeded', Date.now() + 58_000, false);
+    }
+    ledger.close();
+
+    emulator.setEntitlement('CustomerNotEntitledException');
+    const sidecar = spawn();
+    expect((await sidecar.exited).code).toBe(77);
+    expect(Object.fromEntries(emulator.totals())).toEqual({ gb: 9 });
   });
 
   it('exits 69 when AWS stays unavailable for the whole retry budget', async () => {
