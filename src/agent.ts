@@ -34,7 +34,7 @@ import { Metrics } from './observe/metrics.js';
 import { SqliteLedger, type LedgerStatus } from './ledger/ledger.js';
 import type { Logger } from './log.js';
 import { Scheduler } from './schedule/scheduler.js';
-import { createMeteringClient, observeClient } from './send/client.js';
+import { createMeteringClient, createSendClient, observeClient } from './send/client.js';
 import { MeteringSender } from './send/sender.js';
 
 /** Shortest interval between two app-requested entitlement proofs (RegisterUsage calls). */
@@ -171,12 +171,17 @@ export class Agent {
       // Entitlement lets the SDK retry; sends make one attempt each, so every attempt's outcome is known and
       // a record an earlier attempt may have delivered is never mistaken for one AWS refused.
       this.#client = createMeteringClient(clientOptions);
-      this.#sendClient = createMeteringClient({ ...clientOptions, maxAttempts: 1, keepAlive: false });
+      this.#sendClient = createSendClient(clientOptions);
       observeClient(this.#client, this.#metrics);
       observeClient(this.#sendClient, this.#metrics);
       this.#scheduler = new Scheduler({
         ledger: this.#ledger,
-        sender: new MeteringSender(this.#sendClient),
+        sender: new MeteringSender(this.#sendClient, () =>
+          this.#logger.error(
+            { code: 'ERR_SEND_EVIDENCE' },
+            'MeterUsage succeeded without a reported connection; failed sends are now all treated as possibly delivered',
+          ),
+        ),
         clock: this.#clock,
         logger: this.#logger.child({ component: 'scheduler' }),
         schedule: config.schedule,

@@ -6,6 +6,7 @@
 import { MarketplaceMeteringClient } from '@aws-sdk/client-marketplace-metering';
 import { defaultProvider } from '@aws-sdk/credential-provider-node';
 import { errorName } from './awsErrors.js';
+import { addConnectionEvidence, connectionAgents } from './connection.js';
 
 /** Per-request deadline: a MeterUsage answer normally takes well under a second. */
 export const REQUEST_TIMEOUT_MS = 10_000;
@@ -27,21 +28,38 @@ export interface MeteringClientOptions {
   readonly credentials?: { readonly accessKeyId: string; readonly secretAccessKey: string };
   readonly maxAttempts?: number;
   readonly requestTimeoutMs?: number;
-  /**
-   * Reuse connections (default true). The sender turns it off: a pooled connection the server has already
-   * closed fails with a reset that looks exactly like a request lost after it was written, and such a record
-   * must then be treated as maybe delivered. Sends are hourly, so a fresh connection each costs nothing.
-   */
-  readonly keepAlive?: boolean;
 }
 
-/** Builds the SDK client. The caller destroys it when done. */
+/** Builds the SDK client for entitlement checks (SDK retries, pooled connections). The caller destroys it. */
 export function createMeteringClient(options: MeteringClientOptions): MarketplaceMeteringClient {
+  return buildClient(options, options.maxAttempts ?? SDK_MAX_ATTEMPTS, undefined);
+}
+
+/**
+ * Builds the SDK client for `MeteringSender`: one HTTP attempt per send (the scheduler retries), so the
+ * outcome of every attempt is known, on a fresh connection each time, through agents that report whether the
+ * connection was made (./connection.ts). A pooled connection the server had already closed would fail with a
+ * reset that looks exactly like a request lost after it was written; sends are hourly, so a fresh connection
+ * each costs nothing. The caller destroys the client when done.
+ */
+export function createSendClient(
+  options: Omit<MeteringClientOptions, 'maxAttempts'>,
+): MarketplaceMeteringClient {
+  const client = buildClient(options, 1, connectionAgents());
+  addConnectionEvidence(client);
+  return client;
+}
+
+function buildClient(
+  options: MeteringClientOptions,
+  maxAttempts: number,
+  agents: ReturnType<typeof connectionAgents> | undefined,
+): MarketplaceMeteringClient {
   return new MarketplaceMeteringClient({
     region: options.region,
     ...(options.endpoint !== undefined ? { endpoint: options.endpoint } : {}),
     credentials: options.credentials ?? defaultProvider(),
-    maxAttempts: options.maxAttempts ?? SDK_MAX_ATTEMPTS,
+    maxAttempts,
     requestHandler: {
       requestTimeout: options.requestTimeoutMs ?? REQUEST_TIMEOUT_MS,
       // The request timeout ends when the headers arrive; a body that stalls after them is ended by this.
@@ -49,9 +67,7 @@ export function createMeteringClient(options: MeteringClientOptions): Marketplac
       // Without this the handler only warns when the deadline passes and the call hangs on.
       throwOnRequestTimeout: true,
       connectionTimeout: CONNECTION_TIMEOUT_MS,
-      ...(options.keepAlive === false
-        ? { httpAgent: { keepAlive: false }, httpsAgent: { keepAlive: false } }
-        : {}),
+      ...(agents ?? {}),
     },
   });
 }

@@ -6,6 +6,7 @@
 import { MeterUsageCommand, type MarketplaceMeteringClient } from '@aws-sdk/client-marketplace-metering';
 import type { MeterUsageRequest } from '../ledger/hours.js';
 import { errorMessage, errorName, httpStatusOf } from './awsErrors.js';
+import { withConnectionEvidence } from './connection.js';
 
 /** An AWS (or network) error reduced to what the ledger keeps and the logs show. */
 export interface SendError {
@@ -36,12 +37,21 @@ export interface Sender {
 /** Metering record id reported for a DryRun send, which AWS answers without recording anything. */
 export const DRY_RUN_RECORD_ID = 'dry-run';
 
-/** {@link Sender} over the real SDK client. */
+/**
+ * {@link Sender} over the real SDK client. The client must come from `createSendClient`: one HTTP attempt
+ * per send on a fresh connection, through agents that report whether the connection was made, which is what
+ * {@link classify} needs to tell an undelivered request from one AWS may have recorded.
+ */
 export class MeteringSender implements Sender {
   readonly #client: MarketplaceMeteringClient;
+  readonly #onEvidenceLost: (() => void) | undefined;
+  /** False once a send succeeded without a reported connection: then no failure is taken as undelivered. */
+  #evidenceTrusted = true;
 
-  constructor(client: MarketplaceMeteringClient) {
+  /** @param onEvidenceLost Told once if connection reports stop arriving (a client not made for sending). */
+  constructor(client: MarketplaceMeteringClient, onEvidenceLost?: () => void) {
     this.#client = client;
+    this.#onEvidenceLost = onEvidenceLost;
   }
 
   async send(request: MeterUsageRequest, signal?: AbortSignal): Promise<SendResult> {
@@ -61,56 +71,63 @@ export class MeteringSender implements Sender {
       ClientToken: request.ClientToken,
       ...(request.DryRun ? { DryRun: true } : {}),
     });
-    try {
-      const output = await this.#client.send(command, signal ? { abortSignal: signal } : {});
+    const outcome = await withConnectionEvidence(() =>
+      this.#client.send(command, signal ? { abortSignal: signal } : {}),
+    );
+    if (outcome.ok) {
+      if (!outcome.connected) this.#loseEvidence();
       return {
         status: 'accepted',
-        meteringRecordId: output.MeteringRecordId ?? (request.DryRun ? DRY_RUN_RECORD_ID : ''),
+        meteringRecordId: outcome.value.MeteringRecordId ?? (request.DryRun ? DRY_RUN_RECORD_ID : ''),
       };
-    } catch (err) {
-      return classify(err, request.DryRun === true);
     }
+    const connected = outcome.connected || !this.#evidenceTrusted;
+    return classify(outcome.error, { dryRun: request.DryRun === true, connected });
+  }
+
+  #loseEvidence(): void {
+    if (!this.#evidenceTrusted) return;
+    // A success proves a connection: without its report, a later failure could be a request AWS recorded.
+    this.#evidenceTrusted = false;
+    this.#onEvidenceLost?.();
   }
 }
 
-/** Network failures that happen before a request is written: AWS cannot have seen it. */
-const NOT_DELIVERED_CODES = new Set([
-  'ECONNREFUSED',
-  'ENOTFOUND',
-  'EAI_AGAIN',
-  'EHOSTUNREACH',
-  'ENETUNREACH',
-  'ENETDOWN',
-  'CredentialsProviderError',
-]);
-
-/**
- * The SDK's connection timeout: the request never left (each send opens a fresh connection), unlike a
- * request timeout after the connection was made.
- */
-const CONNECT_TIMEOUT = /did not establish a connection with the server/;
+/** What {@link classify} knows besides the error. */
+export interface SendContext {
+  /** The request was a DryRun. */
+  readonly dryRun: boolean;
+  /**
+   * A connection to AWS was established for the request (for HTTPS, with a verified TLS handshake). Without
+   * one, AWS cannot have seen the request, whatever the error: DNS, a refused or timed-out connect, a TLS
+   * failure, or credentials that could not be fetched (from STS, IMDS or the ECS agent) before any request.
+   */
+  readonly connected: boolean;
+}
 
 /**
  * Maps an error from MeterUsage to a {@link SendResult}. Each send is one HTTP attempt (the sender's client
- * makes no SDK retries), so the outcome of every attempt is known. The policy, from aws-metering-api.md §3.10
- * and the hour rules of DESIGN.md:
+ * makes no SDK retries), so the outcome of every attempt is known. The policy, from docs/aws-rules.md and the
+ * hour rules of docs/metering.md:
  *
  * | error                                                                 | result      | record becomes |
  * |-----------------------------------------------------------------------|-------------|----------------|
- * | ThrottlingException, connection refused, DNS, no credentials, any other 4xx not named below (expired or unrecognised credentials, access denied, clock skew) | retryable | pending (backoff) |
- * | InternalServiceErrorException and other 5xx, resets and timeouts after the request was written | retryable, maybe delivered | pending (backoff) |
+ * | anything, when no connection was made (DNS, refused or timed-out connect, TLS handshake or certificate, credential lookup, including an STS 5xx) | retryable | pending (backoff) |
+ * | ThrottlingException, any other 4xx not named below (expired or unrecognised credentials, access denied, clock skew) | retryable | pending (backoff) |
+ * | InternalServiceErrorException and other 5xx, resets and timeouts after the connection was made, a 2xx whose body was cut off | retryable, maybe delivered | pending (backoff) |
  * | DuplicateRequestException (AWS holds another quantity for the hour)   | duplicate   | failed + alert |
  * | TimestampOutOfBoundsException                                         | expired     | carried        |
  * | InvalidUsageDimension, InvalidTag, InvalidUsageAllocations, CustomerNotEntitled, InvalidEndpointRegion, InvalidProductCode, IdempotencyConflict | rejected | failed |
  * | DryRunOperation on a DryRun request                                   | accepted    | sent           |
  *
- * `maybeDelivered` is false only when AWS cannot have recorded the request: a throttle or a 4xx refusal, or a
- * failure before the request was written. A record that may have been delivered is never carried.
+ * `maybeDelivered` is false only when AWS cannot have recorded the request: no connection was made, or AWS
+ * answered with a throttle or a 4xx refusal. A record that may have been delivered is never carried.
  */
-export function classify(err: unknown, dryRun: boolean): SendResult {
+export function classify(err: unknown, context: SendContext): SendResult {
   const error = toSendError(err);
   const name = error.name;
-  if (dryRun && name === 'DryRunOperation')
+  if (!context.connected) return { status: 'retryable', error, maybeDelivered: false };
+  if (context.dryRun && name === 'DryRunOperation')
     return { status: 'accepted', meteringRecordId: DRY_RUN_RECORD_ID };
   switch (name) {
     case 'ThrottlingException':
@@ -134,10 +151,8 @@ export function classify(err: unknown, dryRun: boolean): SendResult {
     const refused = error.httpStatus >= 400 && error.httpStatus < 500;
     return { status: 'retryable', error, maybeDelivered: !refused };
   }
-  if (NOT_DELIVERED_CODES.has(name) || CONNECT_TIMEOUT.test(error.message)) {
-    return { status: 'retryable', error, maybeDelivered: false };
-  }
-  // A reset, timeout or abort, or anything else without an HTTP answer: assume the worst.
+  // A reset, timeout or abort after the connection was made, or anything else without an answer: the request
+  // may have been written and recorded.
   return { status: 'retryable', error, maybeDelivered: true };
 }
 

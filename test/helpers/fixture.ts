@@ -56,13 +56,17 @@ export async function sidecarFixture(cleanups: Cleanups, options: FixtureOptions
     AWS_CONTAINER_CREDENTIALS_FULL_URI: creds.url,
     ...options.env,
   };
-  const spawn = (extra: Record<string, string> = {}): SidecarProcess => {
+  const spawn = (extra: Record<string, string> = {}, wrap: readonly string[] = []): SidecarProcess => {
     const offsetMs = offset();
-    const sidecar = SidecarProcess.spawn({
-      ...env,
-      ...extra,
-      ...(offsetMs !== 0 ? faketimeEnv(offsetMs) : {}),
-    });
+    const sidecar = SidecarProcess.spawn(
+      {
+        ...env,
+        ...extra,
+        ...(offsetMs !== 0 ? faketimeEnv(offsetMs) : {}),
+      },
+      ['run'],
+      wrap,
+    );
     cleanups.push(() => {
       sidecar.child.kill('SIGKILL');
     });

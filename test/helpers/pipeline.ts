@@ -7,7 +7,7 @@ import type { Rejection } from '../../src/intake/usage.js';
 import { SqliteLedger } from '../../src/ledger/ledger.js';
 import { Scheduler } from '../../src/schedule/scheduler.js';
 import { Metrics } from '../../src/observe/metrics.js';
-import { createMeteringClient, observeClient } from '../../src/send/client.js';
+import { createSendClient, observeClient } from '../../src/send/client.js';
 import { MeteringSender } from '../../src/send/sender.js';
 import { memoryLogger } from './logger.js';
 import { ManualClock } from './manualClock.js';
@@ -18,7 +18,6 @@ export interface PipelineOptions {
   readonly start?: string | number;
   readonly dimensions?: readonly string[];
   readonly dryRun?: boolean;
-  readonly maxAttempts?: number;
   readonly requestTimeoutMs?: number;
   readonly emulator?: MeteringEmulator;
   readonly clock?: ManualClock;
@@ -45,12 +44,10 @@ export async function startPipeline(options: PipelineOptions) {
     dryRun: options.dryRun ?? false,
     clock,
   });
-  const client: MarketplaceMeteringClient = createMeteringClient({
+  const client: MarketplaceMeteringClient = createSendClient({
     region: 'us-east-1',
     endpoint,
     credentials: { accessKeyId: 'TASK1', secretAccessKey: 'secret' },
-    maxAttempts: options.maxAttempts ?? 1,
-    keepAlive: false,
     requestTimeoutMs: options.requestTimeoutMs ?? 2_000,
   });
   const metrics = new Metrics({

@@ -26,8 +26,17 @@ export class SidecarProcess {
     this.exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
   }
 
-  static spawn(env: Record<string, string>, args: readonly string[] = ['run']): SidecarProcess {
-    const child = spawn(process.execPath, [MAIN, ...args], {
+  /**
+   * Starts the built CLI with `env`. `wrap` is a command line the sidecar runs under (for instance `unshare`
+   * with a shell script ending in `exec "$@"`): it receives node, the CLI and `args` as its last arguments.
+   */
+  static spawn(
+    env: Record<string, string>,
+    args: readonly string[] = ['run'],
+    wrap: readonly string[] = [],
+  ): SidecarProcess {
+    const command = [...wrap, process.execPath, MAIN, ...args];
+    const child = spawn(command[0], command.slice(1), {
       env: {
         PATH: process.env['PATH'] ?? '',
         AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',

@@ -1,0 +1,117 @@
+/**
+ * Sends that never reached AWS, with the built CLI: a DNS lookup that times out (the sidecar in a private mount
+ * namespace whose resolv.conf names a dead resolver) and an STS outage while IRSA credentials are fetched (a
+ * loopback STS through AWS_ENDPOINT_URL_STS). Neither may mark the record as possibly delivered: when its
+ * six-hour window closes it must be carried and billed, not failed and lost.
+ */
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { SidecarClient } from '../../src/client/client.js';
+import { HOUR_MS } from '../../src/clock.js';
+import { sidecarFixture, type Cleanups } from '../helpers/fixture.js';
+import { startStsServer } from '../helpers/sts.js';
+
+const cleanups: Cleanups = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+/** How a fault is set up: the environment and wrapper of the failing run, and the environment once healed. */
+interface Fault {
+  readonly failing: Record<string, string>;
+  readonly wrap: readonly string[];
+  readonly healed: Record<string, string>;
+  /** The error code the failing sends are logged with. */
+  readonly code: string;
+  /** The identity the emulator sees once healed. */
+  readonly identity: string;
+}
+
+type FaultSetup = (fixture: { dir: string; url: string }) => Promise<Fault>;
+
+const deadResolver: FaultSetup = ({ dir, url }) => {
+  const resolv = join(dir, 'resolv.conf');
+  writeFileSync(resolv, 'nameserver 127.0.0.9\noptions timeout:1 attempts:1\n');
+  const port = new URL(url).port;
+  return Promise.resolve({
+    failing: { AWS_ENDPOINT_URL_MARKETPLACE_METERING: `http://metering.sidecar.test:${port}` },
+    // A private mount namespace: only this process sees the dead resolver. `exec` keeps signals going to node.
+    wrap: ['unshare', '-m', 'sh', '-c', 'mount --bind "$0" /etc/resolv.conf && exec "$@"', resolv],
+    healed: {},
+    code: 'EAI_AGAIN',
+    identity: 'ASIATASKDELIVERY',
+  });
+};
+
+const stsOutage: FaultSetup = async ({ dir }) => {
+  const sts = await startStsServer('ASIAIRSAPOD');
+  cleanups.push(() => sts.close());
+  sts.state.failing = true;
+  const env = sts.env(dir);
+  return {
+    failing: env,
+    wrap: [],
+    get healed() {
+      sts.state.failing = false;
+      return env;
+    },
+    code: 'InternalFailure',
+    identity: 'ASIAIRSAPOD',
+  };
+};
+
+describe('sends that never reached AWS (built CLI)', () => {
+  // Regression: both were classified "maybe delivered", so the record was failed, never billed.
+  it.each([
+    ['a DNS lookup that times out (EAI_AGAIN)', deadResolver],
+    ['an STS 500 while IRSA credentials are fetched', stsOutage],
+  ])(
+    'after %s, the record is carried and billed once its window closes',
+    async (_name, setup) => {
+      // Prepare
+      let offsetMs = 0;
+      const fixture = await sidecarFixture(cleanups, {
+        name: 'delivery',
+        emulator: { dimensions: ['gb'] },
+        clockOffsetMs: () => offsetMs,
+        env: {
+          METERING_ENTITLEMENT: 'none',
+          METERING_DIMENSIONS: 'gb',
+          METERING_SHUTDOWN_TIMEOUT_SECONDS: '2',
+        },
+      });
+      const fault = await setup(fixture);
+      const first = fixture.spawn(fault.failing, fault.wrap);
+      await first.ready();
+      const client = new SidecarClient({ socketPath: fixture.socketPath });
+      expect((await client.report({ dimension: 'gb', quantity: 7 })).status).toBe(202);
+      client.close();
+
+      // Act 1: the shutdown flush cannot get the record out.
+      const exit = await first.stop('SIGTERM');
+      expect(exit.code, first.stdout).toBe(75);
+      const failures = first.logLines().filter((l) => l['msg'] === 'MeterUsage failed for now; will retry');
+      expect(failures.length).toBeGreaterThan(0);
+      expect(failures.map((l) => l['code'])).toContain(fault.code);
+      expect(fixture.emulator.records).toEqual([]);
+
+      // Act 2: the next start comes after the record's six-hour window has closed, with the fault gone.
+      offsetMs = 6 * HOUR_MS + 60_000;
+      const second = fixture.spawn(fault.healed);
+      await second.ready();
+      const status = (await new SidecarClient({ socketPath: fixture.socketPath }).status()).body as {
+        records: Record<string, number>;
+      };
+      const stopped = await second.stop('SIGTERM');
+
+      // Assess: carried into the open hour and billed there, once; nothing failed.
+      expect(status.records).toMatchObject({ carried: 1, failed: 0 });
+      expect(stopped.code, second.stdout).toBe(0);
+      expect(fixture.emulator.records.map((r) => [r.identity, r.dimension, r.quantity])).toEqual([
+        [fault.identity, 'gb', 7],
+      ]);
+    },
+    60_000,
+  );
+});
