@@ -11,7 +11,6 @@
  */
 import { closeSync, fsyncSync, mkdirSync, openSync, unlinkSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { randomUUID } from 'node:crypto';
 import Database from 'better-sqlite3';
 import type { Clock } from '../clock.js';
 import { HOUR_MS } from '../clock.js';
@@ -30,56 +29,19 @@ import {
   targetHour,
   type MeterUsageRequest,
 } from './hours.js';
+import { migrate } from './schema.js';
 
 /** Database file name inside the state directory. */
 export const LEDGER_FILE = 'ledger.db';
 
-/** Schema version written to `PRAGMA user_version`; a newer file is refused, never downgraded. */
-const SCHEMA_VERSION = 1;
-
 /** Size of the write probe: a volume with less free space than this is treated as full. */
 const WRITE_PROBE_BYTES = 64 * 1024;
 
-/** Idempotency keys are kept 24 hours (DESIGN.md, app API). */
+/** Idempotency keys are kept 24 hours (docs/api.md). */
 export const IDEMPOTENCY_TTL_MS = 24 * HOUR_MS;
 
 /** Settled (sent or carried) records are kept this long for status and audits; failed ones until a human acts. */
 const SETTLED_RETENTION_MS = 30 * 24 * HOUR_MS;
-
-const SCHEMA = `
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
-CREATE TABLE IF NOT EXISTS buckets (
-  dimension TEXT NOT NULL,
-  hour_ms INTEGER NOT NULL,
-  tags TEXT NOT NULL,
-  quantity INTEGER NOT NULL,
-  first_at_ms INTEGER NOT NULL,
-  PRIMARY KEY (dimension, hour_ms, tags)
-) STRICT, WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS records (
-  id INTEGER PRIMARY KEY,
-  dimension TEXT NOT NULL,
-  hour_ms INTEGER NOT NULL,
-  quantity INTEGER NOT NULL,
-  timestamp_ms INTEGER NOT NULL,
-  client_token TEXT NOT NULL,
-  request TEXT NOT NULL,
-  status TEXT NOT NULL CHECK (status IN ('pending', 'sent', 'carried', 'failed')),
-  attempts INTEGER NOT NULL DEFAULT 0,
-  next_attempt_ms INTEGER NOT NULL,
-  maybe_delivered INTEGER NOT NULL DEFAULT 0,
-  in_flight INTEGER NOT NULL DEFAULT 0,
-  last_error TEXT,
-  metering_record_id TEXT,
-  sealed_at_ms INTEGER NOT NULL,
-  settled_at_ms INTEGER,
-  carried_to_hour_ms INTEGER,
-  UNIQUE (dimension, hour_ms)
-) STRICT;
-CREATE INDEX IF NOT EXISTS records_status ON records (status, next_attempt_ms);
-CREATE TABLE IF NOT EXISTS idempotency_keys (id TEXT PRIMARY KEY, at_ms INTEGER NOT NULL) STRICT, WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS idempotency_keys_at ON idempotency_keys (at_ms);
-`;
 
 /** Where a sealed record stands: `pending → sent`, or `carried`, or `failed` with the AWS error kept. */
 export type RecordStatus = 'pending' | 'sent' | 'carried' | 'failed';
@@ -240,32 +202,17 @@ export class SqliteLedger {
       );
     }
     try {
-      const version = db.pragma('user_version', { simple: true }) as number;
-      if (version > SCHEMA_VERSION) {
-        throw new LedgerCorruptError(
-          `the ledger at ${path} has schema ${version}, newer than this version understands (${SCHEMA_VERSION}): run the newer sidecar version, or move the file aside only after its records were sent`,
-        );
-      }
       const check = db.pragma('quick_check', { simple: true }) as string;
       if (check !== 'ok')
         throw new LedgerCorruptError(`the ledger at ${path} failed its integrity check: ${check}`);
       db.pragma('journal_mode = WAL');
       db.pragma('synchronous = FULL');
       db.pragma('busy_timeout = 5000');
-      const ledgerId = db.transaction(() => {
-        db.exec(SCHEMA);
-        if (version === 0) {
-          db.prepare("INSERT INTO meta (key, value) VALUES ('ledger_id', ?)").run(randomUUID());
-          db.prepare("INSERT INTO meta (key, value) VALUES ('created_at_ms', ?)").run(
-            String(options.clock.now()),
-          );
-          db.pragma(`user_version = ${SCHEMA_VERSION}`);
-        }
-        const row = db.prepare("SELECT value FROM meta WHERE key = 'ledger_id'").get() as
-          { value: string } | undefined;
-        if (row === undefined) throw new LedgerCorruptError(`the ledger at ${path} has no ledger id`);
-        return row.value;
-      })();
+      migrate(db, path, { nowMs: options.clock.now() });
+      const row = db.prepare("SELECT value FROM meta WHERE key = 'ledger_id'").get() as
+        { value: string } | undefined;
+      if (row === undefined) throw new LedgerCorruptError(`the ledger at ${path} has no ledger id`);
+      const ledgerId = row.value;
       return new SqliteLedger(db, options, ledgerId);
     } catch (err) {
       db.close();
