@@ -8,6 +8,8 @@ import { isIP } from 'node:net';
 import { resolve } from 'node:path';
 import { validate as validateCron } from 'node-cron';
 import { ConfigError, type ConfigProblem } from './errors.js';
+import { maxTickGapMs } from './ledger/hours.js';
+import { longestTickGapMs } from './schedule/cadence.js';
 
 /** How entitlement is checked at startup. */
 export type EntitlementMode = 'register-usage' | 'dry-run' | 'none';
@@ -210,9 +212,6 @@ export function loadConfig(env: Env, overrides: ConfigOverrides = {}): Config {
     get('METERING_STATE_DIR') ?? (local ? LOCAL_DEFAULTS.stateDir : DEFAULTS.stateDir),
   );
 
-  const schedule = get('METERING_SCHEDULE') ?? DEFAULTS.schedule;
-  if (!validateCron(schedule)) problem('METERING_SCHEDULE', 'a cron expression such as "0 * * * *"');
-
   const sendJitterSeconds = parseInteger(
     env,
     'METERING_SEND_JITTER_SECONDS',
@@ -221,6 +220,18 @@ export function loadConfig(env: Env, overrides: ConfigOverrides = {}): Config {
     3300,
     problem,
   );
+  const schedule = get('METERING_SCHEDULE') ?? DEFAULTS.schedule;
+  if (!validateCron(schedule)) problem('METERING_SCHEDULE', 'a cron expression such as "0 * * * *"');
+  else {
+    const gapMs = longestTickGapMs(schedule);
+    const allowedMs = maxTickGapMs(sendJitterSeconds * 1000);
+    if (gapMs > allowedMs) {
+      problem(
+        'METERING_SCHEDULE',
+        `a schedule that ticks at least every ${duration(allowedMs)} with METERING_SEND_JITTER_SECONDS=${sendJitterSeconds}, so every hour is sealed and sent inside AWS's six-hour window (${Number.isFinite(gapMs) ? `its ticks are up to ${duration(gapMs)} apart` : 'it hardly ever ticks'})`,
+      );
+    }
+  }
   const dryRun = parseBoolean(env, 'METERING_DRY_RUN', false, problem);
   const shutdownTimeoutSeconds = parseInteger(
     env,
@@ -336,6 +347,14 @@ export function isLoopback(host: string): boolean {
   if (isIP(host) === 4) return host.startsWith('127.');
   const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(host);
   return mapped !== null && mapped[1].startsWith('127.');
+}
+
+/** A duration for a message: `3 h 40 min`, `8 h`, `15 min`. */
+function duration(ms: number): string {
+  const minutes = Math.round(ms / 60_000);
+  const h = Math.floor(minutes / 60);
+  const m = minutes % 60;
+  return [h > 0 ? `${h} h` : '', m > 0 || h === 0 ? `${m} min` : ''].filter((p) => p !== '').join(' ');
 }
 
 function isHttpUrl(value: string): boolean {

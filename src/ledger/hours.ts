@@ -26,6 +26,23 @@ export const MAX_RECORD_AGE_MS = 6 * HOUR_MS;
  */
 export const CARRY_MARGIN_MS = 15 * 60_000;
 
+/**
+ * Time a record's window must still hold when it is first sent, for retries through throttling and outages
+ * before the carry deadline.
+ */
+export const RETRY_ROOM_MS = HOUR_MS;
+
+/**
+ * The longest gap between two scheduled ticks that still gets every hour out inside AWS's window with a send
+ * jitter of up to `jitterMs`: usage stamped at the start of an hour is sealed at the first tick after the hour
+ * closes (at most one gap later), sent after the jitter, and must then leave {@link RETRY_ROOM_MS} before
+ * {@link carryDeadline}. A slower schedule would let usage age out, be carried, and age out again, for ever.
+ * With the default jitter of 300 s: 3 h 40 min.
+ */
+export function maxTickGapMs(jitterMs: number): number {
+  return MAX_RECORD_AGE_MS - CARRY_MARGIN_MS - HOUR_MS - RETRY_ROOM_MS - jitterMs;
+}
+
 /** At most 2,500 UsageAllocations (tag sets) per record. @see aws-metering-api.md §2.5, §3.3 */
 export const MAX_TAG_SETS = 2500;
 

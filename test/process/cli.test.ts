@@ -53,6 +53,14 @@ describe('metering-sidecar CLI', () => {
     expect(result.stderr).toContain('AWS_REGION=(unset)');
   });
 
+  it('exits 78 naming METERING_SCHEDULE when the schedule is too slow for the six-hour window', async () => {
+    const result = await cli(['run', '--local'], { METERING_SCHEDULE: '0 */8 * * *' });
+    expect(result.code).toBe(78);
+    expect(result.stderr).toContain(
+      'METERING_SCHEDULE="0 */8 * * *": expected a schedule that ticks at least',
+    );
+  });
+
   it('exits 64 on an unknown command and prints help with --help', async () => {
     expect((await cli(['frobnicate'], {})).code).toBe(64);
     const help = await cli(['--help'], {});

@@ -109,6 +109,42 @@ describe('loadConfig', () => {
     expect(listen.expected).toMatch(/loopback/);
   });
 
+  // Regression: only the cron syntax was checked; with "0 */8 * * *" usage aged out of AWS's window, was
+  // carried into the open hour, aged out again, and was never billed.
+  it.each([
+    ['0 */8 * * *', '300', 'its ticks are up to 8 h apart'],
+    ['0 */4 * * *', '300', 'its ticks are up to 4 h apart'],
+    ['0 */3 * * *', '3300', 'its ticks are up to 3 h apart'],
+    ['0 9-17 * * *', '0', 'its ticks are up to 16 h apart'],
+    ['0 * * * 1-5', '0', 'its ticks are up to 49 h apart'],
+    ['0 * 29 2 *', '0', 'it hardly ever ticks'],
+  ])(
+    'refuses METERING_SCHEDULE=%s with jitter %s s: too slow for the six-hour window',
+    (schedule, jitter, why) => {
+      const problems = problemsOf({
+        ...REQUIRED,
+        METERING_SCHEDULE: schedule,
+        METERING_SEND_JITTER_SECONDS: jitter,
+      });
+      expect(problems).toHaveLength(1);
+      expect(problems[0]).toMatchObject({ variable: 'METERING_SCHEDULE', value: schedule });
+      expect(problems[0].expected).toContain(`METERING_SEND_JITTER_SECONDS=${jitter}`);
+      expect(problems[0].expected).toContain(why);
+    },
+  );
+
+  it.each([
+    ['0 * * * *', '300'],
+    ['30 * * * *', '3300'],
+    ['*/10 * * * *', '300'],
+    ['0 */3 * * *', '300'],
+    ['*/30 * * * * *', '0'],
+  ])('accepts METERING_SCHEDULE=%s with jitter %s s', (schedule, jitter) => {
+    expect(
+      loadConfig({ ...REQUIRED, METERING_SCHEDULE: schedule, METERING_SEND_JITTER_SECONDS: jitter }).schedule,
+    ).toBe(schedule);
+  });
+
   it('puts every problem into one message', () => {
     try {
       loadConfig({ METERING_ENTITLEMENT: 'maybe' });
