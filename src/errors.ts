@@ -53,6 +53,14 @@ export class StorageUnavailableError extends AgentError {
   }
 }
 
+/** Another running sidecar holds the state directory. The process exits 78, as for a configuration mistake. */
+export class StateLockedError extends AgentError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_STATE_LOCKED', message, options);
+    this.name = 'StateLockedError';
+  }
+}
+
 /** A listener could not be opened (address in use, socket directory missing, permission denied). */
 export class ListenError extends AgentError {
   constructor(message: string, options?: { cause?: unknown }) {

@@ -4,8 +4,9 @@
  * helper command, wires SIGTERM/SIGINT to a clean shutdown, and maps fatal errors to exit codes. This is the
  * only module that calls `process.exit`.
  *
- * Exit codes (DESIGN.md): 0 clean shutdown with nothing unsent; 75 records left in the ledger; 77 not entitled;
- * 78 bad configuration; 69 AWS unreachable at startup; 64 bad command line; 1 anything unexpected.
+ * Exit codes (docs/metering.md): 0 clean shutdown with nothing unsent; 75 records left in the ledger; 77 not
+ * entitled; 78 bad configuration, or a state directory another sidecar holds; 69 AWS unreachable at startup;
+ * 64 bad command line; 1 anything unexpected.
  */
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -14,7 +15,14 @@ import { SidecarClient, type ApiAddress } from './client/client.js';
 import { systemClock } from './clock.js';
 import { loadConfig } from './config.js';
 import { MeteringEmulator } from './emulator/emulator.js';
-import { AgentError, AwsUnavailableError, ConfigError, NotEntitledError, UsageError } from './errors.js';
+import {
+  AgentError,
+  AwsUnavailableError,
+  ConfigError,
+  NotEntitledError,
+  StateLockedError,
+  UsageError,
+} from './errors.js';
 import { createLogger } from './log.js';
 
 export const EXIT = {
@@ -294,7 +302,7 @@ function version(): string {
 }
 
 function exitCodeOf(err: unknown): number {
-  if (err instanceof ConfigError) return EXIT.config;
+  if (err instanceof ConfigError || err instanceof StateLockedError) return EXIT.config;
   if (err instanceof NotEntitledError) return EXIT.notEntitled;
   if (err instanceof AwsUnavailableError) return EXIT.unavailable;
   if (err instanceof UsageError) return EXIT.usage;

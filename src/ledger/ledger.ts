@@ -30,6 +30,7 @@ import {
   type MeterUsageRequest,
 } from './hours.js';
 import { migrate } from './schema.js';
+import { lockStateDir, type StateLock } from './stateLock.js';
 
 /** Database file name inside the state directory. */
 export const LEDGER_FILE = 'ledger.db';
@@ -153,9 +154,12 @@ export class SqliteLedger {
   readonly #stmt: ReturnType<SqliteLedger['prepare']>;
   readonly #transactions: { queue: (items: readonly Queued[]) => (RecordResult | Rejection)[] };
   readonly #path: string;
+  /** The state directory's lock, held while the ledger is open (see ./stateLock.ts). */
+  readonly #lock: StateLock;
 
-  private constructor(db: Database.Database, options: LedgerOptions, ledgerId: string) {
+  private constructor(db: Database.Database, options: LedgerOptions, ledgerId: string, lock: StateLock) {
     this.#db = db;
+    this.#lock = lock;
     this.#path = db.name;
     this.#options = options;
     this.#ledgerId = ledgerId;
@@ -185,17 +189,27 @@ export class SqliteLedger {
   }
 
   /**
-   * Opens (or creates) the ledger in `options.stateDir`.
+   * Opens (or creates) the ledger in `options.stateDir`, holding the directory's lock until {@link close}.
+   * @throws StateLockedError when another sidecar holds the state directory.
    * @throws LedgerCorruptError when the file is not a readable ledger of this or an older schema.
    * @throws StorageUnavailableError when the directory or file cannot be created or written.
    */
   static open(options: LedgerOptions): SqliteLedger {
     const path = join(options.stateDir, LEDGER_FILE);
-    let db: Database.Database;
     try {
       mkdirSync(options.stateDir, { recursive: true });
+    } catch (err) {
+      throw new StorageUnavailableError(
+        `cannot create the state directory ${options.stateDir} (${describe(err)}): check that METERING_STATE_DIR is a writable volume`,
+        { cause: err },
+      );
+    }
+    const lock = lockStateDir(options.stateDir);
+    let db: Database.Database;
+    try {
       db = new Database(path);
     } catch (err) {
+      lock.release();
       throw new StorageUnavailableError(
         `cannot open the ledger at ${path} (${describe(err)}): check that METERING_STATE_DIR is a writable volume`,
         { cause: err },
@@ -213,9 +227,10 @@ export class SqliteLedger {
         { value: string } | undefined;
       if (row === undefined) throw new LedgerCorruptError(`the ledger at ${path} has no ledger id`);
       const ledgerId = row.value;
-      return new SqliteLedger(db, options, ledgerId);
+      return new SqliteLedger(db, options, ledgerId, lock);
     } catch (err) {
       db.close();
+      lock.release();
       if (err instanceof LedgerCorruptError) throw err;
       if (isCorruption(err)) {
         throw new LedgerCorruptError(
@@ -727,6 +742,7 @@ export class SqliteLedger {
     this.#flush();
     this.#closed = true;
     this.#db.close();
+    this.#lock.release();
   }
 
   #write<T>(fn: () => T): T {

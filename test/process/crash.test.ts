@@ -4,6 +4,7 @@
  * during commits and during sends, and restarted on the same state directory. The emulator must end up with,
  * per dimension, exactly the acknowledged total, and must never have answered DuplicateRequestException.
  */
+import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { SidecarClient, type UsageInput } from '../../src/client/client.js';
 import { sidecarFixture, type Cleanups } from '../helpers/fixture.js';
@@ -33,7 +34,7 @@ async function setup(overrides: Record<string, string> = {}) {
     await sidecar.ready();
     return sidecar;
   };
-  return { emulator: fixture.emulator, socketPath: fixture.socketPath, startSidecar };
+  return { emulator: fixture.emulator, socketPath: fixture.socketPath, startSidecar, fixture };
 }
 
 /** Acknowledged quantity per dimension, as the clients saw it. */
@@ -150,6 +151,31 @@ describe('crash safety (built CLI, SIGKILL and restart)', () => {
     }
     for (const set of bodies.values()) expect(set.size).toBe(1);
   }, 120_000);
+
+  // Regression: a second sidecar on the same state directory started, sent the first one's ClientTokens from
+  // another identity, and then failed every seal.
+  it('refuses a second sidecar on the same state directory (exit 78); a SIGKILL leaves no stale lock', async () => {
+    const { emulator, socketPath, startSidecar, fixture } = await setup();
+    const first = await startSidecar();
+    const client = new SidecarClient({ socketPath });
+    expect((await client.report({ dimension: 'gb', quantity: 3 })).status).toBe(202);
+
+    // Its own socket, as a second task or pod would have: only the state directory is shared.
+    const second = fixture.spawn({ METERING_SOCKET: join(fixture.dir, 'second.sock') });
+    const exit = await second.exited;
+    expect(exit.code).toBe(78);
+    expect(second.fatal()).toMatchObject({ code: 'ERR_STATE_LOCKED' });
+    expect(String(second.fatal()['msg'])).toContain('another sidecar is running on METERING_STATE_DIR');
+    // The first one carries on undisturbed.
+    expect((await client.report({ dimension: 'gb', quantity: 4 })).status).toBe(202);
+    client.close();
+
+    expect((await first.stop('SIGKILL')).signal).toBe('SIGKILL');
+    const third = await startSidecar();
+    expect((await third.stop('SIGTERM')).code).toBe(0);
+    expect(Object.fromEntries(emulator.totals())).toEqual({ gb: 7 });
+    expect(new Set(emulator.records.map((r) => r.identity))).toEqual(new Set(['ASIATASKCRASH']));
+  }, 60_000);
 
   it('leaves unsent records in the ledger (exit 75) when AWS is unreachable, and sends them at the next start', async () => {
     const { emulator, socketPath, startSidecar } = await setup({ METERING_SHUTDOWN_TIMEOUT_SECONDS: '2' });

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
 import { HOUR_MS } from '../../src/clock.js';
-import { LedgerCorruptError, StorageUnavailableError } from '../../src/errors.js';
+import { LedgerCorruptError, StateLockedError, StorageUnavailableError } from '../../src/errors.js';
 import type { Rejection, UsageReport } from '../../src/intake/usage.js';
 import { CARRY_MARGIN_MS, MAX_QUANTITY, MAX_RECORD_AGE_MS, canonicalTags } from '../../src/ledger/hours.js';
 import { LEDGER_FILE, SqliteLedger, type RecordResult } from '../../src/ledger/ledger.js';
@@ -445,6 +445,16 @@ describe('SqliteLedger', () => {
     db.pragma('user_version = 99');
     db.close();
     expect(() => openLedger(dir, new ManualClock(H10))).toThrow(/schema 99/);
+  });
+
+  // Regression: nothing locked the state directory; two sidecars on one ledger sent each other's records.
+  it('holds its state directory: a second ledger on it is refused until the first is closed', () => {
+    const { dir, ledger, clock } = setup();
+    expect(() => SqliteLedger.open({ stateDir: dir, productCode: 'prod', dryRun: false, clock })).toThrow(
+      StateLockedError,
+    );
+    ledger.close();
+    expect(openLedger(dir, clock).ledgerId).toBe(ledger.ledgerId);
   });
 
   it('reports a state directory it cannot create as storage unavailable', () => {
