@@ -109,6 +109,18 @@ export function maySeal(hourStartMs: number, nowMs: number, includeOpen: boolean
   return includeOpen ? hourStartMs <= currentHourMs : hourStartMs < currentHourMs;
 }
 
+/**
+ * The Timestamp of the record for the hour starting at `hourStartMs`, sealed at `clockMs`: the first usage in
+ * the hour, but never after the clock that seals it, and always inside the hour. After the clock steps back
+ * (12:50 to 12:05) usage already stamped 12:50 would otherwise go out with a timestamp AWS sees as the future
+ * and refuses. The clock at sealing wins over the earlier reading: AWS judges by its own clock, and a clock that
+ * was just corrected is the better estimate of it. `clockMs` is never before the hour: an hour that has not
+ * begun is not sealed ({@link maySeal}).
+ */
+export function recordTimestamp(firstAtMs: number, hourStartMs: number, clockMs: number): number {
+  return Math.max(hourStartMs, Math.min(firstAtMs, clockMs, hourStartMs + HOUR_MS - 1));
+}
+
 /** Usage of one tag set in one (dimension, hour). */
 export interface Bucket {
   readonly tagsKey: string;

@@ -25,6 +25,7 @@ import {
   clientToken,
   maySeal,
   meterUsageRequest,
+  recordTimestamp,
   seal,
   targetHour,
   type MeterUsageRequest,
@@ -492,8 +493,12 @@ export class SqliteLedger {
             stmt.bucketsOf.all(dimension, hourMs) as { tags: string; quantity: number; first_at_ms: number }[]
           ).map((b) => ({ tagsKey: b.tags, quantity: b.quantity, firstAtMs: b.first_at_ms }));
           stmt.deleteBuckets.run(dimension, hourMs);
-          const sealed = seal(buckets);
-          if (sealed === undefined) continue; // Zero usage: nothing to send, and the hour stays unlocked.
+          const bucketSeal = seal(buckets);
+          if (bucketSeal === undefined) continue; // Zero usage: nothing to send, and the hour stays unlocked.
+          const sealed = {
+            ...bucketSeal,
+            timestampMs: recordTimestamp(bucketSeal.timestampMs, hourMs, clockMs),
+          };
           const token = clientToken(this.#ledgerId, dimension, hourMs);
           const request = meterUsageRequest({
             productCode: this.#options.productCode,

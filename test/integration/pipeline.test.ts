@@ -367,6 +367,22 @@ describe('metering pipeline', () => {
     expect(p.ledger.status(p.clock.now()).records).toMatchObject({ pending: 0, sent: 1 });
   });
 
+  // Regression: after the clock stepped back inside the hour, the record kept a timestamp ahead of the clock,
+  // AWS refused it, and it was carried into an hour that had not begun (exit 75).
+  it('after the clock steps back inside the hour, meters the hour at shutdown with a timestamp the clock reached', async () => {
+    const p = await pipeline({ start: H10 + 50 * 60_000 });
+    await p.api.report({ dimension: 'requests', quantity: 5 });
+    p.clock.set(H10 + 5 * 60_000);
+
+    const summary = await driveClock(p, p.scheduler.flush(p.clock.now() + 20_000));
+
+    expect(summary).toMatchObject({ sealed: 1, sent: 1, carried: 0 });
+    expect(p.emulator.records.map((r) => [r.hourStartMs, r.timestampMs, r.quantity])).toEqual([
+      [H10, H10 + 5 * 60_000, 5],
+    ]);
+    expect(p.ledger.status(p.clock.now())).toMatchObject({ open: [], records: { pending: 0 } });
+  });
+
   it('at shutdown keeps retrying transient failures until the deadline, then leaves the record pending', async () => {
     const p = await pipeline({ start: H10 + 60_000 });
     await p.api.report({ dimension: 'requests', quantity: 2 });

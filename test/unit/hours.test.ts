@@ -12,6 +12,7 @@ import {
   meterUsageRequest,
   seal,
   targetHour,
+  recordTimestamp,
 } from '../../src/ledger/hours.js';
 
 const H10 = Date.parse('2026-03-01T10:00:00Z');
@@ -220,5 +221,22 @@ describe('meterUsageRequest', () => {
 describe('hourStart', () => {
   it('floors to the UTC hour', () => {
     expect(hourStart(H10 + 3_599_999)).toBe(H10);
+  });
+});
+
+describe('recordTimestamp', () => {
+  const H = Date.parse('2026-03-01T12:00:00Z');
+  it.each([
+    ['the first usage, when the clock is past it', H + 50 * 60_000, H + 2 * 3_600_000, H + 50 * 60_000],
+    [
+      'the clock, when the first usage is ahead of it (the clock stepped back)',
+      H + 50 * 60_000,
+      H + 5 * 60_000,
+      H + 5 * 60_000,
+    ],
+    ['the start of the hour, at the earliest', H - 1, H + 5 * 60_000, H],
+    ['the last instant of the hour, at the latest', H + 3_600_000, H + 2 * 3_600_000, H + 3_600_000 - 1],
+  ])('is %s', (_name, firstAtMs, clockMs, expected) => {
+    expect(recordTimestamp(firstAtMs, H, clockMs)).toBe(expected);
   });
 });

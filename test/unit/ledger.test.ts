@@ -363,6 +363,19 @@ describe('SqliteLedger', () => {
     expect(late.timestampMs).toBeLessThanOrEqual(clock.now());
   });
 
+  // Regression: after the clock stepped back (12:50 to 12:05) the record kept its 12:50 stamp, AWS refused
+  // it as out of bounds, and it was carried into an hour that had not begun.
+  it('never stamps a record ahead of the clock that seals it, after the clock steps back', async () => {
+    const { clock, ledger } = setup(H12 + 50 * 60_000);
+    await recorded(ledger, [report('a', 5)]);
+    clock.set(H12 + 5 * 60_000);
+
+    const [record] = ledger.seal(clock.now(), true);
+
+    expect(record).toMatchObject({ hourStartMs: H12, quantity: 5, timestampMs: H12 + 5 * 60_000 });
+    expect(record.request.TimestampMs).toBe(H12 + 5 * 60_000);
+  });
+
   it('acknowledges a repeated idempotency key without counting it again, for 24 hours', async () => {
     const { clock, ledger } = setup(H10 + 60_000);
     expect(
