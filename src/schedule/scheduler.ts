@@ -345,9 +345,12 @@ export class Scheduler {
         total.sent += summary.sent;
         total.carried += summary.carried;
         total.failed += summary.failed;
-        total.retrying = summary.retrying;
         const nextMs = ledger.nextAttemptMs();
-        if (nextMs === undefined || nextMs >= deadlineMs || controller.signal.aborted) return total;
+        if (nextMs === undefined || nextMs >= deadlineMs || controller.signal.aborted) {
+          // What is still waiting for a retry when the flush ends, whatever the last run found due.
+          total.retrying = ledger.pending().length;
+          return total;
+        }
         await abortableSleep(clock, nextMs, controller.signal);
       }
     } finally {
