@@ -256,6 +256,24 @@ export class SqliteLedger {
       insertBucket: db.prepare(
         'INSERT INTO buckets (dimension, hour_ms, tags, quantity, first_at_ms) VALUES (?, ?, ?, ?, ?)',
       ),
+      addCarried: db.prepare(
+        'UPDATE buckets SET quantity = quantity + ?, carried_quantity = carried_quantity + ?, first_at_ms = min(first_at_ms, ?) WHERE dimension = ? AND hour_ms = ? AND tags = ?',
+      ),
+      insertCarried: db.prepare(
+        'INSERT INTO buckets (dimension, hour_ms, tags, quantity, carried_quantity, first_at_ms) VALUES (?, ?, ?, ?, ?, ?)',
+      ),
+      carriedTagged: db.prepare(
+        "SELECT tags, carried_quantity, first_at_ms FROM buckets WHERE dimension = ? AND hour_ms = ? AND carried_quantity > 0 AND tags <> '{}'",
+      ),
+      carriedOf: db
+        .prepare('SELECT carried_quantity FROM buckets WHERE dimension = ? AND hour_ms = ? AND tags = ?')
+        .pluck(),
+      takeCarried: db.prepare(
+        'UPDATE buckets SET quantity = quantity - carried_quantity, carried_quantity = 0 WHERE dimension = ? AND hour_ms = ? AND tags = ?',
+      ),
+      deleteEmptyBucket: db.prepare(
+        'DELETE FROM buckets WHERE dimension = ? AND hour_ms = ? AND tags = ? AND quantity = 0',
+      ),
       countTagSets: db.prepare('SELECT count(*) FROM buckets WHERE dimension = ? AND hour_ms = ?').pluck(),
       countTagKeys: db
         .prepare(
@@ -448,28 +466,80 @@ export class SqliteLedger {
     return { kind: 'recorded', accepted: reports.length - duplicates, duplicates, counted };
   }
 
-  /** Refuses a batch that would give one record more tag sets or tag keys than AWS accepts. */
+  /**
+   * Refuses a batch that would give one record more tag sets or tag keys than AWS accepts. Usage carried into
+   * the hour never causes the refusal: if the hour is over a limit and holds carried usage with tags, that usage
+   * is folded into the hour's untagged allocation (same quantity, billed in the same hour, without its tags);
+   * if the app's own usage needs even that allocation's place (2,500 tag sets of its own), the carried usage
+   * moves on to the next hour that can take it. Then the limits are checked again.
+   */
   #checkTagLimits(dimension: string, hourMs: number, index: number, batch: boolean): void {
-    const at = batch ? index : undefined;
+    let problem = this.#tagLimitProblem(dimension, hourMs);
+    if (problem !== undefined && this.#foldCarried(dimension, hourMs)) {
+      problem = this.#tagLimitProblem(dimension, hourMs);
+    }
+    if (problem !== undefined && this.#moveCarried(dimension, hourMs)) {
+      problem = this.#tagLimitProblem(dimension, hourMs);
+    }
+    if (problem !== undefined)
+      throw new BatchRejected(rejection(problem.code, problem.message, batch ? index : undefined));
+  }
+
+  #tagLimitProblem(
+    dimension: string,
+    hourMs: number,
+  ): { code: 'TooManyTagSets' | 'InvalidTags'; message: string } | undefined {
     const tagSets = this.#stmt.countTagSets.get(dimension, hourMs) as number;
     if (tagSets > MAX_TAG_SETS) {
-      throw new BatchRejected(
-        rejection(
-          'TooManyTagSets',
-          `dimension ${JSON.stringify(dimension)} would have ${tagSets} tag sets this hour; AWS accepts at most ${MAX_TAG_SETS} per record`,
-          at,
-        ),
-      );
+      return {
+        code: 'TooManyTagSets',
+        message: `dimension ${JSON.stringify(dimension)} would have ${tagSets} tag sets this hour; AWS accepts at most ${MAX_TAG_SETS} per record`,
+      };
     }
     const tagKeys = this.#stmt.countTagKeys.get(dimension, hourMs) as number;
     if (tagKeys > MAX_TAG_KEYS) {
-      throw new BatchRejected(
-        rejection(
-          'InvalidTags',
-          `dimension ${JSON.stringify(dimension)} would use ${tagKeys} distinct tag keys this hour; AWS accepts at most ${MAX_TAG_KEYS} per record`,
-          at,
-        ),
-      );
+      return {
+        code: 'InvalidTags',
+        message: `dimension ${JSON.stringify(dimension)} would use ${tagKeys} distinct tag keys this hour; AWS accepts at most ${MAX_TAG_KEYS} per record`,
+      };
+    }
+    return undefined;
+  }
+
+  /**
+   * Moves the tagged usage carried into (dimension, hour) to the hour's untagged bucket, freeing the tag sets and
+   * keys it held for the app. Returns whether anything moved. Runs inside the batch's savepoint, so a batch
+   * refused all the same leaves the carried usage as it was.
+   */
+  #foldCarried(dimension: string, hourMs: number): boolean {
+    const stmt = this.#stmt;
+    const carried = stmt.carriedTagged.all(dimension, hourMs) as {
+      tags: string;
+      carried_quantity: number;
+      first_at_ms: number;
+    }[];
+    for (const bucket of carried) {
+      stmt.takeCarried.run(dimension, hourMs, bucket.tags);
+      stmt.deleteEmptyBucket.run(dimension, hourMs, bucket.tags);
+      this.#addCarried(dimension, hourMs, '{}', bucket.carried_quantity, bucket.first_at_ms);
+    }
+    return carried.length > 0;
+  }
+
+  /** Moves the carried usage left in (dimension, hour), untagged by now, to a later hour. Returns whether any. */
+  #moveCarried(dimension: string, hourMs: number): boolean {
+    const quantity = this.#stmt.carriedOf.get(dimension, hourMs, '{}') as number | undefined;
+    if (quantity === undefined || quantity === 0) return false;
+    this.#stmt.takeCarried.run(dimension, hourMs, '{}');
+    this.#stmt.deleteEmptyBucket.run(dimension, hourMs, '{}');
+    this.#placeCarried(dimension, hourMs + HOUR_MS, [{ tagsKey: '{}', quantity }]);
+    return true;
+  }
+
+  /** Adds carried usage to a bucket, marking it as carried. */
+  #addCarried(dimension: string, hourMs: number, tagsKey: string, quantity: number, atMs: number): void {
+    if (this.#stmt.addCarried.run(quantity, quantity, atMs, dimension, hourMs, tagsKey).changes === 0) {
+      this.#stmt.insertCarried.run(dimension, hourMs, tagsKey, quantity, quantity, atMs);
     }
   }
 
@@ -628,11 +698,8 @@ export class SqliteLedger {
       hourMs = targetHour(hourMs + HOUR_MS, (h) => this.#isSealed(dimension, h));
     }
     const atMs = bucketTime(fromMs, hourMs);
-    for (const { tagsKey, quantity } of allocations) {
-      if (this.#stmt.addToBucket.run(quantity, atMs, dimension, hourMs, tagsKey).changes === 0) {
-        this.#stmt.insertBucket.run(dimension, hourMs, tagsKey, quantity, atMs);
-      }
-    }
+    for (const { tagsKey, quantity } of allocations)
+      this.#addCarried(dimension, hourMs, tagsKey, quantity, atMs);
     return hourMs;
   }
 

@@ -7,7 +7,8 @@
  * Version history:
  * - 1: meta, buckets, records, idempotency keys. Builds of version 1 differ: later ones added
  *   `records.in_flight` without changing the version, so a version-1 file may or may not have that column.
- * - 2: `records.in_flight` always present.
+ * - 2: `records.in_flight` always present; `buckets.carried_quantity`, the part of a bucket carried in from
+ *   an earlier hour, which intake may fold into the untagged allocation (docs/metering.md, "Carry").
  */
 import { randomUUID } from 'node:crypto';
 import type Database from 'better-sqlite3';
@@ -76,6 +77,7 @@ const STEPS: readonly Step[] = [
       if (!hasColumn(db, 'records', 'in_flight')) {
         db.exec('ALTER TABLE records ADD COLUMN in_flight INTEGER NOT NULL DEFAULT 0');
       }
+      db.exec('ALTER TABLE buckets ADD COLUMN carried_quantity INTEGER NOT NULL DEFAULT 0');
     },
   },
 ];

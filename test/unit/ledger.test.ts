@@ -322,6 +322,66 @@ describe('SqliteLedger', () => {
     ]);
   });
 
+  // Regression: a carried record using 5 tag keys made the app's next {tenant} report a 422 for the hour.
+  it('folds carried usage into the untagged allocation when the app needs the tag keys it holds', async () => {
+    // Prepare: an unsent record with five tag keys is carried into the open hour 15:00.
+    const { clock, ledger } = setup(H10 + 60_000);
+    const five = { k1: 'a', k2: 'b', k3: 'c', k4: 'd', k5: 'e' };
+    await recorded(ledger, [report('a', 10, five), report('a', 3, { k1: 'z' })]);
+    const [record] = ledger.seal(H11, false);
+    clock.set(H10 + 60_000 + MAX_RECORD_AGE_MS - CARRY_MARGIN_MS);
+    const H15 = Date.parse('2026-03-01T15:00:00Z');
+    expect(ledger.carry(record.id, clock.now(), 'window closing')).toBe(H15);
+
+    // Act: the app reports under a sixth key, and under a key the carried usage holds too.
+    const result = await ledger.record([report('a', 2, { tenant: 'acme' }), report('a', 1, { k1: 'z' })]);
+
+    // Assess: accepted; the hour keeps every unit, the carried part without its tags.
+    expect(result).toMatchObject({ kind: 'recorded', accepted: 2 });
+    const [sealed] = ledger.seal(H15 + HOUR_MS, false);
+    expect(sealed.quantity).toBe(16);
+    expect(sealed.request.UsageAllocations).toEqual([
+      { AllocatedUsageQuantity: 1, Tags: [{ Key: 'k1', Value: 'z' }] },
+      { AllocatedUsageQuantity: 2, Tags: [{ Key: 'tenant', Value: 'acme' }] },
+      { AllocatedUsageQuantity: 13 },
+    ]);
+  });
+
+  it('still refuses usage that breaks the tag limits by itself, keeping the carried usage as it was', async () => {
+    const { clock, ledger } = setup(H10 + 60_000);
+    await recorded(ledger, [report('a', 10, { k1: 'a' })]);
+    const [record] = ledger.seal(H11, false);
+    clock.set(H10 + 60_000 + MAX_RECORD_AGE_MS - CARRY_MARGIN_MS);
+    ledger.carry(record.id, clock.now(), 'window closing');
+    const six = Array.from({ length: 6 }, (_, i) => report('a', 1, { [`own${i}`]: 'x' }));
+
+    expect(await rejectedBy(ledger, six)).toMatchObject({ code: 'InvalidTags' });
+
+    const [sealed] = ledger.seal(Date.parse('2026-03-01T16:00:00Z'), false);
+    expect(sealed.request.UsageAllocations).toEqual([
+      { AllocatedUsageQuantity: 10, Tags: [{ Key: 'k1', Value: 'a' }] },
+    ]);
+  });
+
+  it('moves carried usage to a later hour when the app needs all 2,500 tag sets of the hour', async () => {
+    const { clock, ledger } = setup(H10 + 60_000);
+    const sets = (prefix: string, n: number): UsageReport[] =>
+      Array.from({ length: n }, (_, i) => report('a', 1, { t: `${prefix}${i}` }));
+    await recorded(ledger, sets('carried-', 2500));
+    const [record] = ledger.seal(H11, false);
+    clock.set(H10 + 60_000 + MAX_RECORD_AGE_MS - CARRY_MARGIN_MS);
+    ledger.carry(record.id, clock.now(), 'window closing');
+
+    await recorded(ledger, sets('app-', 2500));
+
+    // The app's 2,500 tag sets fill the hour; the carried usage, folded, moved on to the next one.
+    const H15 = Date.parse('2026-03-01T15:00:00Z');
+    expect(ledger.status(clock.now()).open).toEqual([
+      { dimension: 'a', hourStartMs: H15, quantity: 2500, tagSets: 2500 },
+      { dimension: 'a', hourStartMs: H15 + HOUR_MS, quantity: 2500, tagSets: 1 },
+    ]);
+  });
+
   it('never stamps usage before the software started when the clock jumps back', async () => {
     // Prepare: the ledger starts at 10:30.
     const { clock, ledger } = setup(H10 + 30 * 60_000);

@@ -112,19 +112,20 @@ describe('ledger migrations', () => {
   );
 
   it('runs each step in one transaction: a step that fails leaves the file at its previous version', () => {
-    // Prepare: a version-1 file on which step 2 cannot complete (a view stands where it would add a column).
+    // Prepare: a version-1 file on which step 2 fails half-way: it adds records.in_flight, then cannot add
+    // buckets.carried_quantity (a view stands where the table should be).
     const dir = fixtureLedger(dirs.make(), 'ledger-v1.sql');
     const db = new Database(join(dir, LEDGER_FILE));
-    db.exec('ALTER TABLE records RENAME TO records_v1; CREATE VIEW records AS SELECT * FROM records_v1');
+    db.exec('ALTER TABLE buckets RENAME TO buckets_v1; CREATE VIEW buckets AS SELECT * FROM buckets_v1');
     db.close();
 
     // Act
     expect(() => openLedger(dir)).toThrow(LedgerCorruptError);
     expect(() => openLedger(dir)).toThrow(/could not be migrated from schema 1 to 2/);
 
-    // Assess: still version 1, nothing of step 2 applied.
+    // Assess: still version 1, and the column step 2 had already added was rolled back with it.
     const after = shape(join(dir, LEDGER_FILE));
     expect(after['user_version']).toBe(1);
-    expect(JSON.stringify(after['records_v1'])).not.toContain('in_flight');
+    expect(JSON.stringify(after['records'])).not.toContain('in_flight');
   });
 });
