@@ -27,7 +27,7 @@ import {
   type EntitlementProof,
 } from './entitlement/check.js';
 import { NotEntitledError } from './errors.js';
-import { IntakeServer } from './intake/server.js';
+import { IntakeServer, MAX_DRAIN_MS } from './intake/server.js';
 import { ERROR_STATUS, rejection, type ErrorCode, type Rejection } from './intake/usage.js';
 import { AdminServer, type ReadinessCheck } from './observe/adminServer.js';
 import { Metrics } from './observe/metrics.js';
@@ -39,6 +39,9 @@ import { MeteringSender } from './send/sender.js';
 
 /** Shortest interval between two app-requested entitlement proofs (RegisterUsage calls). */
 const PROOF_INTERVAL_MS = 5_000;
+
+/** Share of the shutdown budget that draining requests in flight may take (at most MAX_DRAIN_MS). */
+const DRAIN_SHARE = 0.2;
 
 /** Credentials the client signs with in local mode; the embedded emulator takes them as the task identity. */
 const LOCAL_CREDENTIALS = { accessKeyId: 'LOCALTASK', secretAccessKey: 'local-only' } as const;
@@ -493,7 +496,10 @@ export class Agent {
       'shutting down: final seal and send',
     );
     try {
-      await this.#intake?.stop();
+      // Draining gets a bounded share of the budget, so a stalled upload cannot eat the final send's time.
+      await this.#intake?.stop(
+        Math.min(MAX_DRAIN_MS, this.#config.shutdownTimeoutSeconds * 1000 * DRAIN_SHARE),
+      );
       if (this.#scheduler !== undefined) {
         const summary = await this.#scheduler.flush(deadlineMs);
         this.#logger.info(summary, 'final flush finished');

@@ -35,8 +35,8 @@ export const MAX_CONCURRENT_BODIES = 64;
 /** Most open connections per listener; more are refused by the kernel queue, not buffered. */
 const MAX_CONNECTIONS = 1024;
 
-/** How long stop() waits for in-flight requests before closing their connections. */
-const STOP_GRACE_MS = 10_000;
+/** Longest that stop() waits, by default, for requests in flight before closing their connections. */
+export const MAX_DRAIN_MS = 2_000;
 
 /** Options of {@link IntakeServer}. */
 export interface IntakeOptions {
@@ -109,17 +109,19 @@ export class IntakeServer {
   }
 
   /**
-   * Stops accepting, lets in-flight requests finish (their batches commit and are answered), then closes.
-   * Resolves only once no handler is left running, so nothing reaches the ledger after it.
+   * Stops accepting, lets in-flight requests finish for up to `drainMs` (their batches commit and are
+   * answered), then closes every connection: a request whose body has not arrived by then is cut off, never
+   * acknowledged, so its client resends it. Resolves only once no handler is left running, so nothing reaches
+   * the ledger after it; a batch already committing is always answered.
    */
-  async stop(): Promise<void> {
+  async stop(drainMs = MAX_DRAIN_MS): Promise<void> {
     this.#listening = false;
     const servers = this.#servers.splice(0);
     await Promise.all(
       servers.map(
         (server) =>
           new Promise<void>((resolve) => {
-            const force = setTimeout(() => server.closeAllConnections(), STOP_GRACE_MS);
+            const force = setTimeout(() => server.closeAllConnections(), drainMs);
             server.close(() => {
               clearTimeout(force);
               resolve();
@@ -212,17 +214,19 @@ export class IntakeServer {
       return undefined;
     }
     this.#reading++;
-    let text: string | undefined;
+    let body: Body;
     try {
-      text = await readBody(req, MAX_BODY_BYTES);
+      body = await readBody(req, MAX_BODY_BYTES);
     } finally {
       this.#reading--;
     }
-    if (text === undefined) {
+    if (body.kind === 'aborted') return undefined; // The connection is gone: nobody to answer.
+    if (body.kind === 'tooLarge') {
       res.shouldKeepAlive = false;
       fail(res, rejection('TooLarge', `the body exceeds ${MAX_BODY_BYTES} bytes`));
+      return undefined;
     }
-    return text;
+    return body.text;
   }
 
   /** {@link #readText}, parsed as JSON. */
@@ -278,35 +282,49 @@ const ROUTES: Readonly<Record<string, readonly string[]>> = {
   '/v1/entitlement': ['GET', 'POST'],
 };
 
+/** A request body as read: whole, over the limit, or cut off by the connection closing. */
+type Body = { kind: 'text'; text: string } | { kind: 'tooLarge' } | { kind: 'aborted' };
+
 /**
- * Reads a request body up to `limit` bytes. Resolves undefined as soon as the body (or its declared length)
- * exceeds the limit, without buffering the rest.
+ * Reads a request body up to `limit` bytes. Answers `tooLarge` as soon as the body (or its declared length)
+ * exceeds the limit, without buffering the rest, and `aborted` when the connection closes before the end
+ * (the client went away, or shutdown cut a stalled upload off).
  */
-function readBody(req: IncomingMessage, limit: number): Promise<string | undefined> {
+function readBody(req: IncomingMessage, limit: number): Promise<Body> {
   const declared = Number(req.headers['content-length']);
   if (Number.isFinite(declared) && declared > limit) {
     req.resume();
-    return Promise.resolve(undefined);
+    return Promise.resolve({ kind: 'tooLarge' });
   }
-  return new Promise((resolve, reject) => {
+  return new Promise((resolve) => {
     const chunks: Buffer[] = [];
     let size = 0;
+    const done = (body: Body): void => {
+      req.off('data', onData);
+      req.off('end', onEnd);
+      req.off('close', onClose);
+      req.off('error', onClose);
+      resolve(body);
+    };
     const onData = (chunk: Buffer): void => {
       size += chunk.length;
       if (size > limit) {
-        req.off('data', onData);
-        req.off('end', onEnd);
         chunks.length = 0;
         req.resume();
-        resolve(undefined);
+        done({ kind: 'tooLarge' });
         return;
       }
       chunks.push(chunk);
     };
-    const onEnd = (): void => resolve(Buffer.concat(chunks, size).toString('utf8'));
+    const onEnd = (): void => done({ kind: 'text', text: Buffer.concat(chunks, size).toString('utf8') });
+    // 'close' before 'end' (or an 'error') means the body never arrived whole.
+    const onClose = (): void => {
+      if (!req.complete) done({ kind: 'aborted' });
+    };
     req.on('data', onData);
     req.on('end', onEnd);
-    req.on('error', reject);
+    req.on('close', onClose);
+    req.on('error', onClose);
   });
 }
 

@@ -4,6 +4,7 @@
  * during commits and during sends, and restarted on the same state directory. The emulator must end up with,
  * per dimension, exactly the acknowledged total, and must never have answered DuplicateRequestException.
  */
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { SidecarClient, type UsageInput } from '../../src/client/client.js';
@@ -175,6 +176,38 @@ describe('crash safety (built CLI, SIGKILL and restart)', () => {
     expect((await third.stop('SIGTERM')).code).toBe(0);
     expect(Object.fromEntries(emulator.totals())).toEqual({ gb: 7 });
     expect(new Set(emulator.records.map((r) => r.identity))).toEqual(new Set(['ASIATASKCRASH']));
+  }, 60_000);
+
+  // Regression: one upload stalled mid-body held a 5 s shutdown for 10 s, and the final send was then aborted.
+  it('cuts off an upload stalled mid-body at shutdown, and still sends everything acknowledged in time', async () => {
+    // Prepare
+    const { emulator, socketPath, startSidecar } = await setup({ METERING_SHUTDOWN_TIMEOUT_SECONDS: '5' });
+    const sidecar = await startSidecar();
+    const client = new SidecarClient({ socketPath });
+    expect((await client.report({ dimension: 'gb', quantity: 5 })).status).toBe(202);
+    client.close();
+    const stalled = connect(socketPath);
+    await new Promise<void>((resolve) => stalled.once('connect', resolve));
+    stalled.write(
+      'POST /v1/usage HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 60\r\n\r\n{"dimension":"gb",',
+    );
+    const closed = new Promise<string>((resolve) => {
+      let answer = '';
+      stalled.on('data', (chunk: Buffer) => (answer += chunk.toString('utf8')));
+      stalled.once('close', () => resolve(answer));
+    });
+    await new Promise((resolve) => setTimeout(resolve, 100));
+
+    // Act
+    const started = Date.now();
+    const exit = await sidecar.stop('SIGTERM');
+    const elapsedMs = Date.now() - started;
+
+    // Assess: the stalled request was never acknowledged; the acknowledged usage was sent, within the budget.
+    expect(exit.code, sidecar.stdout).toBe(0);
+    expect(elapsedMs).toBeLessThan(5_000);
+    expect(await closed).not.toContain('202');
+    expect(Object.fromEntries(emulator.totals())).toEqual({ gb: 5 });
   }, 60_000);
 
   it('leaves unsent records in the ledger (exit 75) when AWS is unreachable, and sends them at the next start', async () => {
