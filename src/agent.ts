@@ -40,6 +40,9 @@ import { MeteringSender } from './send/sender.js';
 /** Shortest interval between two app-requested entitlement proofs (RegisterUsage calls). */
 const PROOF_INTERVAL_MS = 5_000;
 
+/** Shortest interval between two warnings that the idempotency-key store is full. */
+const KEYS_WARNING_INTERVAL_MS = 3_600_000;
+
 /** Share of the shutdown budget that draining requests in flight may take (at most MAX_DRAIN_MS). */
 const DRAIN_SHARE = 0.2;
 
@@ -86,6 +89,7 @@ export class Agent {
   #stopping: Promise<StopOutcome> | undefined;
   readonly #metrics: Metrics;
   #writable: { atMs: number; check: ReadinessCheck } | undefined;
+  #keysWarnedAtMs = -Infinity;
 
   constructor(config: Config, deps: AgentDeps) {
     this.#config = config;
@@ -99,6 +103,18 @@ export class Agent {
       },
       entitlementState: () => this.#entitlement,
       ledgerFiles: () => this.#ledger?.files ?? [],
+      idempotencyKeys: () => {
+        const ledger = this.#ledger;
+        if (ledger === undefined || this.#stopping !== undefined) return undefined;
+        const { count, oldestAtMs } = ledger.keyStats();
+        return {
+          count,
+          oldestAgeSeconds:
+            oldestAtMs === undefined
+              ? null
+              : Math.max(0, Math.floor((this.#clock.now() - oldestAtMs) / 1000)),
+        };
+      },
     });
   }
 
@@ -163,6 +179,8 @@ export class Agent {
         productCode: config.productCode,
         dryRun: config.dryRun,
         clock: this.#clock,
+        idempotencyKeysMax: config.idempotencyKeysMax,
+        onKeysEvicted: (evicted, oldestKeptAtMs) => this.#keysEvicted(evicted, oldestKeptAtMs),
       });
       this.#logger.info({ stateDir: config.stateDir, ledgerId: this.#ledger.ledgerId }, 'ledger open');
 
@@ -330,6 +348,30 @@ export class Agent {
     }
   }
 
+  /**
+   * The key store reached METERING_IDEMPOTENCY_KEYS_MAX and forgot its oldest keys: counted, and a warning at
+   * most once an hour saying how far back a resend is still recognised.
+   */
+  #keysEvicted(evicted: number, oldestKeptAtMs: number | undefined): void {
+    this.#metrics.idempotencyKeysEvicted.inc(evicted);
+    const atMs = this.#clock.monotonicMs();
+    if (atMs - this.#keysWarnedAtMs < KEYS_WARNING_INTERVAL_MS) return;
+    this.#keysWarnedAtMs = atMs;
+    const windowMinutes =
+      oldestKeptAtMs === undefined
+        ? 0
+        : Math.max(0, Math.floor((this.#clock.now() - oldestKeptAtMs) / 60_000));
+    this.#logger.warn(
+      {
+        code: 'ERR_IDEMPOTENCY_KEYS_FULL',
+        evicted,
+        keysMax: this.#config.idempotencyKeysMax,
+        windowMinutes,
+      },
+      `the idempotency-key store is full (METERING_IDEMPOTENCY_KEYS_MAX=${this.#config.idempotencyKeysMax}); the oldest keys are forgotten, so a resend is recognised only within the last ${windowMinutes} minutes instead of 24 hours: raise the bound (and the state volume), or send fewer keyed reports (batch them)`,
+    );
+  }
+
   /** `POST /v1/entitlement`: a fresh RegisterUsage with the app's nonce, so the app can verify the token itself. */
   async #proveEntitlement(nonce: string): Promise<{ status: number; body: unknown }> {
     const error = (code: ErrorCode, message: string): { status: number; body: unknown } => ({
@@ -345,7 +387,7 @@ export class Agent {
     if (this.#entitlement !== 'entitled') return error('NotEntitled', this.#entitlementReason);
     // RegisterUsage's 5 requests/s quota (aws-metering-api.md §3.5) is shared by every task of the buyer's
     // account: one proof per PROOF_INTERVAL_MS per task keeps a looping app from starving other startups.
-    const nowMs = performance.now(); // monotonic: a wall clock stepping back must not block proofs
+    const nowMs = this.#clock.monotonicMs(); // a wall clock stepping back must not block proofs
     if (this.#proving || nowMs - this.#lastProofAtMs < PROOF_INTERVAL_MS) {
       return error(
         'TooManyRequests',
@@ -403,7 +445,7 @@ export class Agent {
   #ledgerWritable(): ReadinessCheck {
     const nowMs = this.#clock.now();
     // Cached by the monotonic clock: a wall clock stepping back must not freeze the cache.
-    const atMs = performance.now();
+    const atMs = this.#clock.monotonicMs();
     if (this.#writable !== undefined && atMs - this.#writable.atMs < 1000) return this.#writable.check;
     const ledger = this.#ledger;
     const check: ReadinessCheck =

@@ -10,6 +10,11 @@ export type CancelTimer = () => void;
 export interface Clock {
   /** Current time in epoch milliseconds. */
   now(): number;
+  /**
+   * Milliseconds elapsed on a clock that never jumps (an arbitrary origin): for durations that a wall clock
+   * stepping back or forward must not shorten or stretch, such as rate limits and how fast stored keys age.
+   */
+  monotonicMs(): number;
   /** Calls `fn` once at or after `atMs`. A pending timer keeps the process alive, as a retry must happen. */
   setTimer(atMs: number, fn: () => void): CancelTimer;
 }
@@ -20,6 +25,7 @@ const MAX_TIMEOUT_MS = 2_147_483_647;
 /** The real clock. */
 export const systemClock: Clock = {
   now: () => Date.now(),
+  monotonicMs: () => performance.now(),
   setTimer(atMs, fn) {
     let handle: NodeJS.Timeout | undefined;
     const arm = (): void => {

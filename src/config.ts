@@ -9,6 +9,7 @@ import { resolve } from 'node:path';
 import { validate as validateCron } from 'node-cron';
 import { ConfigError, type ConfigProblem } from './errors.js';
 import { maxTickGapMs } from './ledger/hours.js';
+import { DEFAULT_IDEMPOTENCY_KEYS_MAX } from './ledger/keys.js';
 import { longestTickGapMs } from './schedule/cadence.js';
 
 /** How entitlement is checked at startup. */
@@ -42,6 +43,8 @@ export interface Config {
   readonly sendJitterSeconds: number;
   readonly dryRun: boolean;
   readonly shutdownTimeoutSeconds: number;
+  /** Most idempotency keys kept (METERING_IDEMPOTENCY_KEYS_MAX); the oldest are forgotten beyond it. */
+  readonly idempotencyKeysMax: number;
   readonly logLevel: LogLevel;
   readonly local: boolean;
   readonly region: string;
@@ -91,6 +94,7 @@ const DEFAULTS = {
   schedule: '0 * * * *',
   sendJitterSeconds: '300',
   shutdownTimeoutSeconds: '20',
+  idempotencyKeysMax: String(DEFAULT_IDEMPOTENCY_KEYS_MAX),
   logLevel: 'info',
 } as const;
 
@@ -114,6 +118,7 @@ export const ENVIRONMENT_VARIABLES: readonly string[] = Object.freeze([
   'METERING_SEND_JITTER_SECONDS',
   'METERING_DRY_RUN',
   'METERING_SHUTDOWN_TIMEOUT_SECONDS',
+  'METERING_IDEMPOTENCY_KEYS_MAX',
   'METERING_LOG_LEVEL',
   'METERING_LOCAL',
   'AWS_REGION',
@@ -242,6 +247,15 @@ export function loadConfig(env: Env, overrides: ConfigOverrides = {}): Config {
     problem,
   );
 
+  const idempotencyKeysMax = parseInteger(
+    env,
+    'METERING_IDEMPOTENCY_KEYS_MAX',
+    DEFAULTS.idempotencyKeysMax,
+    1000,
+    10_000_000,
+    problem,
+  );
+
   const logLevelRaw = (get('METERING_LOG_LEVEL') ?? DEFAULTS.logLevel).toLowerCase();
   const logLevel = LOG_LEVELS.find((l) => l === logLevelRaw);
   if (logLevel === undefined) problem('METERING_LOG_LEVEL', `one of ${LOG_LEVELS.join(', ')}`);
@@ -279,6 +293,7 @@ export function loadConfig(env: Env, overrides: ConfigOverrides = {}): Config {
     sendJitterSeconds,
     dryRun,
     shutdownTimeoutSeconds,
+    idempotencyKeysMax,
     logLevel: logLevel!,
     local,
     region: region!,

@@ -30,6 +30,7 @@ import {
   targetHour,
   type MeterUsageRequest,
 } from './hours.js';
+import { DEFAULT_IDEMPOTENCY_KEYS_MAX, IDEMPOTENCY_TTL_MS } from './keys.js';
 import { migrate } from './schema.js';
 import { lockStateDir, type StateLock } from './stateLock.js';
 
@@ -39,8 +40,11 @@ export const LEDGER_FILE = 'ledger.db';
 /** Size of the write probe: a volume with less free space than this is treated as full. */
 const WRITE_PROBE_BYTES = 64 * 1024;
 
-/** Idempotency keys are kept 24 hours (docs/api.md). */
-export const IDEMPOTENCY_TTL_MS = 24 * HOUR_MS;
+/**
+ * How far over its bound the key store may grow before the oldest keys are forgotten, as a share of the
+ * bound: forgetting in steps of 1% keeps the cost off most commits.
+ */
+const KEYS_SLACK = 0.01;
 
 /** Settled (sent or carried) records are kept this long for status and audits; failed ones until a human acts. */
 const SETTLED_RETENTION_MS = 30 * 24 * HOUR_MS;
@@ -106,6 +110,13 @@ export interface LedgerOptions {
   readonly productCode: string;
   readonly dryRun: boolean;
   readonly clock: Clock;
+  /** Most idempotency keys kept; default {@link DEFAULT_IDEMPOTENCY_KEYS_MAX}. */
+  readonly idempotencyKeysMax?: number;
+  /**
+   * Told after a commit that forgot keys to stay within the bound: how many, and the arrival time of the
+   * oldest key still kept (the shorter window in which a resend is still recognised).
+   */
+  readonly onKeysEvicted?: (evicted: number, oldestKeptAtMs: number | undefined) => void;
 }
 
 interface RecordRow {
@@ -157,6 +168,14 @@ export class SqliteLedger {
   readonly #path: string;
   /** The state directory's lock, held while the ledger is open (see ./stateLock.ts). */
   readonly #lock: StateLock;
+  readonly #keysMax: number;
+  /** Idempotency keys stored, counted as they are added and removed (a count(*) would cost a scan). */
+  #keyCount: number;
+  /** Keys forgotten in the commit under way, reported once it has committed. */
+  #keysEvicted = 0;
+  /** Keys older than this were pruned; it advances no faster than the monotonic clock (see prune). */
+  #keyHorizonMs: number;
+  #keyHorizonAtMonotonicMs: number;
 
   private constructor(db: Database.Database, options: LedgerOptions, ledgerId: string, lock: StateLock) {
     this.#db = db;
@@ -179,6 +198,17 @@ export class SqliteLedger {
           .get() as (number | null)[]
       ).map((v) => v ?? 0),
     );
+    this.#keysMax = options.idempotencyKeysMax ?? DEFAULT_IDEMPOTENCY_KEYS_MAX;
+    this.#keyCount = this.#db.prepare('SELECT count(*) FROM idempotency_keys').pluck().get() as number;
+    const stored = this.#db
+      .prepare("SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'key_horizon_ms'")
+      .pluck()
+      .get() as number | undefined;
+    const oldestKey = this.#db.prepare('SELECT min(at_ms) FROM idempotency_keys').pluck().get() as
+      number | null;
+    // A ledger without a horizon (new, or from an earlier schema) starts where its keys do.
+    this.#keyHorizonMs = stored ?? Math.min(options.clock.now() - IDEMPOTENCY_TTL_MS, oldestKey ?? Infinity);
+    this.#keyHorizonAtMonotonicMs = options.clock.monotonicMs();
     // A record that was being sent when the process died may have reached AWS: never carry it.
     this.#db.prepare('UPDATE records SET maybe_delivered = 1, in_flight = 0 WHERE in_flight = 1').run();
     for (const row of this.#db.prepare('SELECT dimension, hour_ms FROM records').all() as {
@@ -327,6 +357,10 @@ export class SqliteLedger {
         "SELECT dimension, hour_ms, quantity, last_error FROM records WHERE status = 'failed' ORDER BY hour_ms DESC LIMIT 100",
       ),
       pruneKeys: db.prepare('DELETE FROM idempotency_keys WHERE at_ms < ?'),
+      oldestKey: db.prepare('SELECT min(at_ms) FROM idempotency_keys').pluck(),
+      setKeyHorizon: db.prepare(
+        "INSERT INTO meta (key, value) VALUES ('key_horizon_ms', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+      ),
       pruneSettled: db.prepare(
         "DELETE FROM records WHERE status IN ('sent', 'carried') AND settled_at_ms < ? RETURNING dimension, hour_ms",
       ),
@@ -379,10 +413,13 @@ export class SqliteLedger {
     this.#queue = [];
     if (queue.length === 0) return;
     let results: (RecordResult | Rejection)[];
+    const keysBefore = this.#keyCount;
     try {
       results = this.#transactions.queue(queue);
       this.#commits++;
     } catch (err) {
+      this.#keyCount = keysBefore;
+      this.#keysEvicted = 0;
       const failure = new StorageUnavailableError(`the ledger could not commit (${describe(err)})`, {
         cause: err,
       });
@@ -390,6 +427,20 @@ export class SqliteLedger {
       return;
     }
     queue.forEach((item, i) => item.resolve(results[i]));
+    if (this.#keysEvicted > 0) {
+      const evicted = this.#keysEvicted;
+      this.#keysEvicted = 0;
+      this.#options.onKeysEvicted?.(evicted, this.#oldestKeyAtMs());
+    }
+  }
+
+  #oldestKeyAtMs(): number | undefined {
+    return (this.#stmt.oldestKey.get() as number | null) ?? undefined;
+  }
+
+  /** The idempotency keys kept: how many, and the arrival time of the oldest. */
+  keyStats(): { count: number; oldestAtMs: number | undefined } {
+    return { count: this.#keyCount, oldestAtMs: this.#oldestKeyAtMs() };
   }
 
   /**
@@ -404,15 +455,27 @@ export class SqliteLedger {
     const setHighWater = db.prepare(
       "INSERT INTO meta (key, value) VALUES ('high_water_ms', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
     );
+    const evictKeys = db.prepare(
+      'DELETE FROM idempotency_keys WHERE id IN (SELECT id FROM idempotency_keys ORDER BY at_ms LIMIT ?)',
+    );
     const queue = db.transaction((items: readonly Queued[]) => {
       const results = items.map((item) => {
+        const keysBefore = this.#keyCount;
         try {
           return batch(item.reports, item.arrivalMs);
         } catch (err) {
+          // The batch's savepoint rolled back, its keys with it.
+          this.#keyCount = keysBefore;
           if (!(err instanceof BatchRejected)) throw err;
           return err.rejection;
         }
       });
+      // Over the bound: forget the oldest keys, back down to the bound.
+      if (this.#keyCount > this.#keysMax * (1 + KEYS_SLACK)) {
+        const evicted = evictKeys.run(this.#keyCount - this.#keysMax).changes;
+        this.#keyCount -= evicted;
+        this.#keysEvicted = evicted;
+      }
       // Kept so that a restart after the clock stepped back still stamps nothing earlier.
       setHighWater.run(String(Math.max(...items.map((item) => item.arrivalMs))));
       return results;
@@ -434,6 +497,7 @@ export class SqliteLedger {
         }
         seenIds.add(report.id);
         stmt.insertKey.run(report.id, arrivalMs);
+        this.#keyCount++;
       }
       let byTags = sums.get(report.dimension);
       if (byTags === undefined) {
@@ -793,11 +857,21 @@ export class SqliteLedger {
     return [this.#path, `${this.#path}-wal`, `${this.#path}-shm`];
   }
 
-  /** Forgets idempotency keys older than 24 hours and settled records past retention. */
+  /**
+   * Forgets idempotency keys older than 24 hours and settled records past retention. Keys age by the clock, but
+   * their horizon (keys older than it are forgotten) never advances faster than the monotonic clock: a wall
+   * clock jumping a day or more forward must not forget every key at once, so a resend of a report
+   * acknowledged just before the jump is still recognised. Time the sidecar was not running does not count,
+   * so keys are kept at least 24 hours of running time (the key bound caps their number meanwhile).
+   */
   prune(nowMs: number): void {
+    const monotonicMs = this.#options.clock.monotonicMs();
+    const allowedMs = this.#keyHorizonMs + Math.max(0, monotonicMs - this.#keyHorizonAtMonotonicMs);
+    const horizonMs = Math.max(this.#keyHorizonMs, Math.min(nowMs - IDEMPOTENCY_TTL_MS, allowedMs));
     this.#write(() =>
       this.#db.transaction(() => {
-        this.#stmt.pruneKeys.run(nowMs - IDEMPOTENCY_TTL_MS);
+        this.#keyCount -= this.#stmt.pruneKeys.run(horizonMs).changes;
+        this.#stmt.setKeyHorizon.run(String(horizonMs));
         for (const row of this.#stmt.pruneSettled.all(nowMs - SETTLED_RETENTION_MS) as {
           dimension: string;
           hour_ms: number;
@@ -806,6 +880,8 @@ export class SqliteLedger {
         }
       })(),
     );
+    this.#keyHorizonMs = horizonMs;
+    this.#keyHorizonAtMonotonicMs = monotonicMs;
   }
 
   /** Commits every queued batch, then closes the database. Idempotent. */

@@ -25,6 +25,8 @@ export interface MetricsSources {
   readonly entitlementState: () => string;
   /** Files whose sizes add up to the ledger size (database, WAL, shared memory). */
   readonly ledgerFiles: () => readonly string[];
+  /** Idempotency keys kept, and the age of the oldest in seconds (null when none). */
+  readonly idempotencyKeys: () => { count: number; oldestAgeSeconds: number | null } | undefined;
 }
 
 /** Entitlement states exported as an enum-style gauge. */
@@ -98,6 +100,12 @@ export class Metrics implements CallObserver {
     registers: [this.registry],
   });
 
+  readonly idempotencyKeysEvicted = new Counter({
+    name: 'metering_idempotency_keys_evicted_total',
+    help: 'Idempotency keys forgotten before 24 hours to keep the store within METERING_IDEMPOTENCY_KEYS_MAX.',
+    registers: [this.registry],
+  });
+
   readonly errors = new Counter({
     name: 'metering_errors_total',
     help: 'Errors of background work and storage, by code.',
@@ -159,6 +167,22 @@ export class Metrics implements CallObserver {
           }
         }
         this.set(bytes);
+      },
+    });
+    new Gauge({
+      name: 'metering_idempotency_keys',
+      help: 'Idempotency keys kept (a resend with one of them is acknowledged and not counted again).',
+      registers: [this.registry],
+      collect() {
+        this.set(sources.idempotencyKeys()?.count ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'metering_idempotency_window_seconds',
+      help: 'Age of the oldest idempotency key kept: how far back a resend is still recognised (0 when none).',
+      registers: [this.registry],
+      collect() {
+        this.set(sources.idempotencyKeys()?.oldestAgeSeconds ?? 0);
       },
     });
     collectDefaultMetrics({ register: this.registry, prefix: 'metering_' });

@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse, stringify } from 'yaml';
 import { ENVIRONMENT_VARIABLES, loadConfig } from '../../src/config.js';
+import { DEFAULT_IDEMPOTENCY_KEYS_MAX, IDEMPOTENCY_KEY_MAX_BYTES } from '../../src/ledger/keys.js';
 import {
   CHART_DIR,
   KUBE_VERSION,
@@ -136,6 +137,7 @@ const FULL = {
     schedule: '*/15 * * * *',
     sendJitterSeconds: 60,
     shutdownTimeoutSeconds: 40,
+    idempotencyKeysMax: 300000,
     logLevel: 'debug',
     dryRun: true,
     listen: '127.0.0.1:18181',
@@ -213,6 +215,23 @@ function sidecarOf(spec: unknown): Container {
   return sidecar;
 }
 
+/** Bytes of a Kubernetes quantity such as `256Mi` or `1G`. */
+function quantityBytes(quantity: string): number {
+  const match = /^(\d+)(Ki|Mi|Gi|Ti|k|M|G|T)?$/.exec(quantity);
+  if (!match) throw new Error(`unexpected quantity ${quantity}`);
+  const units: Record<string, number> = {
+    Ki: 2 ** 10,
+    Mi: 2 ** 20,
+    Gi: 2 ** 30,
+    Ti: 2 ** 40,
+    k: 1e3,
+    M: 1e6,
+    G: 1e9,
+    T: 1e12,
+  };
+  return Number(match[1]) * (match[2] === undefined ? 1 : units[match[2]]);
+}
+
 function envOf(container: Container): Map<string, string> {
   const env = new Map<string, string>();
   for (const entry of listAt(container, 'env')) {
@@ -254,6 +273,11 @@ beforeAll(async () => {
 }, 180_000);
 
 describe('helm chart metering-sidecar: lint and values schema', () => {
+  it("defaults the idempotency-key bound to the sidecar's own default", () => {
+    const values = parse(readFileSync(join(CHART_DIR, 'values.yaml'), 'utf8')) as unknown;
+    expect(at(values, 'sidecar', 'idempotencyKeysMax')).toBe(DEFAULT_IDEMPOTENCY_KEYS_MAX);
+  });
+
   it('passes helm lint --strict with a valid value set', async () => {
     const result = await helmWithValues('lint', MINIMAL);
 
@@ -512,6 +536,19 @@ describe.each(Object.entries(VALUE_SETS))(
       expect(envOf(sidecar).get('METERING_STATE_DIR')).toBe('/var/lib/metering');
     });
 
+    // Regression: the key store was bounded only by time, so a busy app filled the 256 Mi volume in a day and
+    // the kubelet evicted the pod with its unsent usage.
+    it('sizes the state volume for the idempotency-key bound, with room to spare', () => {
+      const mount = listAt(sidecar, 'volumeMounts').find((m) => m['mountPath'] === '/var/lib/metering');
+      const volume = listAt(spec, 'volumes').find((v) => v['name'] === mount?.['name']);
+      const sizeLimit = String(at(volume, 'emptyDir', 'sizeLimit'));
+      const keysMax = Number(envOf(sidecar).get('METERING_IDEMPOTENCY_KEYS_MAX'));
+
+      expect(keysMax).toBeGreaterThanOrEqual(1000);
+      // The keys, at their longest, take at most half the volume.
+      expect(2 * keysMax * IDEMPOTENCY_KEY_MAX_BYTES).toBeLessThanOrEqual(quantityBytes(sizeLimit));
+    });
+
     it('sets only environment variables the sidecar reads', () => {
       const names = [...envOf(sidecar).keys()];
 
@@ -637,7 +674,7 @@ describe('helm chart metering-sidecar: monitoring', () => {
     expect(podLabels).toMatchObject(at(monitor, 'spec', 'selector', 'matchLabels') as object);
   });
 
-  it('carries the five alert rules of docs/operations.md, Prometheus templates intact', () => {
+  it('carries the alert rules of docs/operations.md, Prometheus templates intact', () => {
     const rule = findOne(objects, 'PrometheusRule');
     const groups = at(rule, 'spec', 'groups');
 
@@ -647,6 +684,7 @@ describe('helm chart metering-sidecar: monitoring', () => {
       'MeteringEntitlementLost',
       'MeteringLedgerNotWritable',
       'MeteringOldestUnsentTooOld',
+      'MeteringIdempotencyKeysEvicted',
     ]);
     expect(at(groups, 0, 'rules', 0, 'annotations', 'summary')).toBe(
       'Metering has not reached AWS for 2 hours ({{ $labels.pod }})',

@@ -54,6 +54,7 @@ export async function startPipeline(options: PipelineOptions) {
     ledger: () => ledger.status(clock.now()),
     entitlementState: () => 'disabled',
     ledgerFiles: () => ledger.files,
+    idempotencyKeys: () => ({ count: ledger.keyStats().count, oldestAgeSeconds: null }),
   });
   observeClient(client, metrics);
   const scheduler = new Scheduler({

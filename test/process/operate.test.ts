@@ -45,6 +45,31 @@ async function cli(
 }
 
 describe('operating the sidecar', () => {
+  it('keeps the idempotency-key store within its bound, with a metric and a warning', async () => {
+    const { socketPath, spawn } = await setup({
+      env: { METERING_IDEMPOTENCY_KEYS_MAX: '1000', METERING_ENTITLEMENT: 'none' },
+    });
+    const sidecar = spawn();
+    await sidecar.ready();
+    const port = await sidecar.adminPort();
+    const client = new SidecarClient({ socketPath });
+    cleanups.push(() => client.close());
+
+    const records = Array.from({ length: 1500 }, (_, i) => ({
+      dimension: 'requests',
+      quantity: 1,
+      id: `report-${i}`,
+    }));
+    expect((await client.report(records)).status).toBe(202);
+
+    const metrics = parsePrometheus(await (await fetch(`http://127.0.0.1:${port}/metrics`)).text());
+    expect(sampleValue(metrics, 'metering_idempotency_keys_evicted_total')).toBe(500);
+    expect(sampleValue(metrics, 'metering_idempotency_keys')).toBe(1000);
+    const warning = sidecar.logLines().find((l) => l['code'] === 'ERR_IDEMPOTENCY_KEYS_FULL');
+    expect(warning).toMatchObject({ level: 'warn', evicted: 500, keysMax: 1000 });
+    expect((await sidecar.stop('SIGTERM')).code).toBe(0);
+  });
+
   it('turns unready and refuses usage while the state volume is full, and recovers without losing anything', async () => {
     // Prepare
     const fs = Tmpfs.mount(4096);

@@ -36,6 +36,7 @@ describe('loadConfig', () => {
       sendJitterSeconds: 300,
       dryRun: false,
       shutdownTimeoutSeconds: 20,
+      idempotencyKeysMax: 200_000,
       logLevel: 'info',
       local: false,
       region: 'us-east-1',
@@ -59,6 +60,7 @@ describe('loadConfig', () => {
       METERING_SEND_JITTER_SECONDS: '0',
       METERING_DRY_RUN: 'true',
       METERING_SHUTDOWN_TIMEOUT_SECONDS: '45',
+      METERING_IDEMPOTENCY_KEYS_MAX: '5000',
       METERING_LOG_LEVEL: 'DEBUG',
       AWS_ENDPOINT_URL_MARKETPLACE_METERING: 'http://127.0.0.1:4599',
       AWS_ACCESS_KEY_ID: 'AKIA',
@@ -75,6 +77,7 @@ describe('loadConfig', () => {
       sendJitterSeconds: 0,
       dryRun: true,
       shutdownTimeoutSeconds: 45,
+      idempotencyKeysMax: 5000,
       logLevel: 'debug',
       endpoint: 'http://127.0.0.1:4599',
       staticCredentials: true,
@@ -143,6 +146,16 @@ describe('loadConfig', () => {
     expect(
       loadConfig({ ...REQUIRED, METERING_SCHEDULE: schedule, METERING_SEND_JITTER_SECONDS: jitter }).schedule,
     ).toBe(schedule);
+  });
+
+  it.each(['999', '10000001', 'many'])('refuses METERING_IDEMPOTENCY_KEYS_MAX=%s', (value) => {
+    expect(problemsOf({ ...REQUIRED, METERING_IDEMPOTENCY_KEYS_MAX: value })).toEqual([
+      {
+        variable: 'METERING_IDEMPOTENCY_KEYS_MAX',
+        value,
+        expected: 'an integer from 1000 to 10000000',
+      },
+    ]);
   });
 
   it('puts every problem into one message', () => {

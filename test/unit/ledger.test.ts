@@ -452,13 +452,74 @@ describe('SqliteLedger', () => {
     });
     expect(ledger.status(clock.now()).open[0].quantity).toBe(6);
 
-    ledger.prune(H10 + 60_000 + 24 * HOUR_MS - 1);
+    // Keys age with time that really passes (the monotonic clock moves with the manual clock here).
+    clock.set(H10 + 60_000 + 24 * HOUR_MS - 1);
+    ledger.prune(clock.now());
     expect(await recorded(ledger, [report('a', 5, undefined, 'k1')])).toMatchObject({ duplicates: 1 });
-    ledger.prune(H10 + 60_000 + 24 * HOUR_MS + 1);
+    clock.set(H10 + 60_000 + 24 * HOUR_MS + 1);
+    ledger.prune(clock.now());
     expect(await recorded(ledger, [report('a', 5, undefined, 'k1')])).toMatchObject({
       accepted: 1,
       duplicates: 0,
     });
+  });
+
+  // Decision (docs/metering.md): a wall clock jumping more than 24 h forward must not forget every key at once.
+  it('forgets keys no faster than time passes when the wall clock jumps a day forward', async () => {
+    const { clock, ledger } = setup(H10 + 60_000);
+    await recorded(ledger, [report('a', 5, undefined, 'before-the-jump')]);
+
+    clock.jump(H10 + 60_000 + 30 * HOUR_MS); // a wrong clock: no time has passed
+    ledger.prune(clock.now());
+    expect(await recorded(ledger, [report('a', 5, undefined, 'before-the-jump')])).toMatchObject({
+      duplicates: 1,
+    });
+
+    // Once 24 hours have really passed the key goes, whatever the wall clock says.
+    clock.set(clock.now() + 24 * HOUR_MS + 1);
+    ledger.prune(clock.now());
+    expect(await recorded(ledger, [report('a', 5, undefined, 'before-the-jump')])).toMatchObject({
+      accepted: 1,
+    });
+  });
+
+  // Regression: the key store was bounded only by time; at 30 keyed reports/s it filled the chart's volume.
+  it('keeps at most the configured number of keys, forgetting the oldest first and saying so', async () => {
+    const dir = dirs.make();
+    const clock = new ManualClock(H10 + 60_000);
+    const evictions: [number, number | undefined][] = [];
+    const ledger = SqliteLedger.open({
+      stateDir: dir,
+      productCode: 'prod',
+      dryRun: false,
+      clock,
+      idempotencyKeysMax: 1000,
+      onKeysEvicted: (evicted, oldestKeptAtMs) => evictions.push([evicted, oldestKeptAtMs]),
+    });
+    open.push(ledger);
+
+    for (let batch = 0; batch < 12; batch++) {
+      clock.set(H10 + 60_000 + batch * 1000);
+      await recorded(
+        ledger,
+        Array.from({ length: 100 }, (_, i) => report('a', 1, undefined, `key-${batch}-${i}`)),
+      );
+    }
+
+    // 1,200 keys given; at most 1% over the bound at any time, back to 1,000 when trimmed.
+    expect(ledger.keyStats().count).toBeLessThanOrEqual(1010);
+    expect(evictions.length).toBeGreaterThan(0);
+    expect(evictions[0][0]).toBe(100);
+    // The oldest went first: the first batch is forgotten (counted again), the last is still known.
+    expect(await recorded(ledger, [report('a', 1, undefined, 'key-0-0')])).toMatchObject({ accepted: 1 });
+    expect(await recorded(ledger, [report('a', 1, undefined, 'key-11-99')])).toMatchObject({
+      duplicates: 1,
+    });
+    expect(evictions.at(-1)![1]).toBeGreaterThan(H10 + 60_000);
+    // The count survives a restart.
+    const count = ledger.keyStats().count;
+    ledger.close();
+    expect(openLedger(dir, clock).keyStats().count).toBe(count);
   });
 
   it('rejects a batch that would exceed 2,500 tag sets and stores nothing of it', async () => {

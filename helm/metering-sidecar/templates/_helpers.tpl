@@ -211,6 +211,8 @@ Usage from a parent chart:
       value: {{ $v.sendJitterSeconds | int | quote }}
     - name: METERING_SHUTDOWN_TIMEOUT_SECONDS
       value: {{ $v.shutdownTimeoutSeconds | int | quote }}
+    - name: METERING_IDEMPOTENCY_KEYS_MAX
+      value: {{ $v.idempotencyKeysMax | int | quote }}
     - name: METERING_LOG_LEVEL
       value: {{ $v.logLevel | quote }}
     - name: METERING_DRY_RUN
