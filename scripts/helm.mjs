@@ -9,7 +9,7 @@
  *
  * Usage:
  *   import { ensureHelm, runHelm } from '../../scripts/helm.mjs';   // from tests
- *   node scripts/helm.mjs template rel helm/metering-sidecar --set sidecar.productCode=abc   // from a shell
+ *   node scripts/helm.mjs template rel helm/metering-sidecar --set sidecar.productCode=abc --set 'sidecar.dimensions={requests}'   // from a shell
  */
 import { execFile, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';

@@ -30,7 +30,7 @@ export interface Config {
   readonly entitlementRetrySeconds: number;
   /** PEM of the product public key, from METERING_PUBLIC_KEY or METERING_PUBLIC_KEY_FILE. */
   readonly publicKeyPem: string | undefined;
-  /** Allow-list of dimension names; undefined accepts any valid name. */
+  /** Allow-list of dimension names; required outside local mode, where undefined accepts any valid name. */
   readonly dimensions: readonly string[] | undefined;
   /** Unix socket path for the app API; undefined when `off`. */
   readonly socketPath: string | undefined;
@@ -191,8 +191,14 @@ export function loadConfig(env: Env, overrides: ConfigOverrides = {}): Config {
       problem('METERING_DIMENSIONS', `at most ${MAX_DIMENSIONS} dimensions (the AWS limit per product)`);
     }
   }
-  if (entitlement === 'dry-run' && dimensions === undefined) {
-    problem('METERING_DIMENSIONS', 'the product dimensions (required with METERING_ENTITLEMENT=dry-run)');
+  if (dimensions === undefined && (!local || entitlement === 'dry-run')) {
+    // Without the allow-list a misspelt dimension would be acknowledged, then refused by AWS and never billed.
+    problem(
+      'METERING_DIMENSIONS',
+      entitlement === 'dry-run'
+        ? 'the product dimensions, comma-separated (required with METERING_ENTITLEMENT=dry-run, which checks each)'
+        : "the product's dimension names, comma-separated, exactly as listed in the AWS Marketplace Management Portal (required outside local mode, so a misspelt dimension is refused at intake instead of acknowledged and then refused by AWS)",
+    );
   }
 
   const socketRaw = get('METERING_SOCKET') ?? (local ? LOCAL_DEFAULTS.socketPath : DEFAULTS.socket);

@@ -574,7 +574,9 @@ describe('ecs/cloudformation.yaml', () => {
     for (const { name, value } of always) {
       if (typeof value === 'string') expect(value, String(name)).toBe(jsonEnv[name ?? '']);
     }
-    expect(optional.map((e) => e.name).sort()).toEqual(['METERING_DIMENSIONS', 'METERING_PUBLIC_KEY']);
+    // METERING_DIMENSIONS is always set: the sidecar requires it outside local mode.
+    expect(optional.map((e) => e.name).sort()).toEqual(['METERING_PUBLIC_KEY']);
+    expect(always.map((e) => e.name)).toContain('METERING_DIMENSIONS');
     const allNames = [...always, ...optional].map((e) => e.name ?? '');
     expect(allNames.filter((n) => !ENVIRONMENT_VARIABLES.includes(n))).toEqual([]);
     for (const field of [

@@ -37,7 +37,7 @@ const REPO_ROOT = new URL('../../', import.meta.url);
 
 /** The least a seller sets: product code, IRSA role, product image. */
 const MINIMAL = {
-  sidecar: { productCode: PRODUCT_CODE },
+  sidecar: { productCode: PRODUCT_CODE, dimensions: ['requests'] },
   serviceAccount: { roleArn: ROLE_ARN },
   app: { image: { repository: 'registry.example.com/acme/product', tag: '2.3.4' } },
 };
@@ -346,7 +346,7 @@ describe('helm chart metering-sidecar: lint and values schema', () => {
   it('needs no IAM role with entitlement none (free product, development)', async () => {
     const objects = await render({
       app: MINIMAL.app,
-      sidecar: { productCode: PRODUCT_CODE, entitlement: 'none' },
+      sidecar: { ...MINIMAL.sidecar, entitlement: 'none' },
     });
 
     expect(at(findOne(objects, 'ServiceAccount'), 'metadata', 'annotations')).toBeUndefined();
@@ -359,7 +359,9 @@ describe('helm chart metering-sidecar: lint and values schema', () => {
       [{ listen: '0.0.0.0:8181' }, 'sidecar.listen'],
       [{ shutdownTimeoutSeconds: 0 }, 'sidecar.shutdownTimeoutSeconds'],
       [{ sendJitterSeconds: '300' }, 'sidecar.sendJitterSeconds'],
-      [{ entitlement: 'dry-run' }, 'dimensions'],
+      [{ entitlement: 'dry-run', dimensions: [] }, 'dimensions'],
+      // Regression: without an allow-list a typo'd dimension was acknowledged, then lost.
+      [{ dimensions: [] }, 'sidecar.dimensions is required'],
       [{ adminPort: 8181 }, 'sidecar.adminPort must differ'],
     ];
     for (const [sidecar, message] of cases) {

@@ -42,6 +42,7 @@ beforeAll(async () => {
     METERING_ADMIN_LISTEN: `0.0.0.0:${adminPort}`,
     METERING_STATE_DIR: join(dir, 'state'),
     METERING_SEND_JITTER_SECONDS: '0',
+    METERING_DIMENSIONS: 'requests,gb,nodes,after-attack',
     AWS_REGION: 'us-east-1',
     AWS_ENDPOINT_URL_MARKETPLACE_METERING: url,
     AWS_CONTAINER_CREDENTIALS_FULL_URI: creds.url,

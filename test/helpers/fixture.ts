@@ -51,6 +51,7 @@ export async function sidecarFixture(cleanups: Cleanups, options: FixtureOptions
     METERING_ADMIN_LISTEN: 'off',
     METERING_STATE_DIR: stateDir,
     METERING_SEND_JITTER_SECONDS: '0',
+    METERING_DIMENSIONS: 'requests,gb,nodes',
     AWS_REGION: 'us-east-1',
     AWS_ENDPOINT_URL_MARKETPLACE_METERING: url,
     AWS_CONTAINER_CREDENTIALS_FULL_URI: creds.url,

@@ -61,6 +61,13 @@ describe('metering-sidecar CLI', () => {
     );
   });
 
+  // Regression: without an allow-list a typo'd dimension was acknowledged and then refused by AWS.
+  it('exits 78 naming METERING_DIMENSIONS when it is missing outside local mode', async () => {
+    const result = await cli(['run'], { METERING_PRODUCT_CODE: 'prod', AWS_REGION: 'us-east-1' });
+    expect(result.code).toBe(78);
+    expect(result.stderr).toContain('METERING_DIMENSIONS=(unset): expected the product');
+  });
+
   it('exits 64 on an unknown command and prints help with --help', async () => {
     expect((await cli(['frobnicate'], {})).code).toBe(64);
     const help = await cli(['--help'], {});

@@ -6,7 +6,11 @@ import { describe, expect, it } from 'vitest';
 import { isLoopback, loadConfig } from '../../src/config.js';
 import { ConfigError } from '../../src/errors.js';
 
-const REQUIRED = { METERING_PRODUCT_CODE: 'prod-123', AWS_REGION: 'us-east-1' };
+const REQUIRED = {
+  METERING_PRODUCT_CODE: 'prod-123',
+  AWS_REGION: 'us-east-1',
+  METERING_DIMENSIONS: 'requests',
+};
 
 function problemsOf(
   env: Record<string, string>,
@@ -27,7 +31,7 @@ describe('loadConfig', () => {
       productCode: 'prod-123',
       entitlement: 'register-usage',
       publicKeyVersion: 1,
-      dimensions: undefined,
+      dimensions: ['requests'],
       socketPath: '/run/metering/metering.sock',
       listen: { host: '127.0.0.1', port: 8181 },
       adminListen: { host: '0.0.0.0', port: 9181 },
@@ -98,6 +102,7 @@ describe('loadConfig', () => {
       [
         'AWS_ENDPOINT_URL_MARKETPLACE_METERING',
         'AWS_REGION',
+        'METERING_DIMENSIONS',
         'METERING_DRY_RUN',
         'METERING_ENTITLEMENT',
         'METERING_LISTEN',
@@ -158,6 +163,17 @@ describe('loadConfig', () => {
     ]);
   });
 
+  // Regression: without an allow-list a typo'd dimension was acknowledged, refused by AWS, and never billed.
+  it('requires METERING_DIMENSIONS outside local mode, and not in it', () => {
+    const problems = problemsOf({ METERING_PRODUCT_CODE: 'prod-123', AWS_REGION: 'us-east-1' });
+    expect(problems.map((p) => p.variable)).toEqual(['METERING_DIMENSIONS']);
+    expect(problems[0].expected).toContain('required outside local mode');
+    expect(loadConfig({ METERING_LOCAL: 'true' }).dimensions).toBeUndefined();
+    expect(problemsOf({ METERING_LOCAL: 'true', METERING_ENTITLEMENT: 'dry-run' })[0]).toMatchObject({
+      variable: 'METERING_DIMENSIONS',
+    });
+  });
+
   it('puts every problem into one message', () => {
     try {
       loadConfig({ METERING_ENTITLEMENT: 'maybe' });
@@ -204,9 +220,9 @@ describe('loadConfig', () => {
   });
 
   it('requires dimensions in dry-run mode', () => {
-    expect(problemsOf({ ...REQUIRED, METERING_ENTITLEMENT: 'dry-run' })[0].variable).toBe(
-      'METERING_DIMENSIONS',
-    );
+    expect(
+      problemsOf({ ...REQUIRED, METERING_DIMENSIONS: '', METERING_ENTITLEMENT: 'dry-run' })[0].variable,
+    ).toBe('METERING_DIMENSIONS');
   });
 
   it('refuses more than 24 dimensions and unprintable names', () => {
@@ -218,7 +234,11 @@ describe('loadConfig', () => {
   });
 
   it('refuses an invalid product code and region', () => {
-    const problems = problemsOf({ METERING_PRODUCT_CODE: 'has space', AWS_REGION: 'mars' });
+    const problems = problemsOf({
+      METERING_PRODUCT_CODE: 'has space',
+      AWS_REGION: 'mars',
+      METERING_DIMENSIONS: 'requests',
+    });
     expect(problems.map((p) => p.variable).sort()).toEqual(['AWS_REGION', 'METERING_PRODUCT_CODE']);
   });
 

@@ -155,9 +155,7 @@ own shutdown (a native sidecar is stopped only after the app containers have exi
 {{- if and (ne (toString $v.sidecar.listen) "off") (eq (regexFind "[0-9]+$" (toString $v.sidecar.listen)) (toString ($v.sidecar.adminPort | int))) }}
 {{- fail "sidecar.adminPort must differ from the port of sidecar.listen (the app API)" }}
 {{- end }}
-{{- if eq $v.sidecar.entitlement "dry-run" }}
-{{- $_ := required "sidecar.dimensions is required with sidecar.entitlement=dry-run: the product's dimension names" (join "," $v.sidecar.dimensions) }}
-{{- end }}
+{{- $_ := required "sidecar.dimensions is required: the product's dimension names, as listed in the AWS Marketplace Management Portal (usage for any other name is refused at intake)" (join "," $v.sidecar.dimensions) }}
 {{- end }}
 
 {{/*
