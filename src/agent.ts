@@ -229,7 +229,6 @@ export class Agent {
           listen: config.adminListen,
           logger: this.#logger.child({ component: 'admin' }),
           readiness: () => this.readiness(),
-          status: () => this.status(),
           metrics: () => this.#metrics.text(),
         });
         await this.#admin.start();

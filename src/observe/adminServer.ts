@@ -1,6 +1,9 @@
 /**
- * The admin listener (METERING_ADMIN_LISTEN): read-only health, readiness and status for the orchestrator and
- * operators. Nothing on it changes state: every route is a GET (HEAD is answered too), anything else is 405.
+ * The admin listener (METERING_ADMIN_LISTEN): read-only health, readiness and metrics for the orchestrator and
+ * Prometheus. It listens beyond loopback (the kubelet and Prometheus reach it over the pod network), so it
+ * tells no more than health: no entitlement token, no ledger id (ClientTokens derive from it), no per-tag data.
+ * The full status is on the app API only (socket and loopback). Nothing on it changes state: every route is a
+ * GET (HEAD is answered too), anything else is 405.
  */
 import { createServer, type Server, type ServerResponse } from 'node:http';
 import type { ListenAddress } from '../config.js';
@@ -19,8 +22,6 @@ export interface AdminOptions {
   readonly logger: Logger;
   /** The readiness checks by name; ready when all are ok. */
   readonly readiness: () => Readonly<Record<string, ReadinessCheck>>;
-  /** Body of `GET /v1/status`. */
-  readonly status: () => unknown;
   /** `GET /metrics`: the Prometheus text exposition. */
   readonly metrics: () => Promise<{ contentType: string; body: string }>;
 }
@@ -71,8 +72,13 @@ export class AdminServer {
   }
 
   async #handle(method: string, path: string, res: ServerResponse): Promise<void> {
-    const route = ROUTES.has(path);
-    if (!route) return send(res, 404, { error: { code: 'NotFound', message: `no such endpoint: ${path}` } });
+    if (!ROUTES.has(path)) {
+      const message =
+        path === '/v1/status'
+          ? 'the status is on the app API only (the unix socket or loopback): metering-sidecar status'
+          : `no such endpoint: ${path}`;
+      return send(res, 404, { error: { code: 'NotFound', message } });
+    }
     if (method !== 'GET' && method !== 'HEAD') {
       res.setHeader('allow', 'GET, HEAD');
       return send(res, 405, { error: { code: 'MethodNotAllowed', message: 'the admin API is read-only' } });
@@ -91,8 +97,6 @@ export class AdminServer {
         res.end(body);
         return;
       }
-      default:
-        return send(res, 200, this.#options.status());
     }
   }
 
@@ -108,7 +112,7 @@ export class AdminServer {
   }
 }
 
-const ROUTES = new Set(['/healthz', '/readyz', '/metrics', '/v1/status']);
+const ROUTES = new Set(['/healthz', '/readyz', '/metrics']);
 
 function send(res: ServerResponse, status: number, body: unknown): void {
   const text = JSON.stringify(body);

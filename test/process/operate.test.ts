@@ -212,7 +212,7 @@ describe('operating the sidecar', () => {
     const sidecar = spawn();
     await sidecar.ready();
     const port = await sidecar.adminPort();
-    for (const path of ['/healthz', '/readyz', '/metrics', '/v1/status']) {
+    for (const path of ['/healthz', '/readyz', '/metrics']) {
       expect((await fetch(`http://127.0.0.1:${port}${path}`, { method: 'POST', body: '{}' })).status).toBe(
         405,
       );
@@ -228,10 +228,42 @@ describe('operating the sidecar', () => {
       (await fetch(`http://127.0.0.1:${port}/v1/entitlement`, { method: 'POST', body: '{"nonce":"x"}' }))
         .status,
     ).toBe(404);
-    const status = (await (await fetch(`http://127.0.0.1:${port}/v1/status`)).json()) as {
-      openHours: unknown[];
+    expect((await sidecar.stop('SIGTERM')).code).toBe(0);
+  });
+
+  // Regression: the admin listener, reachable beyond loopback, served the full status: the RegisterUsage token
+  // and its claims, the ledger id ClientTokens derive from, and usage totals.
+  it('tells the cluster nothing but health, readiness and metrics on the admin listener', async () => {
+    const { socketPath, spawn } = await setup();
+    const sidecar = spawn();
+    await sidecar.ready();
+    const port = await sidecar.adminPort();
+    const client = new SidecarClient({ socketPath });
+    cleanups.push(() => client.close());
+    expect(
+      (await client.report({ dimension: 'requests', quantity: 3, tags: { tenant: 'acme' } })).status,
+    ).toBe(202);
+    const full = (await client.status()).body as {
+      ledgerId: string;
+      entitlement: { token: string };
     };
-    expect(status.openHours).toEqual([]);
+    expect(full.entitlement.token.length).toBeGreaterThan(20);
+
+    for (const method of ['GET', 'POST']) {
+      expect((await fetch(`http://127.0.0.1:${port}/v1/status`, { method })).status).toBe(404);
+    }
+    const answers = await Promise.all(
+      ['/healthz', '/readyz', '/metrics'].map(async (path) => {
+        const res = await fetch(`http://127.0.0.1:${port}${path}`);
+        expect(res.status, path).toBe(200);
+        return res.text();
+      }),
+    );
+    for (const text of answers) {
+      expect(text).not.toContain(full.ledgerId);
+      expect(text).not.toContain(full.entitlement.token);
+      expect(text).not.toContain('acme');
+    }
     expect((await sidecar.stop('SIGTERM')).code).toBe(0);
   });
 
