@@ -8,11 +8,12 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { connect } from 'node:net';
 import { chmodSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
 import { dirname } from 'node:path';
-import type { ListenAddress } from '../config.js';
+import { isLoopback, type ListenAddress } from '../config.js';
 import { ListenError, StorageUnavailableError } from '../errors.js';
 import type { SqliteLedger } from '../ledger/ledger.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../observe/metrics.js';
+import { parseJson } from './json.js';
 import { ERROR_STATUS, MAX_BODY_BYTES, parseUsage, rejection, type Rejection } from './usage.js';
 
 /**
@@ -92,13 +93,14 @@ export class IntakeServer {
     const { socketPath, listen } = this.#options;
     if (socketPath !== undefined) {
       await prepareSocketPath(socketPath);
-      const server = this.#createServer();
+      // A unix socket cannot be reached from a web page: any Host header is fine there.
+      const server = this.#createServer(false);
       await listenOn(server, { path: socketPath }, `unix socket ${socketPath}`);
       chmodSync(socketPath, SOCKET_MODE);
       this.#options.logger.info({ socket: socketPath }, 'app API listening on unix socket');
     }
     if (listen !== undefined) {
-      const server = this.#createServer();
+      const server = this.#createServer(true);
       await listenOn(server, { host: listen.host, port: listen.port }, `${listen.host}:${listen.port}`);
       const address = server.address();
       if (address !== null && typeof address === 'object')
@@ -134,8 +136,19 @@ export class IntakeServer {
     while (this.#inFlight.size > 0) await Promise.all(this.#inFlight);
   }
 
-  #createServer(): Server {
+  /** `loopbackHostOnly`: answer only requests addressed to a loopback host name (see {@link isLoopbackHost}). */
+  #createServer(loopbackHostOnly: boolean): Server {
     const server = createServer((req, res) => {
+      if (loopbackHostOnly && !isLoopbackHost(req.headers.host)) {
+        return discardAndFail(
+          req,
+          res,
+          rejection(
+            'ForbiddenHost',
+            `the app API answers only requests addressed to a loopback host (localhost, 127.0.0.1, [::1]), not Host: ${JSON.stringify(req.headers.host ?? '')}`,
+          ),
+        );
+      }
       const handling: Promise<void> = this.#handle(req, res)
         .catch((err: unknown) => {
           this.#options.logger.error({ err, code: 'ERR_INTERNAL' }, 'app API request failed');
@@ -233,12 +246,10 @@ export class IntakeServer {
   async #readJson(req: IncomingMessage, res: ServerResponse): Promise<unknown> {
     const text = await this.#readText(req, res);
     if (text === undefined) return undefined;
-    try {
-      return JSON.parse(text) as unknown;
-    } catch (err) {
-      fail(res, rejection('InvalidJson', `body is not valid JSON: ${(err as Error).message}`));
-      return undefined;
-    }
+    const parsed = parseJson(text);
+    if (parsed.ok) return parsed.value;
+    fail(res, rejection('InvalidJson', parsed.message));
+    return undefined;
   }
 
   async #postUsage(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -326,6 +337,18 @@ function readBody(req: IncomingMessage, limit: number): Promise<Body> {
     req.on('close', onClose);
     req.on('error', onClose);
   });
+}
+
+/**
+ * Whether a Host header names a loopback host (`localhost`, `127.0.0.0/8`, `[::1]`, with or without a port).
+ * The loopback listener refuses any other: a web page in a browser on the same machine can reach 127.0.0.1
+ * under a name of its own through DNS rebinding, and its requests then carry that name.
+ */
+export function isLoopbackHost(host: string | undefined): boolean {
+  if (host === undefined) return false;
+  const match = /^(?:\[([^\]]+)\]|([^:[\]]+))(?::\d{1,5})?$/.exec(host.trim());
+  const name = match?.[1] ?? match?.[2];
+  return name !== undefined && isLoopback(name.toLowerCase());
 }
 
 function isObject(value: unknown): value is Record<string, unknown> {

@@ -13,6 +13,7 @@ import {
   canonicalTags,
   type Tags,
 } from '../ledger/hours.js';
+import { parseJson } from './json.js';
 
 /** Most records one request may carry. */
 export const MAX_BATCH_RECORDS = 10_000;
@@ -51,6 +52,7 @@ export type ErrorCode =
   | 'EntitlementNotApplicable'
   | 'EntitlementUnavailable'
   | 'EntitlementRefused'
+  | 'ForbiddenHost'
   | 'Internal';
 
 /** HTTP status of each error code. */
@@ -71,6 +73,7 @@ export const ERROR_STATUS: Readonly<Record<ErrorCode, number>> = {
   EntitlementNotApplicable: 409,
   EntitlementUnavailable: 503,
   EntitlementRefused: 502,
+  ForbiddenHost: 403,
   Internal: 500,
 };
 
@@ -102,12 +105,9 @@ export function parseUsage(
   body: string,
   dimensions: readonly string[] | undefined,
 ): UsageReport[] | Rejection {
-  let value: unknown;
-  try {
-    value = JSON.parse(body);
-  } catch (err) {
-    return rejection('InvalidJson', `body is not valid JSON: ${(err as Error).message}`);
-  }
+  const parsed = parseJson(body);
+  if (!parsed.ok) return rejection('InvalidJson', parsed.message);
+  const value = parsed.value;
   if (!isObject(value))
     return rejection('InvalidRequest', 'body must be a JSON object: a record or {"records":[...]}');
   if (!('records' in value)) {

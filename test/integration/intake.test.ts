@@ -371,6 +371,75 @@ describe('app API', () => {
     expect(p.intake.tcpAddress!.host).toBe('127.0.0.1');
   });
 
+  // Regression: {"quantity":1,"quantity":2} was acknowledged, and which quantity counted was the parser's choice.
+  it('refuses a body that repeats a member name with 400 InvalidJson, counting nothing', async () => {
+    const p = await pipeline({ dimensions: ['a'] });
+    for (const body of [
+      '{"dimension":"a","quantity":1,"quantity":2}',
+      '{"records":[{"dimension":"a","quantity":1}],"records":[{"dimension":"a","quantity":5}]}',
+      '{"dimension":"a","quantity":1,"tags":{"t":"x","t":"y"}}',
+    ]) {
+      const reply = await raw(p.socketPath, { body });
+      expect(reply.status, body).toBe(400);
+      expect(errorCode(reply)).toBe('InvalidJson');
+      expect(reply.body).toContain('repeats the member');
+    }
+    const proof = await raw(p.socketPath, { path: '/v1/entitlement', body: '{"nonce":"a","nonce":"b"}' });
+    expect(proof.status).toBe(400);
+    expect(totals(p)).toEqual([]);
+  });
+
+  // Regression: the loopback listener answered any Host, so a web page could reach it through DNS rebinding.
+  it('answers on loopback TCP only requests addressed to a loopback host name', async () => {
+    const p = await pipeline({ dimensions: ['a'] });
+    const port = p.intake.tcpAddress!.port;
+    const post = (host: string): Promise<RawReply> =>
+      new Promise((resolve, reject) => {
+        const req = request(
+          {
+            host: '127.0.0.1',
+            port,
+            method: 'POST',
+            path: '/v1/usage',
+            headers: { host, 'content-type': 'application/json' },
+            agent: false,
+          },
+          (res) => {
+            let body = '';
+            res.on('data', (c: Buffer) => (body += c.toString('utf8')));
+            res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+          },
+        );
+        req.on('error', reject);
+        req.end('{"dimension":"a","quantity":1}');
+      });
+
+    for (const host of ['attacker.example', 'attacker.example:8181', '10.0.0.5', '127.0.0.1.nip.io']) {
+      const reply = await post(host);
+      expect(reply.status, host).toBe(403);
+      expect(errorCode(reply)).toBe('ForbiddenHost');
+    }
+    expect(totals(p)).toEqual([]);
+    for (const host of [
+      'localhost',
+      `localhost:${port}`,
+      `127.0.0.1:${port}`,
+      '127.1.2.3',
+      `[::1]:${port}`,
+    ]) {
+      expect((await post(host)).status, host).toBe(202);
+    }
+    // The unix socket cannot be reached from a web page: it takes any Host.
+    expect(
+      (
+        await raw(p.socketPath, {
+          headers: { host: 'anything', 'content-type': 'application/json' },
+          body: '{"dimension":"a","quantity":1}',
+        })
+      ).status,
+    ).toBe(202);
+  });
+
   it('survives hostile and malformed requests with totals unchanged', async () => {
     const p = await pipeline({ dimensions: ['a'] });
     await p.api.report({ dimension: 'a', quantity: 10 });
