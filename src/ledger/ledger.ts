@@ -143,6 +143,16 @@ interface Queued {
   readonly reject: (err: unknown) => void;
 }
 
+/**
+ * Largest total of one (dimension, hour) the ledger keeps: 2^53 - 1, the largest integer JavaScript numbers
+ * hold exactly. SQLite's integers would go further, but the sealed record is computed in JavaScript, so usage
+ * that would take an hour beyond this is refused rather than acknowledged and rounded (docs/metering.md).
+ */
+export const MAX_EXACT_TOTAL = Number.MAX_SAFE_INTEGER;
+
+/** A limit a batch would break, as intake answers it. */
+type LimitProblem = { code: 'TooManyTagSets' | 'InvalidTags' | 'InvalidQuantity'; message: string };
+
 /** Thrown inside a batch's savepoint to roll back just that batch. */
 class BatchRejected extends Error {
   constructor(readonly rejection: Rejection) {
@@ -305,6 +315,9 @@ export class SqliteLedger {
         'DELETE FROM buckets WHERE dimension = ? AND hour_ms = ? AND tags = ? AND quantity = 0',
       ),
       countTagSets: db.prepare('SELECT count(*) FROM buckets WHERE dimension = ? AND hour_ms = ?').pluck(),
+      hourTotal: db
+        .prepare('SELECT coalesce(sum(quantity), 0) FROM buckets WHERE dimension = ? AND hour_ms = ?')
+        .pluck(),
       countTagKeys: db
         .prepare(
           'SELECT count(DISTINCT t.key) FROM buckets b, json_each(b.tags) t WHERE b.dimension = ? AND b.hour_ms = ?',
@@ -512,14 +525,21 @@ export class SqliteLedger {
       const hourMs = targetHour(arrivalMs, (h) => this.#isSealed(dimension, h));
       const atMs = bucketTime(arrivalMs, hourMs);
       let firstNewIndex: number | undefined;
+      let firstIndex: number | undefined;
       for (const [tagsKey, sum] of byTags) {
+        firstIndex ??= sum.index;
         if (stmt.addToBucket.run(sum.quantity, atMs, dimension, hourMs, tagsKey).changes === 0) {
           stmt.insertBucket.run(dimension, hourMs, tagsKey, sum.quantity, atMs);
           firstNewIndex ??= sum.index;
         }
       }
-      if (firstNewIndex !== undefined)
-        this.#checkTagLimits(dimension, hourMs, firstNewIndex, reports.length > 1);
+      this.#checkLimits(
+        dimension,
+        hourMs,
+        firstNewIndex ?? firstIndex ?? 0,
+        reports.length > 1,
+        firstNewIndex !== undefined,
+      );
     }
     const counted = new Map<string, number>();
     for (const [dimension, byTags] of sums) {
@@ -535,24 +555,31 @@ export class SqliteLedger {
    * the hour never causes the refusal: if the hour is over a limit and holds carried usage with tags, that usage
    * is folded into the hour's untagged allocation (same quantity, billed in the same hour, without its tags);
    * if the app's own usage needs even that allocation's place (2,500 tag sets of its own), the carried usage
-   * moves on to the next hour that can take it. Then the limits are checked again.
+   * moves on to the next hour that can take it. Then the limits are checked again. The same holds for the
+   * hour's total, kept at most {@link MAX_EXACT_TOTAL} so that it stays exact in JavaScript numbers.
    */
-  #checkTagLimits(dimension: string, hourMs: number, index: number, batch: boolean): void {
-    let problem = this.#tagLimitProblem(dimension, hourMs);
-    if (problem !== undefined && this.#foldCarried(dimension, hourMs)) {
-      problem = this.#tagLimitProblem(dimension, hourMs);
-    }
-    if (problem !== undefined && this.#moveCarried(dimension, hourMs)) {
-      problem = this.#tagLimitProblem(dimension, hourMs);
-    }
+  #checkLimits(dimension: string, hourMs: number, index: number, batch: boolean, newTagSets: boolean): void {
+    const check = (): LimitProblem | undefined =>
+      this.#totalProblem(dimension, hourMs) ??
+      (newTagSets ? this.#tagLimitProblem(dimension, hourMs) : undefined);
+    let problem = check();
+    if (problem !== undefined && this.#foldCarried(dimension, hourMs)) problem = check();
+    if (problem !== undefined && this.#moveCarried(dimension, hourMs)) problem = check();
     if (problem !== undefined)
       throw new BatchRejected(rejection(problem.code, problem.message, batch ? index : undefined));
   }
 
-  #tagLimitProblem(
-    dimension: string,
-    hourMs: number,
-  ): { code: 'TooManyTagSets' | 'InvalidTags'; message: string } | undefined {
+  /** The hour's total over {@link MAX_EXACT_TOTAL}. */
+  #totalProblem(dimension: string, hourMs: number): LimitProblem | undefined {
+    const total = this.#stmt.hourTotal.get(dimension, hourMs) as number;
+    if (total <= MAX_EXACT_TOTAL) return undefined;
+    return {
+      code: 'InvalidQuantity',
+      message: `dimension ${JSON.stringify(dimension)} would total more than ${MAX_EXACT_TOTAL} this hour, beyond what is kept exact (AWS bills at most 2,147,483,647 a record; the rest is carried hour after hour)`,
+    };
+  }
+
+  #tagLimitProblem(dimension: string, hourMs: number): LimitProblem | undefined {
     const tagSets = this.#stmt.countTagSets.get(dimension, hourMs) as number;
     if (tagSets > MAX_TAG_SETS) {
       return {
@@ -743,8 +770,9 @@ export class SqliteLedger {
 
   /**
    * Adds carried usage (per tag set) to the first unsealed hour from `fromMs` on whose record would still be
-   * within AWS's tag limits (2,500 tag sets, 5 tag keys), so a carry never produces a record AWS refuses.
-   * Returns the hour. An hour with no usage always fits, because the carried usage came from one valid record.
+   * within AWS's tag limits (2,500 tag sets, 5 tag keys), so a carry never produces a record AWS refuses, and
+   * whose total stays exact. Returns the hour. An hour with no usage always fits, because the carried usage
+   * came from one valid record.
    */
   #placeCarried(
     dimension: string,
@@ -752,13 +780,7 @@ export class SqliteLedger {
     allocations: readonly { tagsKey: string; quantity: number }[],
   ): number {
     let hourMs = targetHour(fromMs, (h) => this.#isSealed(dimension, h));
-    while (
-      !this.#fits(
-        dimension,
-        hourMs,
-        allocations.map((a) => a.tagsKey),
-      )
-    ) {
+    while (!this.#fits(dimension, hourMs, allocations)) {
       hourMs = targetHour(hourMs + HOUR_MS, (h) => this.#isSealed(dimension, h));
     }
     const atMs = bucketTime(fromMs, hourMs);
@@ -767,8 +789,18 @@ export class SqliteLedger {
     return hourMs;
   }
 
-  /** Whether adding these tag sets to (dimension, hour) keeps its record within AWS's tag limits. */
-  #fits(dimension: string, hourMs: number, tagsKeys: readonly string[]): boolean {
+  /**
+   * Whether adding these allocations to (dimension, hour) keeps its record within AWS's tag limits, and its
+   * total within {@link MAX_EXACT_TOTAL}.
+   */
+  #fits(
+    dimension: string,
+    hourMs: number,
+    allocations: readonly { tagsKey: string; quantity: number }[],
+  ): boolean {
+    const adding = allocations.reduce((sum, a) => sum + a.quantity, 0);
+    if ((this.#stmt.hourTotal.get(dimension, hourMs) as number) + adding > MAX_EXACT_TOTAL) return false;
+    const tagsKeys = allocations.map((a) => a.tagsKey);
     const sets = new Set(this.#stmt.tagsOf.all(dimension, hourMs) as string[]);
     for (const key of tagsKeys) sets.add(key);
     if (sets.size > MAX_TAG_SETS) return false;

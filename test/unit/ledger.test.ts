@@ -6,7 +6,7 @@ import { HOUR_MS } from '../../src/clock.js';
 import { LedgerCorruptError, StateLockedError, StorageUnavailableError } from '../../src/errors.js';
 import type { Rejection, UsageReport } from '../../src/intake/usage.js';
 import { CARRY_MARGIN_MS, MAX_QUANTITY, MAX_RECORD_AGE_MS, canonicalTags } from '../../src/ledger/hours.js';
-import { LEDGER_FILE, SqliteLedger, type RecordResult } from '../../src/ledger/ledger.js';
+import { LEDGER_FILE, MAX_EXACT_TOTAL, SqliteLedger, type RecordResult } from '../../src/ledger/ledger.js';
 import { ManualClock } from '../helpers/manualClock.js';
 import { TempDirs } from '../helpers/tmp.js';
 import { Tmpfs } from '../helpers/tmpfs.js';
@@ -520,6 +520,33 @@ describe('SqliteLedger', () => {
     const count = ledger.keyStats().count;
     ledger.close();
     expect(openLedger(dir, clock).keyStats().count).toBe(count);
+  });
+
+  // Decision (docs/metering.md): an hour's total stays exact. SQLite would add past 2^53 exactly, but the record
+  // is sealed in JavaScript numbers, which would round it: usage beyond is refused, never acknowledged.
+  it('keeps an hour total exact: usage that would take it past 2^53 - 1 is refused', async () => {
+    // Prepare: an hour holding 2^53 - 10 (written straight into the file: reaching it through intake takes
+    // four million reports of the largest quantity).
+    const { dir, ledger, clock } = setup(H10 + 60_000);
+    await recorded(ledger, [report('a', 1, { t: 'x' })]);
+    ledger.close();
+    const db = new Database(join(dir, LEDGER_FILE));
+    db.prepare('UPDATE buckets SET quantity = ?').run(BigInt(MAX_EXACT_TOTAL) - 10n);
+    db.close();
+    const reopened = openLedger(dir, clock);
+
+    // Act and assess: 11 more would pass 2^53 - 1; 10 fit.
+    expect(await rejectedBy(reopened, [report('a', 11, { t: 'y' })])).toMatchObject({
+      code: 'InvalidQuantity',
+    });
+    await recorded(reopened, [report('a', 10, { t: 'y' })]);
+    expect(reopened.status(clock.now()).open[0].quantity).toBe(MAX_EXACT_TOTAL);
+    const [sealed] = reopened.seal(H11, false);
+    expect(sealed.quantity).toBe(MAX_QUANTITY);
+    // The excess, exact, waits in the next hour.
+    expect(reopened.status(clock.now()).open).toEqual([
+      { dimension: 'a', hourStartMs: H11, quantity: MAX_EXACT_TOTAL - MAX_QUANTITY, tagSets: 2 },
+    ]);
   });
 
   it('rejects a batch that would exceed 2,500 tag sets and stores nothing of it', async () => {
