@@ -5,7 +5,11 @@
  * (the emulator, on the same shifted clock) throttles, fails and loses answers. At the end the emulator's
  * record of what was metered is checked against the clients' record of what was acknowledged.
  */
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import { afterAll, describe, expect, it } from 'vitest';
+import type { EmulatorCall, MeteredRecord } from '../../src/emulator/emulator.js';
+import { LEDGER_FILE } from '../../src/ledger/ledger.js';
 import { SidecarClient, type UsageInput } from '../../src/client/client.js';
 import { sidecarFixture, type Cleanups } from '../helpers/fixture.js';
 import type { SidecarProcess } from '../helpers/sidecarProcess.js';
@@ -32,7 +36,7 @@ describe('fault suite: SIGKILL campaign over simulated hours', () => {
   it(`meters exactly the acknowledged usage through ${KILLS} kills`, async () => {
     // Prepare
     let offsetMs = 0;
-    const { emulator, socketPath, spawn } = await sidecarFixture(cleanups, {
+    const { emulator, socketPath, spawn, stateDir } = await sidecarFixture(cleanups, {
       name: 'faults',
       emulator: { dimensions: DIMENSIONS },
       env: {
@@ -130,6 +134,12 @@ describe('fault suite: SIGKILL campaign over simulated hours', () => {
     // Assess
     expect(exit.code, sidecar!.stdout).toBe(0);
     const metered = Object.fromEntries(emulator.totals());
+    if (JSON.stringify(Object.entries(metered).sort()) !== JSON.stringify([...acked].sort())) {
+      // A difference is a money bug: say where it is before failing.
+      console.log(
+        `fault suite (kills): MISMATCH\n${differences(stateDir, emulator.records, emulator.calls)}`,
+      );
+    }
     expect(metered).toEqual(Object.fromEntries(acked));
     // One record per (task, dimension, hour); never a DuplicateRequestException or IdempotencyConflict.
     const keys = emulator.records.map((r) => `${r.identity}|${r.dimension}|${r.hourStartMs}`);
@@ -160,3 +170,40 @@ describe('fault suite: SIGKILL campaign over simulated hours', () => {
     );
   }, 600_000);
 });
+
+/** Where the ledger and the emulator disagree: records by state, and hours metered differently. */
+function differences(
+  stateDir: string,
+  metered: readonly MeteredRecord[],
+  calls: readonly EmulatorCall[],
+): string {
+  const db = new Database(join(stateDir, LEDGER_FILE), { readonly: true });
+  try {
+    const records = db
+      .prepare(
+        'SELECT dimension, hour_ms, quantity, timestamp_ms, status, attempts, maybe_delivered, last_error, client_token, carried_to_hour_ms FROM records ORDER BY hour_ms, dimension',
+      )
+      .all() as { dimension: string; hour_ms: number; quantity: number; client_token: string }[];
+    const byHour = new Map(metered.map((r) => [`${r.dimension}|${r.hourStartMs}`, r]));
+    const lines = records
+      .filter((r) => {
+        const m = byHour.get(`${r.dimension}|${r.hour_ms}`);
+        return m === undefined || m.quantity !== r.quantity || m.clientToken !== r.client_token;
+      })
+      .map(
+        (r) =>
+          `ledger ${JSON.stringify(r)} emulator ${JSON.stringify(byHour.get(`${r.dimension}|${r.hour_ms}`))}`,
+      );
+    const outcomes = new Map<string, number>();
+    for (const c of calls) {
+      const key = `${c.operation}:${c.error ?? c.status}`;
+      outcomes.set(key, (outcomes.get(key) ?? 0) + 1);
+    }
+    const buckets = db.prepare('SELECT * FROM buckets').all();
+    return [...lines, `buckets ${JSON.stringify(buckets)}`, `calls ${JSON.stringify([...outcomes])}`].join(
+      '\n',
+    );
+  } finally {
+    db.close();
+  }
+}
