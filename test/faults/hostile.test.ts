@@ -12,6 +12,8 @@ import { networkInterfaces, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { HOUR_MS, hourStart } from '../../src/clock.js';
+import { faketimeEnv } from '../helpers/faketime.js';
 import { SidecarClient } from '../../src/client/client.js';
 import { MeteringEmulator } from '../../src/emulator/emulator.js';
 import { SidecarProcess, startCredentialsServer } from '../helpers/sidecarProcess.js';
@@ -26,7 +28,10 @@ let adminPort: number;
 beforeAll(async () => {
   const dir = mkdtempSync(join(tmpdir(), 'metering-hostile-'));
   cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
-  emulator = new MeteringEmulator({ productCode: 'prod-hostile' });
+  // The sidecar's clock (libfaketime) starts five minutes into an hour, so that no hour closes, and no total
+  // moves into a sealed record, while a scenario compares totals before and after an attack.
+  const offsetMs = hourStart(Date.now()) + HOUR_MS + 5 * 60_000 - Date.now();
+  emulator = new MeteringEmulator({ productCode: 'prod-hostile', now: () => Date.now() + offsetMs });
   const url = await emulator.start();
   cleanups.push(() => emulator.stop());
   const creds = await startCredentialsServer('ASIATASKHOSTILE');
@@ -46,6 +51,7 @@ beforeAll(async () => {
     AWS_REGION: 'us-east-1',
     AWS_ENDPOINT_URL_MARKETPLACE_METERING: url,
     AWS_CONTAINER_CREDENTIALS_FULL_URI: creds.url,
+    ...faketimeEnv(offsetMs),
   });
   cleanups.push(() => {
     sidecar.child.kill('SIGKILL');
