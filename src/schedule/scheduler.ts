@@ -186,8 +186,12 @@ export class Scheduler {
     ledger.prune(clock.now());
     for (const record of ledger.due(clock.now())) {
       if (signal.aborted) break;
-      ledger.markInFlight(record.id);
-      const result = await this.#options.sender.send(record.request, signal);
+      // In flight (durably) only once the request is on its way: a crash while credentials are still being
+      // fetched leaves the record plainly pending, so its usage can still be carried if its window closes.
+      const result = await this.#options.sender.send(record.request, {
+        signal,
+        onRequest: () => ledger.markInFlight(record.id),
+      });
       switch (this.#settle(record, result, retryAt)) {
         case 'sent':
           sent++;

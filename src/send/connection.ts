@@ -16,6 +16,11 @@ import type { MarketplaceMeteringClient } from '@aws-sdk/client-marketplace-mete
 export interface ConnectionEvidence {
   /** True once a connection for the request was established (TCP connected; for HTTPS, TLS verified). */
   connected: boolean;
+  /**
+   * Called once, synchronously, when the request is handed to the network (after credentials and signing,
+   * before any connection is opened). Whatever it stores is durable before a byte can reach AWS.
+   */
+  readonly onRequest: (() => void) | undefined;
 }
 
 /** The evidence of the send running in this async context (set by {@link withConnectionEvidence}). */
@@ -35,8 +40,9 @@ const transportScope = new AsyncLocalStorage<ConnectionEvidence>();
  */
 export async function withConnectionEvidence<T>(
   send: () => Promise<T>,
+  onRequest?: () => void,
 ): Promise<{ ok: true; value: T; connected: boolean } | { ok: false; error: unknown; connected: boolean }> {
-  const evidence: ConnectionEvidence = { connected: false };
+  const evidence: ConnectionEvidence = { connected: false, onRequest };
   try {
     const value = await sendScope.run(evidence, send);
     return { ok: true, value, connected: evidence.connected };
@@ -47,13 +53,17 @@ export async function withConnectionEvidence<T>(
 
 /**
  * Adds the middleware that opens the transport scope around the request's HTTP exchange: the innermost step,
- * after serialising, credentials and signing, right before the request handler.
+ * after serialising, credentials and signing, right before the request handler. It calls the send's
+ * `onRequest` first, so a record is marked in flight only once its request is really on its way: a process
+ * that dies while credentials are still being fetched has sent nothing.
  */
 export function addConnectionEvidence(client: MarketplaceMeteringClient): void {
   client.middlewareStack.add(
     (next) => (args) => {
       const evidence = sendScope.getStore();
-      return evidence === undefined ? next(args) : transportScope.run(evidence, () => next(args));
+      if (evidence === undefined) return next(args);
+      evidence.onRequest?.();
+      return transportScope.run(evidence, () => next(args));
     },
     { step: 'deserialize', priority: 'low', name: 'meteringSidecarConnectionEvidence' },
   );

@@ -29,9 +29,23 @@ export type SendResult =
   /** AWS refused the record for good: keep it as failed with the error for a human. */
   | { readonly status: 'rejected'; readonly error: SendError };
 
-/** Sends one stored request. Never throws for service or network errors; resolves with a {@link SendResult}. */
+/** Options of one {@link Sender.send}. */
+export interface SendOptions {
+  readonly signal?: AbortSignal;
+  /**
+   * Called synchronously once the request is about to leave for AWS (credentials resolved, request signed),
+   * before any byte can reach AWS; not called when the send fails earlier. The scheduler marks the record in
+   * flight here. An exception it throws ends the send and is rethrown by `send`.
+   */
+  readonly onRequest?: () => void;
+}
+
+/**
+ * Sends one stored request. Never throws for service or network errors; resolves with a {@link SendResult}.
+ * Rejects only with what `onRequest` threw.
+ */
 export interface Sender {
-  send(request: MeterUsageRequest, signal?: AbortSignal): Promise<SendResult>;
+  send(request: MeterUsageRequest, options?: SendOptions): Promise<SendResult>;
 }
 
 /** Metering record id reported for a DryRun send, which AWS answers without recording anything. */
@@ -54,7 +68,8 @@ export class MeteringSender implements Sender {
     this.#onEvidenceLost = onEvidenceLost;
   }
 
-  async send(request: MeterUsageRequest, signal?: AbortSignal): Promise<SendResult> {
+  async send(request: MeterUsageRequest, options: SendOptions = {}): Promise<SendResult> {
+    const { signal, onRequest } = options;
     const command = new MeterUsageCommand({
       ProductCode: request.ProductCode,
       Timestamp: new Date(request.TimestampMs),
@@ -71,9 +86,20 @@ export class MeteringSender implements Sender {
       ClientToken: request.ClientToken,
       ...(request.DryRun ? { DryRun: true } : {}),
     });
-    const outcome = await withConnectionEvidence(() =>
-      this.#client.send(command, signal ? { abortSignal: signal } : {}),
+    let hookFailure: { error: unknown } | undefined;
+    const outcome = await withConnectionEvidence(
+      () => this.#client.send(command, signal ? { abortSignal: signal } : {}),
+      onRequest &&
+        ((): void => {
+          try {
+            onRequest();
+          } catch (error) {
+            hookFailure = { error };
+            throw error;
+          }
+        }),
     );
+    if (hookFailure !== undefined) throw hookFailure.error;
     if (outcome.ok) {
       if (!outcome.connected) this.#loseEvidence();
       return {

@@ -5,6 +5,8 @@
  * six-hour window closes it must be carried and billed, not failed and lost.
  */
 import { writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { SidecarClient } from '../../src/client/client.js';
@@ -114,4 +116,56 @@ describe('sends that never reached AWS (built CLI)', () => {
     },
     60_000,
   );
+
+  // Regression: the record was marked in flight before its credentials were fetched, so a SIGKILL during a
+  // slow credential fetch made it "maybe delivered" for good: failed, never billed, although nothing was sent.
+  it('a SIGKILL while credentials are still being fetched leaves the record billable', async () => {
+    // Prepare: usage acknowledged in one hour; a credentials endpoint that never answers.
+    let offsetMs = 0;
+    const fixture = await sidecarFixture(cleanups, {
+      name: 'delivery',
+      emulator: { dimensions: ['gb'] },
+      clockOffsetMs: () => offsetMs,
+      env: { METERING_ENTITLEMENT: 'none', METERING_DIMENSIONS: 'gb' },
+    });
+    let credentialRequests = 0;
+    const stalled = createServer(() => credentialRequests++); // accepts, never answers
+    await new Promise<void>((resolve) => stalled.listen(0, '127.0.0.1', resolve));
+    cleanups.push(
+      () =>
+        new Promise<void>((resolve) => {
+          stalled.close(() => resolve());
+          stalled.closeAllConnections();
+        }),
+    );
+    const stalledUrl = `http://127.0.0.1:${(stalled.address() as AddressInfo).port}/creds`;
+    const first = fixture.spawn();
+    await first.ready();
+    const client = new SidecarClient({ socketPath: fixture.socketPath });
+    expect((await client.report({ dimension: 'gb', quantity: 7 })).status).toBe(202);
+    client.close();
+    await first.stop('SIGKILL');
+
+    // Act 1: the next start, an hour on, seals the hour and waits for credentials; it is killed meanwhile.
+    offsetMs = HOUR_MS + 60_000;
+    const second = fixture.spawn({ AWS_CONTAINER_CREDENTIALS_FULL_URI: stalledUrl });
+    await second.ready();
+    while (credentialRequests === 0) await new Promise((resolve) => setTimeout(resolve, 10));
+    await second.stop('SIGKILL');
+    expect(fixture.emulator.calls.filter((c) => c.operation === 'MeterUsage')).toEqual([]);
+
+    // Act 2: the start after that comes once the record's window is closing.
+    offsetMs = 6 * HOUR_MS;
+    const third = fixture.spawn();
+    await third.ready();
+    const status = (await new SidecarClient({ socketPath: fixture.socketPath }).status()).body as {
+      records: Record<string, number>;
+    };
+    const stopped = await third.stop('SIGTERM');
+
+    // Assess: carried and billed, not failed as possibly delivered.
+    expect(status.records).toMatchObject({ carried: 1, failed: 0 });
+    expect(stopped.code, third.stdout).toBe(0);
+    expect(fixture.emulator.records.map((r) => [r.dimension, r.quantity])).toEqual([['gb', 7]]);
+  }, 60_000);
 });
