@@ -185,6 +185,11 @@ export function clientToken(ledgerId: string, dimension: string, hourStartMs: nu
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20, 32)}`;
 }
 
+/** The instant AWS's window closes for a record with this Timestamp (by the sidecar's clock). */
+export function windowEnd(timestampMs: number): number {
+  return timestampMs + MAX_RECORD_AGE_MS;
+}
+
 /** The instant after which a record with this Timestamp is carried instead of sent. */
 export function carryDeadline(timestampMs: number): number {
   return timestampMs + MAX_RECORD_AGE_MS - CARRY_MARGIN_MS;

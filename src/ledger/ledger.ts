@@ -338,6 +338,7 @@ export class SqliteLedger {
       pending: db.prepare("SELECT * FROM records WHERE status = 'pending' ORDER BY timestamp_ms, id"),
       nextAttempt: db.prepare("SELECT min(next_attempt_ms) FROM records WHERE status = 'pending'").pluck(),
       byId: db.prepare('SELECT * FROM records WHERE id = ?'),
+      retryNow: db.prepare("UPDATE records SET next_attempt_ms = ? WHERE id = ? AND status = 'pending'"),
       retryAllNow: db.prepare(
         "UPDATE records SET next_attempt_ms = ? WHERE status = 'pending' AND next_attempt_ms > ?",
       ),
@@ -715,6 +716,11 @@ export class SqliteLedger {
     return row && toRecord(row);
   }
 
+  /** Makes one pending record due at `nowMs`. */
+  retryNow(id: number, nowMs: number): void {
+    this.#write(() => this.#stmt.retryNow.run(nowMs, id));
+  }
+
   /** Makes every pending record due at `nowMs` (a fresh start does not wait out a previous run's backoff). */
   retryAllNow(nowMs: number): void {
     this.#write(() => this.#stmt.retryAllNow.run(nowMs, nowMs));
@@ -809,7 +815,10 @@ export class SqliteLedger {
     return keys.size <= MAX_TAG_KEYS;
   }
 
-  /** Records that must be carried at `nowMs` because their six-hour window is closing. */
+  /**
+   * Records past their carry deadline at `clockMs`: carried, or, for one that may have been delivered, resent
+   * until AWS's window closes (see the scheduler).
+   */
   expiring(clockMs: number): StoredRecord[] {
     // By the clock itself: AWS judges the window by its own clock, not by the ledger's stamping time.
     return this.pending().filter((r) => carryDeadline(r.timestampMs) <= clockMs);

@@ -6,6 +6,7 @@
  */
 import { createTask, type ScheduledTask } from 'node-cron';
 import type { CancelTimer, Clock } from '../clock.js';
+import { windowEnd } from '../ledger/hours.js';
 import type { SqliteLedger, StoredRecord } from '../ledger/ledger.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../observe/metrics.js';
@@ -172,6 +173,12 @@ export class Scheduler {
     let carried = 0;
     let failed = 0;
     for (const record of ledger.expiring(clock.now())) {
+      if (record.maybeDelivered && clock.now() < windowEnd(record.timestampMs)) {
+        // Never carried (AWS may have it), but a resend with its ClientToken is safe while AWS still takes the
+        // record: AWS answers it idempotently if it had it, and records it if not. Try again before the end.
+        if (record.nextAttemptMs >= windowEnd(record.timestampMs)) ledger.retryNow(record.id, clock.now());
+        continue;
+      }
       if (this.#expire(record, 'window closing before the record could be sent')) carried++;
       else failed++;
     }
@@ -257,8 +264,8 @@ export class Scheduler {
 
   /**
    * A record that can no longer be sent in its window is carried into the open hour, unless an earlier attempt
-   * may have reached AWS: then carrying could bill the usage twice, so it is kept as failed for a human.
-   * Returns true when carried.
+   * may have reached AWS: then carrying could bill the usage twice, so, once AWS's window has closed without
+   * any answer to its resends, it is kept as failed for a human. Returns true when carried.
    */
   #expire(record: StoredRecord, reason: string): boolean {
     const { ledger, clock, logger } = this.#options;

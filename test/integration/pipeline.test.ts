@@ -267,6 +267,38 @@ describe('metering pipeline', () => {
     expect(p.logLines().some((l) => l['code'] === 'ERR_SEND_AMBIGUOUS' && l['alert'] === true)).toBe(true);
   });
 
+  // Regression: a possibly delivered record was failed at the carry deadline, 15 minutes before AWS's window
+  // closed, without a resend; one AWS never had was then never billed.
+  it('resends a possibly delivered record with its ClientToken until the window closes, billing it once', async () => {
+    // Prepare: a 500 makes the record possibly delivered (AWS did not record it), then AWS is unreachable.
+    const p = await pipeline({ start: H10 + 60_000 });
+    await p.api.report({ dimension: 'requests', quantity: 4 });
+    p.emulator.failNext('MeterUsage', 'InternalServiceErrorException', 1);
+    p.clock.set(H11);
+    await p.scheduler.runOnce({ includeOpen: false });
+    const port = Number(new URL(p.emulator.url).port);
+    await p.emulator.stop();
+    await runUntil(p, H10 + 60_000 + 5 * HOUR_MS + 50 * 60_000);
+    expect(p.ledger.status(p.clock.now()).records).toMatchObject({ pending: 1, failed: 0, carried: 0 });
+
+    // Act: AWS is back in the last ten minutes of the window.
+    await p.emulator.start({ port });
+    await runUntil(p, H10 + 60_000 + 6 * HOUR_MS - 60_000);
+
+    // Assess: sent with the same token and body, billed once, nothing carried.
+    expect(p.ledger.status(p.clock.now()).records).toMatchObject({
+      pending: 0,
+      sent: 1,
+      failed: 0,
+      carried: 0,
+    });
+    expect(p.emulator.records.map((r) => r.quantity)).toEqual([4]);
+    const bodies = new Set(
+      p.emulator.calls.filter((c) => c.operation === 'MeterUsage').map((c) => JSON.stringify(c.input)),
+    );
+    expect(bodies.size).toBe(1);
+  });
+
   it('treats a timed-out request as maybe delivered and resends it byte-identical', async () => {
     const p = await pipeline({ start: H10 + 60_000, requestTimeoutMs: 200 });
     await p.api.report({ dimension: 'requests', quantity: 4 });
@@ -417,4 +449,12 @@ async function driveClock<T>(p: Pipeline, work: Promise<T>): Promise<T> {
     if (!done) p.clock.advance(50);
   }
   return result;
+}
+
+/** Advances the clock in `stepMs` steps to `untilMs`, running the scheduler (and its due retries) at each. */
+async function runUntil(p: Pipeline, untilMs: number, stepMs = 60_000): Promise<void> {
+  while (p.clock.now() < untilMs) {
+    p.clock.set(Math.min(untilMs, p.clock.now() + stepMs));
+    await p.scheduler.runOnce({ includeOpen: false });
+  }
 }
