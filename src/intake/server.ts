@@ -310,7 +310,10 @@ function readBody(req: IncomingMessage, limit: number): Promise<Body> {
   return new Promise((resolve) => {
     const chunks: Buffer[] = [];
     let size = 0;
+    let settled = false;
     const done = (body: Body): void => {
+      if (settled) return;
+      settled = true;
       req.off('data', onData);
       req.off('end', onEnd);
       req.off('close', onClose);
@@ -328,9 +331,11 @@ function readBody(req: IncomingMessage, limit: number): Promise<Body> {
       chunks.push(chunk);
     };
     const onEnd = (): void => done({ kind: 'text', text: Buffer.concat(chunks, size).toString('utf8') });
-    // 'close' before 'end' (or an 'error') means the body never arrived whole.
+    // 'close' before 'end' (or an 'error') means the body never arrived whole. A body parsed whole still emits
+    // 'end'; should it not, the request is given up unanswered (never acknowledged) rather than left hanging.
     const onClose = (): void => {
       if (!req.complete) done({ kind: 'aborted' });
+      else setImmediate(() => done({ kind: 'aborted' }));
     };
     req.on('data', onData);
     req.on('end', onEnd);

@@ -181,6 +181,8 @@ export class SqliteLedger {
   readonly #keysMax: number;
   /** Idempotency keys stored, counted as they are added and removed (a count(*) would cost a scan). */
   #keyCount: number;
+  /** The arrival order of the last key stored (rolled-back batches leave gaps, which do not matter). */
+  #keySeq: number;
   /** Keys forgotten in the commit under way, reported once it has committed. */
   #keysEvicted = 0;
   /** Keys older than this were pruned; it advances no faster than the monotonic clock (see prune). */
@@ -210,6 +212,10 @@ export class SqliteLedger {
     );
     this.#keysMax = options.idempotencyKeysMax ?? DEFAULT_IDEMPOTENCY_KEYS_MAX;
     this.#keyCount = this.#db.prepare('SELECT count(*) FROM idempotency_keys').pluck().get() as number;
+    this.#keySeq = this.#db
+      .prepare('SELECT coalesce(max(seq), 0) FROM idempotency_keys')
+      .pluck()
+      .get() as number;
     const stored = this.#db
       .prepare("SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'key_horizon_ms'")
       .pluck()
@@ -289,7 +295,7 @@ export class SqliteLedger {
     const db = this.#db;
     return {
       keyExists: db.prepare('SELECT 1 FROM idempotency_keys WHERE id = ?').pluck(),
-      insertKey: db.prepare('INSERT INTO idempotency_keys (id, at_ms) VALUES (?, ?)'),
+      insertKey: db.prepare('INSERT INTO idempotency_keys (id, at_ms, seq) VALUES (?, ?, ?)'),
       addToBucket: db.prepare(
         'UPDATE buckets SET quantity = quantity + ?, first_at_ms = min(first_at_ms, ?) WHERE dimension = ? AND hour_ms = ? AND tags = ?',
       ),
@@ -470,7 +476,7 @@ export class SqliteLedger {
       "INSERT INTO meta (key, value) VALUES ('high_water_ms', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
     );
     const evictKeys = db.prepare(
-      'DELETE FROM idempotency_keys WHERE id IN (SELECT id FROM idempotency_keys ORDER BY at_ms LIMIT ?)',
+      'DELETE FROM idempotency_keys WHERE id IN (SELECT id FROM idempotency_keys ORDER BY seq LIMIT ?)',
     );
     const queue = db.transaction((items: readonly Queued[]) => {
       const results = items.map((item) => {
@@ -510,7 +516,7 @@ export class SqliteLedger {
           return;
         }
         seenIds.add(report.id);
-        stmt.insertKey.run(report.id, arrivalMs);
+        stmt.insertKey.run(report.id, arrivalMs, ++this.#keySeq);
         this.#keyCount++;
       }
       let byTags = sums.get(report.dimension);
@@ -909,18 +915,20 @@ export class SqliteLedger {
     const monotonicMs = this.#options.clock.monotonicMs();
     const allowedMs = this.#keyHorizonMs + Math.max(0, monotonicMs - this.#keyHorizonAtMonotonicMs);
     const horizonMs = Math.max(this.#keyHorizonMs, Math.min(nowMs - IDEMPOTENCY_TTL_MS, allowedMs));
-    this.#write(() =>
+    const { keysPruned, unsealed } = this.#write(() =>
       this.#db.transaction(() => {
-        this.#keyCount -= this.#stmt.pruneKeys.run(horizonMs).changes;
+        const pruned = this.#stmt.pruneKeys.run(horizonMs).changes;
         this.#stmt.setKeyHorizon.run(String(horizonMs));
-        for (const row of this.#stmt.pruneSettled.all(nowMs - SETTLED_RETENTION_MS) as {
+        const settled = this.#stmt.pruneSettled.all(nowMs - SETTLED_RETENTION_MS) as {
           dimension: string;
           hour_ms: number;
-        }[]) {
-          this.#sealed.get(row.dimension)?.delete(row.hour_ms);
-        }
+        }[];
+        return { keysPruned: pruned, unsealed: settled };
       })(),
     );
+    // Memory follows the file only once the transaction has committed.
+    this.#keyCount -= keysPruned;
+    for (const row of unsealed) this.#sealed.get(row.dimension)?.delete(row.hour_ms);
     this.#keyHorizonMs = horizonMs;
     this.#keyHorizonAtMonotonicMs = monotonicMs;
   }

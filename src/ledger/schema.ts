@@ -8,7 +8,9 @@
  * - 1: meta, buckets, records, idempotency keys. Builds of version 1 differ: later ones added
  *   `records.in_flight` without changing the version, so a version-1 file may or may not have that column.
  * - 2: `records.in_flight` always present; `buckets.carried_quantity`, the part of a bucket carried in from
- *   an earlier hour, which intake may fold into the untagged allocation (docs/metering.md, "Carry").
+ *   an earlier hour, which intake may fold into the untagged allocation (docs/metering.md, "Carry");
+ *   `idempotency_keys.seq`, the order keys arrived in, so the oldest are forgotten first even when their
+ *   arrival times tie (after the clock stepped back, keys are stamped with the same high-water mark).
  */
 import { randomUUID } from 'node:crypto';
 import type Database from 'better-sqlite3';
@@ -78,6 +80,8 @@ const STEPS: readonly Step[] = [
         db.exec('ALTER TABLE records ADD COLUMN in_flight INTEGER NOT NULL DEFAULT 0');
       }
       db.exec('ALTER TABLE buckets ADD COLUMN carried_quantity INTEGER NOT NULL DEFAULT 0');
+      db.exec('ALTER TABLE idempotency_keys ADD COLUMN seq INTEGER NOT NULL DEFAULT 0');
+      db.exec('CREATE INDEX idempotency_keys_seq ON idempotency_keys (seq)');
     },
   },
 ];

@@ -549,6 +549,36 @@ describe('SqliteLedger', () => {
     ]);
   });
 
+  // Regression: keys were forgotten by arrival time alone; after the clock stepped back every new key tied with
+  // the others, and a just-acknowledged key could be the one forgotten, so its resend was counted twice.
+  it('forgets keys in the order they arrived, even when their times tie after the clock stepped back', async () => {
+    const dir = dirs.make();
+    const clock = new ManualClock(H12 + 50 * 60_000);
+    const ledger = SqliteLedger.open({
+      stateDir: dir,
+      productCode: 'prod',
+      dryRun: false,
+      clock,
+      idempotencyKeysMax: 100,
+    });
+    open.push(ledger);
+    await recorded(
+      ledger,
+      Array.from({ length: 100 }, (_, i) => report('a', 1, undefined, `z-old-${i}`)),
+    );
+    clock.jump(H12 + 5 * 60_000);
+
+    await recorded(ledger, [report('a', 1, undefined, 'a-recent')]);
+    await recorded(
+      ledger,
+      Array.from({ length: 5 }, (_, i) => report('a', 1, undefined, `b-later-${i}`)),
+    );
+
+    expect(ledger.keyStats().count).toBe(100);
+    expect(await recorded(ledger, [report('a', 1, undefined, 'a-recent')])).toMatchObject({ duplicates: 1 });
+    expect(await recorded(ledger, [report('a', 1, undefined, 'z-old-0')])).toMatchObject({ accepted: 1 });
+  });
+
   it('rejects a batch that would exceed 2,500 tag sets and stores nothing of it', async () => {
     const { clock, ledger } = setup(H10 + 60_000);
     const first = Array.from({ length: 2500 }, (_, i) => report('a', 1, { n: String(i) }));
