@@ -384,7 +384,7 @@ export class Agent {
       );
     }
     if (this.#entitlement !== 'entitled') return error('NotEntitled', this.#entitlementReason);
-    // RegisterUsage's 5 requests/s quota (aws-metering-api.md §3.5) is shared by every task of the buyer's
+    // RegisterUsage's 5 requests/s quota (docs/aws-rules.md §3.5) is shared by every task of the buyer's
     // account: one proof per PROOF_INTERVAL_MS per task keeps a looping app from starving other startups.
     const nowMs = this.#clock.monotonicMs(); // a wall clock stepping back must not block proofs
     if (this.#proving || nowMs - this.#lastProofAtMs < PROOF_INTERVAL_MS) {

@@ -44,3 +44,19 @@ export const HOUR_MS = 3_600_000;
 export function hourStart(ms: number): number {
   return Math.floor(ms / HOUR_MS) * HOUR_MS;
 }
+
+/** Resolves at `atMs` on `clock`, or as soon as `signal` aborts (at once if it already has). Never rejects. */
+export function sleepUntil(clock: Clock, atMs: number, signal?: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve) => {
+    if (signal?.aborted) return resolve();
+    const onAbort = (): void => {
+      cancel();
+      resolve();
+    };
+    const cancel = clock.setTimer(atMs, () => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    });
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}

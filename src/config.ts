@@ -59,17 +59,17 @@ export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' |
 const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 const ENTITLEMENT_MODES: readonly EntitlementMode[] = ['register-usage', 'dry-run', 'none'];
 
-/** Product code constraint. @see ../shared/reference/aws-metering-api.md §2.1 (len ≤255, `^[-a-zA-Z0-9/=:_.@]*$`). */
+/** Product code constraint. @see docs/aws-rules.md §2.1 (len ≤255, `^[-a-zA-Z0-9/=:_.@]*$`). */
 const PRODUCT_CODE_PATTERN = /^[-a-zA-Z0-9/=:_.@]{1,255}$/;
 
 /**
  * Dimension names are set at listing time; AWS allows 1..255 characters of any kind
- * (aws-metering-api.md §2.2). The sidecar refuses control characters, so a name is always printable in logs,
+ * (docs/aws-rules.md §2.2). The sidecar refuses control characters, so a name is always printable in logs,
  * and lone UTF-16 surrogates, which SQLite would store as a different string.
  */
 export const DIMENSION_PATTERN = /^[^\p{Cc}\p{Cs}]{1,255}$/u;
 
-/** At most 24 pricing dimensions per container product. @see aws-metering-api.md §3.3 */
+/** At most 24 pricing dimensions per container product. @see docs/aws-rules.md §3.3 */
 const MAX_DIMENSIONS = 24;
 
 /** AWS region names, e.g. `us-east-1`, `us-gov-west-1`, `cn-northwest-1`. */
@@ -201,11 +201,7 @@ export function loadConfig(env: Env, overrides: ConfigOverrides = {}): Config {
     );
   }
 
-  const socketRaw = get('METERING_SOCKET') ?? (local ? LOCAL_DEFAULTS.socketPath : DEFAULTS.socket);
-  const socketPath = socketRaw === 'off' ? undefined : resolve(socketRaw);
-  if (socketPath !== undefined && Buffer.byteLength(socketPath) > 107) {
-    problem('METERING_SOCKET', 'a unix socket path of at most 107 bytes, or off');
-  }
+  const socketPath = parseSocket(env, local, problem);
 
   const listen = parseListen(env, 'METERING_LISTEN', DEFAULTS.listen, true, problem);
   const adminListen = parseListen(env, 'METERING_ADMIN_LISTEN', DEFAULTS.adminListen, false, problem);
@@ -308,7 +304,45 @@ export function loadConfig(env: Env, overrides: ConfigOverrides = {}): Config {
   });
 }
 
+/** Where the CLI's client commands (`report`, `status`, `healthcheck`) find a running sidecar. */
+export interface ClientConfig {
+  /** The app API's unix socket; undefined when `off`. */
+  readonly socketPath: string | undefined;
+  /** The app API's loopback address; undefined when `off`. */
+  readonly listen: ListenAddress | undefined;
+  /** The admin listener; undefined when `off`. */
+  readonly adminListen: ListenAddress | undefined;
+}
+
+/**
+ * Reads the addresses a running sidecar listens on from the same variables, defaults and rules as
+ * {@link loadConfig}, for the CLI's client commands, which need nothing else (no product code or Region).
+ * @throws ConfigError listing every invalid variable.
+ */
+export function loadClientConfig(env: Env, overrides: ConfigOverrides = {}): ClientConfig {
+  const problems: ConfigProblem[] = [];
+  const problem = (variable: string, expected: string): void => {
+    problems.push({ variable, value: env[variable], expected });
+  };
+  const local = overrides.local === true || parseBoolean(env, 'METERING_LOCAL', false, problem);
+  const socketPath = parseSocket(env, local, problem);
+  const listen = parseListen(env, 'METERING_LISTEN', DEFAULTS.listen, true, problem);
+  const adminListen = parseListen(env, 'METERING_ADMIN_LISTEN', DEFAULTS.adminListen, false, problem);
+  if (problems.length > 0) throw new ConfigError(problems);
+  return Object.freeze({ socketPath, listen, adminListen });
+}
+
 type Report = (variable: string, expected: string) => void;
+
+/** METERING_SOCKET: a path of at most 107 bytes (the unix socket limit), resolved; undefined when `off`. */
+function parseSocket(env: Env, local: boolean, problem: Report): string | undefined {
+  const raw = env['METERING_SOCKET']?.trim() || (local ? LOCAL_DEFAULTS.socketPath : DEFAULTS.socket);
+  const socketPath = raw === 'off' ? undefined : resolve(raw);
+  if (socketPath !== undefined && Buffer.byteLength(socketPath) > 107) {
+    problem('METERING_SOCKET', 'a unix socket path of at most 107 bytes, or off');
+  }
+  return socketPath;
+}
 
 function parseBoolean(env: Env, variable: string, fallback: boolean, problem: Report): boolean {
   const raw = env[variable]?.trim().toLowerCase();

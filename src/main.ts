@@ -13,7 +13,7 @@ import { parseArgs } from 'node:util';
 import { Agent } from './agent.js';
 import { SidecarClient, type ApiAddress } from './client/client.js';
 import { systemClock } from './clock.js';
-import { loadConfig } from './config.js';
+import { loadClientConfig, loadConfig } from './config.js';
 import { MeteringEmulator } from './emulator/emulator.js';
 import {
   AgentError,
@@ -202,18 +202,16 @@ const HEALTHCHECK_TIMEOUT_MS = 2_000;
 async function healthcheck(args: readonly string[]): Promise<number> {
   parse(args, {});
   const deadline = AbortSignal.timeout(HEALTHCHECK_TIMEOUT_MS);
-  const admin = process.env['METERING_ADMIN_LISTEN']?.trim() || '0.0.0.0:9181';
+  const { adminListen } = loadClientConfig(process.env);
   try {
     let ready: boolean;
     let detail: unknown;
-    if (admin !== 'off') {
-      const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(admin);
-      if (!match) throw new UsageError(`METERING_ADMIN_LISTEN=${JSON.stringify(admin)} is not HOST:PORT`);
-      const host = match[1] ?? match[2];
+    if (adminListen !== undefined) {
+      const { host, port } = adminListen;
       // A wildcard address is reached on loopback.
       const target =
         host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '[::1]' : host.includes(':') ? `[${host}]` : host;
-      const response = await fetch(`http://${target}:${match[3]}/readyz`, { signal: deadline });
+      const response = await fetch(`http://${target}:${port}/readyz`, { signal: deadline });
       detail = await response.json();
       ready = response.status === 200;
     } else {
@@ -229,7 +227,7 @@ async function healthcheck(args: readonly string[]): Promise<number> {
     process.stdout.write(`${ready ? 'ready' : 'not ready'} ${JSON.stringify(detail)}\n`);
     return ready ? EXIT.ok : EXIT.unexpected;
   } catch (err) {
-    if (err instanceof UsageError) throw err;
+    if (err instanceof UsageError || err instanceof ConfigError) throw err;
     process.stdout.write(`not ready: ${(err as Error).message}\n`);
     return EXIT.unexpected;
   }
@@ -267,12 +265,11 @@ function formatStatusTable(body: StatusBody): string {
 
 /** The app API address from METERING_SOCKET / METERING_LISTEN, as the sidecar reads them. */
 function apiClient(options: { timeoutMs?: number } = {}): SidecarClient {
-  const socket = process.env['METERING_SOCKET']?.trim() || '/run/metering/metering.sock';
-  if (socket !== 'off') return new SidecarClient({ socketPath: socket }, options);
-  const listen = process.env['METERING_LISTEN']?.trim() || '127.0.0.1:8181';
-  const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(listen);
-  if (!match) throw new UsageError(`METERING_LISTEN=${JSON.stringify(listen)} is not HOST:PORT`);
-  const address: ApiAddress = { host: match[1] ?? match[2], port: Number(match[3]) };
+  const { socketPath, listen } = loadClientConfig(process.env);
+  if (socketPath !== undefined) return new SidecarClient({ socketPath }, options);
+  if (listen === undefined)
+    throw new UsageError('METERING_SOCKET and METERING_LISTEN are both off: no app API to talk to');
+  const address: ApiAddress = { host: listen.host, port: listen.port };
   return new SidecarClient(address, options);
 }
 

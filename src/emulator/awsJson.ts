@@ -4,26 +4,26 @@
  * answered (status code, `x-amzn-errortype`, `{"__type","message"}` body). Pure functions only, so the
  * HTTP server in `emulator.ts` stays a thin shell and these rules can be unit-tested without sockets.
  *
- * References: `aws-metering-api.md` is ../shared/reference/aws-metering-api.md from the repository root.
- * @see aws-metering-api.md §1.3 (request format), §1.4 (success), §1.5 (errors)
+ * References: `§` numbers are sections of docs/aws-rules.md, the AWS rules with their public sources.
+ * @see docs/aws-rules.md §1.3 (request format), §1.4 (success), §1.5 (errors)
  */
 
 /**
  * JSON target prefix: every operation arrives as `x-amz-target: AWSMPMeteringService.<Operation>`.
- * @see aws-metering-api.md §1.1, §1.3
+ * @see docs/aws-rules.md §1.1, §1.3
  */
 export const TARGET_PREFIX = 'AWSMPMeteringService';
 
 /**
  * SigV4 signing name of the service; the credential scope of a genuine request ends in
  * `/<region>/aws-marketplace/aws4_request` (not `marketplace-metering`).
- * @see aws-metering-api.md §1.1; tooling.md §1a
+ * @see docs/aws-rules.md §1.1, §1.3 (the authorization header the JS SDK sends)
  */
 export const SIGNING_NAME = 'aws-marketplace';
 
 /**
  * Content type of every request and response body.
- * @see aws-metering-api.md §1.3, §1.4
+ * @see docs/aws-rules.md §1.3, §1.4
  */
 export const JSON_CONTENT_TYPE = 'application/x-amz-json-1.1';
 
@@ -139,7 +139,7 @@ export type AuthenticationResult =
  * deduplicates MeterUsage per ECS task / EKS pod, i.e. per task-role session, and the emulator stands in
  * for that with the key id. A scope whose service is not `aws-marketplace` yields
  * `InvalidSignatureException` (the identity is still reported so the call can be logged).
- * @see aws-metering-api.md §3.1 (deduplication key), §1.3 (authorization header)
+ * @see docs/aws-rules.md §3.1 (deduplication key), §1.3 (authorization header)
  */
 export function authenticate(header: string | undefined): AuthenticationResult {
   const parsed = parseAuthorization(header);
@@ -172,7 +172,7 @@ export function identityForLog(header: string | undefined): string | undefined {
  * service models, and a status the SDK retries), 403 for authentication errors, 413 for
  * `RequestEntityTooLargeException`, and 400 for everything else (every modeled client error, including
  * `ThrottlingException`, which the SDK retries by name).
- * @see aws-metering-api.md §1.5 (status per error), §1.6 (retries), §2.6 (error table)
+ * @see docs/aws-rules.md §1.5 (status per error), §1.6 (retries), §2.6 (error table)
  */
 export function httpStatusFor(errorName: string): number {
   if (errorName === 'InternalServiceErrorException') return 500;
@@ -183,7 +183,7 @@ export function httpStatusFor(errorName: string): number {
 
 /**
  * Serializes an error body exactly as the SDK parses it: `{"__type":"<Name>","message":"..."}`.
- * @see aws-metering-api.md §1.5
+ * @see docs/aws-rules.md §1.5
  */
 export function errorBody(error: ServiceError): string {
   return JSON.stringify({ __type: error.name, message: error.message });
@@ -194,7 +194,7 @@ export function errorBody(error: ServiceError): string {
  * satisfy constraint: ..."), for a request member that breaks a model constraint (type, length, range,
  * pattern). `path` is the member path in AWS's lower-camel form (`productCode`, `usageAllocations.1.tags`);
  * an absent `value` is shown as `null`, as AWS does.
- * @see aws-metering-api.md §2.5, §2.6 (ValidationException is not modeled but is what AWS answers)
+ * @see docs/aws-rules.md §2.5, §2.6 (ValidationException is not modeled but is what AWS answers)
  */
 export function validationError(path: string, value: unknown, constraint: string): ServiceError {
   const shown = value === undefined ? 'null' : JSON.stringify(value);

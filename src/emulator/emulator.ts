@@ -11,8 +11,8 @@
  * Request path: read body (413 over 1 MiB) -> `x-amz-target` -> injected fault? -> authenticate ->
  * decode JSON -> operation handler (dispatch table) -> answer -> `calls` + `onCall`.
  *
- * References: `aws-metering-api.md` is ../shared/reference/aws-metering-api.md from the repository root.
- * @see aws-metering-api.md §1.3-1.6 (wire format), §2.2 (MeterUsage), §3.1-3.4 (semantics),
+ * References: `§` numbers are sections of docs/aws-rules.md, the AWS rules with their public sources.
+ * @see docs/aws-rules.md §1.3-1.6 (wire format), §2.2 (MeterUsage), §3.1-3.4 (semantics),
  *   §2.1, §3.6-3.7 (RegisterUsage and its token)
  */
 import { KeyObject, createPublicKey, generateKeyPairSync, randomUUID } from 'node:crypto';
@@ -50,7 +50,7 @@ export type { EmulatorEntitlement } from './registerUsage.js';
  * Largest request body accepted, on the AWS path and the control surface alike; larger bodies get 413.
  * Not an AWS MeterUsage limit (a MeterUsage body with 2500 maximal allocations is about 1 MB); it keeps
  * a misbehaving client from growing the emulator's memory. Compare BatchMeterUsage's "under 1 MB".
- * @see aws-metering-api.md §2.3
+ * @see docs/aws-rules.md §2.3
  */
 export const MAX_REQUEST_BODY_BYTES = 1024 * 1024;
 
@@ -72,7 +72,7 @@ const CONTROL_PREFIX = '/emulator/';
 /**
  * Size of the RSA key the emulator generates when no `signingKey` is given: 2048 bits, the smallest size
  * common JWT libraries (e.g. `jose`) accept for PS256, so a sidecar may verify with any of them.
- * @see aws-metering-api.md §3.7
+ * @see docs/aws-rules.md §3.7
  */
 const SIGNING_KEY_BITS = 2048;
 
@@ -108,7 +108,7 @@ export interface EmulatorOptions {
   /**
    * The product's current public key version (an integer 1..2^31-1, default 1). RegisterUsage with any
    * other `PublicKeyVersion` gets `InvalidPublicKeyVersionException`, and tokens carry this version.
-   * @see aws-metering-api.md §2.1, §3.7
+   * @see docs/aws-rules.md §2.1, §3.7
    */
   publicKeyVersion?: number;
   /**
@@ -116,21 +116,21 @@ export interface EmulatorOptions {
    * {@link MeteringEmulator.setEntitlement} or `POST /emulator/entitlement`. Unlike AWS, which throws the
    * entitlement errors only on the first call of a task or pod (§3.6), the emulator applies the current
    * state to every RegisterUsage call, so a test can flip it and call again with the same credentials.
-   * @see aws-metering-api.md §3.6
+   * @see docs/aws-rules.md §3.6
    */
   entitlement?: EmulatorEntitlement;
   /**
    * When set (epoch ms, finite), every successful RegisterUsage also answers
    * `PublicKeyRotationTimestamp` (epoch seconds on the wire, a `Date` in the SDK), as AWS does once the
    * key version has expired. When unset, the field is omitted, as AWS does for a current key.
-   * @see aws-metering-api.md §2.1, §1.4, §3.7
+   * @see docs/aws-rules.md §2.1, §1.4, §3.7
    */
   publicKeyRotatedAtMs?: number;
   /**
    * Private RSA key (`rsa` or `rsa-pss` `KeyObject`) that signs RegisterUsage tokens, for tests that need
    * a known key pair. When absent, the emulator generates its own {@link SIGNING_KEY_BITS}-bit RSA key on
    * first use (first successful RegisterUsage or first read of `publicKeyPem`) and keeps it for its lifetime.
-   * @see aws-metering-api.md §3.7
+   * @see docs/aws-rules.md §3.7
    */
   signingKey?: KeyObject;
 }
@@ -358,7 +358,7 @@ export class MeteringEmulator {
    * Changes what the next RegisterUsage calls get after their request passed validation, product code
    * and key version: a token (`'entitled'`) or the named error. Takes effect for the next call; kept by
    * `reset()`. Throws `TypeError` for any other state.
-   * @see aws-metering-api.md §3.6
+   * @see docs/aws-rules.md §3.6
    */
   setEntitlement(state: EmulatorEntitlement): void {
     this.#entitlement = checkEntitlement(state, 'setEntitlement(state)');
@@ -594,7 +594,7 @@ export class MeteringEmulator {
   /**
    * MeterUsage: validate (pure rules), then ClientToken and once-per-hour idempotency, then DryRun,
    * then record.
-   * @see aws-metering-api.md §2.2, §3.1-3.4
+   * @see docs/aws-rules.md §2.2, §3.1-3.4
    */
   #meterUsage(identity: string, input: Readonly<Record<string, unknown>>): OperationOutcome {
     const validation = validateMeterUsage(input, {
@@ -630,7 +630,7 @@ export class MeteringEmulator {
    * RegisterUsage: validate, product code, key version and entitlement (pure rules), then a PS256 token
    * over the request's claims (tampered if queued), plus `PublicKeyRotationTimestamp` when configured.
    * Records nothing.
-   * @see aws-metering-api.md §2.1, §2.6, §3.6, §3.7
+   * @see docs/aws-rules.md §2.1, §2.6, §3.6, §3.7
    */
   #registerUsage(input: Readonly<Record<string, unknown>>): OperationOutcome {
     const validation = validateRegisterUsage(input, {

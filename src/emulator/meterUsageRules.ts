@@ -5,21 +5,21 @@
  * `decideMeterUsage` applies the ClientToken and once-per-hour rules against prior records. The emulator's
  * HTTP server (`emulator.ts`) owns the state and calls these in that order.
  *
- * References: `aws-metering-api.md` is ../shared/reference/aws-metering-api.md from the repository root.
- * @see aws-metering-api.md §2.2 (MeterUsage), §2.5 (shapes), §3.1-3.4 (semantics)
+ * References: `§` numbers are sections of docs/aws-rules.md, the AWS rules with their public sources.
+ * @see docs/aws-rules.md §2.2 (MeterUsage), §2.5 (shapes), §3.1-3.4 (semantics)
  */
 import { readMember as member, validationError } from './awsJson.js';
 import type { ServiceError } from './awsJson.js';
 
 /**
  * Largest `UsageQuantity` / `AllocatedUsageQuantity` (2^31-1, a Java int); the smallest is 0.
- * @see aws-metering-api.md §2.2, §2.5
+ * @see docs/aws-rules.md §2.2, §2.5
  */
 export const MAX_QUANTITY = 2_147_483_647;
 
 /**
  * Oldest accepted `Timestamp`: six hours before now ("up to six hours in the past").
- * @see aws-metering-api.md §3.2, §2.7
+ * @see docs/aws-rules.md §3.2, §2.7
  */
 export const MAX_RECORD_AGE_MS = 6 * 60 * 60 * 1000;
 
@@ -27,65 +27,65 @@ export const MAX_RECORD_AGE_MS = 6 * 60 * 60 * 1000;
  * How far in the future a `Timestamp` may be. AWS documents no tolerance (§3.2 marks it unverified);
  * the emulator allows five minutes, a typical clock-skew allowance, so that a sidecar sending
  * "now" from a slightly fast clock is not rejected while a genuinely future hour is.
- * @see aws-metering-api.md §3.2
+ * @see docs/aws-rules.md §3.2
  */
 export const MAX_FUTURE_SKEW_MS = 5 * 60 * 1000;
 
 /**
  * Length of the once-per-hour bucket: `Timestamp` is rounded down to the UTC hour.
- * @see aws-metering-api.md §3.1
+ * @see docs/aws-rules.md §3.1
  */
 export const HOUR_MS = 60 * 60 * 1000;
 
 /**
  * Length limits of `UsageDimension` (1..255 characters).
- * @see aws-metering-api.md §2.2
+ * @see docs/aws-rules.md §2.2
  */
 export const MIN_DIMENSION_LENGTH = 1;
-/** @see {@link MIN_DIMENSION_LENGTH}; aws-metering-api.md §2.2 */
+/** @see {@link MIN_DIMENSION_LENGTH}; docs/aws-rules.md §2.2 */
 export const MAX_DIMENSION_LENGTH = 255;
 
 /**
  * Length limits of `ClientToken` (1..64 characters, no pattern).
- * @see aws-metering-api.md §2.2, §2.5
+ * @see docs/aws-rules.md §2.2, §2.5
  */
 export const MIN_CLIENT_TOKEN_LENGTH = 1;
-/** @see {@link MIN_CLIENT_TOKEN_LENGTH}; aws-metering-api.md §2.2, §2.5 */
+/** @see {@link MIN_CLIENT_TOKEN_LENGTH}; docs/aws-rules.md §2.2, §2.5 */
 export const MAX_CLIENT_TOKEN_LENGTH = 64;
 
 /**
  * Number of entries in `UsageAllocations` when present (1..2500).
- * @see aws-metering-api.md §2.5, §3.3
+ * @see docs/aws-rules.md §2.5, §3.3
  */
 export const MIN_ALLOCATIONS = 1;
-/** @see {@link MIN_ALLOCATIONS}; aws-metering-api.md §2.5, §3.3 */
+/** @see {@link MIN_ALLOCATIONS}; docs/aws-rules.md §2.5, §3.3 */
 export const MAX_ALLOCATIONS = 2500;
 
 /**
  * Number of tags on one allocation when `Tags` is present (`TagList`, 1..5).
- * @see aws-metering-api.md §2.5
+ * @see docs/aws-rules.md §2.5
  */
 export const MIN_TAGS_PER_ALLOCATION = 1;
-/** @see {@link MIN_TAGS_PER_ALLOCATION}; aws-metering-api.md §2.5 */
+/** @see {@link MIN_TAGS_PER_ALLOCATION}; docs/aws-rules.md §2.5 */
 export const MAX_TAGS_PER_ALLOCATION = 5;
 
 /**
  * Distinct tag keys across all allocations of one record ("Maximum tags across UsageAllocation list - 5",
  * read conservatively as distinct keys).
- * @see aws-metering-api.md §3.3
+ * @see docs/aws-rules.md §3.3
  */
 export const MAX_DISTINCT_TAG_KEYS = 5;
 
 /**
  * Tag key length (`TagKey`, 1..100 characters).
- * @see aws-metering-api.md §2.5
+ * @see docs/aws-rules.md §2.5
  */
 export const MAX_TAG_KEY_LENGTH = 100;
 
 /**
  * Tag value length (`TagValue`, 1..256 characters; the model's "can be empty" doc contradicts its own
  * minimum of 1, and the emulator enforces the minimum).
- * @see aws-metering-api.md §2.5
+ * @see docs/aws-rules.md §2.5
  */
 export const MAX_TAG_VALUE_LENGTH = 256;
 
@@ -93,7 +93,7 @@ export const MAX_TAG_VALUE_LENGTH = 256;
  * Characters allowed in tag keys and values: the documented set `a-zA-Z0-9+ -=._:/@` (the model's
  * regex accidentally allows the range space..`=`; the emulator enforces the documented set, so a sidecar
  * that passes here also passes on AWS).
- * @see aws-metering-api.md §2.5 (note on the pattern), §3.3
+ * @see docs/aws-rules.md §2.5 (note on the pattern), §3.3
  */
 export const TAG_CHARACTERS = /^[a-zA-Z0-9+ \-=._:/@]+$/;
 
@@ -373,7 +373,7 @@ function checkAllocations(
  *    `UsageQuantity` -> `InvalidUsageAllocationsException`.
  *
  * Unknown members are ignored and JSON `null` counts as absent. Pure: same input, same answer.
- * @see aws-metering-api.md §2.2, §2.5, §3.2, §3.3
+ * @see docs/aws-rules.md §2.2, §2.5, §3.2, §3.3
  */
 export function validateMeterUsage(
   input: Readonly<Record<string, unknown>>,
@@ -418,7 +418,7 @@ function describeInstant(ms: number): string {
 
 /**
  * Start of the UTC hour containing `timestampMs` (the once-per-hour bucket).
- * @see aws-metering-api.md §3.1
+ * @see docs/aws-rules.md §3.1
  */
 export function hourStartMs(timestampMs: number): number {
   return Math.floor(timestampMs / HOUR_MS) * HOUR_MS;
@@ -428,7 +428,7 @@ export function hourStartMs(timestampMs: number): number {
  * Canonical text of the parameters a `ClientToken` binds: product, exact timestamp, dimension, quantity
  * and allocations (in request order; tags order-insensitive). `DryRun` and the token itself are excluded.
  * Two requests with the same token must have equal fingerprints, else `IdempotencyConflictException`.
- * @see aws-metering-api.md §2.2 (ClientToken)
+ * @see docs/aws-rules.md §2.2 (ClientToken)
  */
 export function requestFingerprint(request: MeterUsageRequest): string {
   return JSON.stringify([
@@ -468,7 +468,7 @@ export type MeterUsageDecision =
  * - neither -> `record`.
  *
  * `replay` and `record` mean success; the caller records only on `record` and never for a DryRun.
- * @see aws-metering-api.md §3.1, §2.2 (ClientToken), §2.6 (DuplicateRequestException)
+ * @see docs/aws-rules.md §3.1, §2.2 (ClientToken), §2.6 (DuplicateRequestException)
  */
 export function decideMeterUsage(
   request: MeterUsageRequest,

@@ -5,8 +5,8 @@
  * the `Signature` token and `signJwt` signs it as PS256. No I/O, no clock (the caller passes the instant),
  * no state: the emulator (`emulator.ts`) owns the key, the entitlement state and token tampering.
  *
- * References: `aws-metering-api.md` is ../shared/reference/aws-metering-api.md from the repository root.
- * @see aws-metering-api.md §2.1 (RegisterUsage), §2.6 (errors), §3.6 (semantics), §3.7 (signature)
+ * References: `§` numbers are sections of docs/aws-rules.md, the AWS rules with their public sources.
+ * @see docs/aws-rules.md §2.1 (RegisterUsage), §2.6 (errors), §3.6 (semantics), §3.7 (signature)
  */
 import { constants, sign } from 'node:crypto';
 import type { KeyObject } from 'node:crypto';
@@ -17,44 +17,44 @@ import type { ServiceError } from './awsJson.js';
 /**
  * Length limit of `ProductCode` (0..255 characters; the older botocore model said 1..255, the current
  * model allows the empty string).
- * @see aws-metering-api.md §2.1, §2.7
+ * @see docs/aws-rules.md §2.1, §2.7
  */
 export const MAX_PRODUCT_CODE_LENGTH = 255;
 
 /**
  * Pattern of `ProductCode` (model `^[-a-zA-Z0-9/=:_.@]*$`).
- * @see aws-metering-api.md §2.1
+ * @see docs/aws-rules.md §2.1
  */
 export const PRODUCT_CODE_PATTERN = /^[-a-zA-Z0-9/=:_.@]*$/;
 
 /**
  * Smallest `PublicKeyVersion` (`VersionInteger`, range min 1).
- * @see aws-metering-api.md §2.1
+ * @see docs/aws-rules.md §2.1
  */
 export const MIN_PUBLIC_KEY_VERSION = 1;
 
 /**
  * Largest `PublicKeyVersion`: the model sets no maximum, but a Smithy `integer` is a signed 32-bit value
  * (2^31-1), so a larger number cannot be a version AWS issued.
- * @see aws-metering-api.md §2.1
+ * @see docs/aws-rules.md §2.1
  */
 export const MAX_PUBLIC_KEY_VERSION = 2_147_483_647;
 
 /**
  * Length limit of `Nonce` (0..255 characters, any characters).
- * @see aws-metering-api.md §2.1
+ * @see docs/aws-rules.md §2.1
  */
 export const MAX_NONCE_LENGTH = 255;
 
 /**
  * RSASSA-PSS salt length of PS256: the digest length, 32 bytes for SHA-256 (RFC 7518 §3.5).
- * @see aws-metering-api.md §3.7
+ * @see docs/aws-rules.md §3.7
  */
 export const PS256_SALT_LENGTH = 32;
 
 /**
  * JOSE header of every RegisterUsage token.
- * @see aws-metering-api.md §3.7
+ * @see docs/aws-rules.md §3.7
  */
 export const JWT_HEADER: Readonly<{ alg: 'PS256'; typ: 'JWT' }> = Object.freeze({ alg: 'PS256', typ: 'JWT' });
 
@@ -63,7 +63,7 @@ export const JWT_HEADER: Readonly<{ alg: 'PS256'; typ: 'JWT' }> = Object.freeze(
  * token), or the error AWS throws on the initial call of a task or pod when the buyer is not subscribed
  * (`CustomerNotEntitledException`) or the container runs outside ECS, EKS and Fargate
  * (`PlatformNotSupportedException`, also what a local run gets from real AWS).
- * @see aws-metering-api.md §3.6, §3.8, §2.6
+ * @see docs/aws-rules.md §3.6, §3.8, §2.6
  */
 export type EmulatorEntitlement =
   'entitled' | 'CustomerNotEntitledException' | 'PlatformNotSupportedException';
@@ -82,7 +82,7 @@ export function isEmulatorEntitlement(value: unknown): value is EmulatorEntitlem
 
 /**
  * Messages of the entitlement errors: the model's documentation of each error.
- * @see aws-metering-api.md §2.6
+ * @see docs/aws-rules.md §2.6
  */
 const ENTITLEMENT_MESSAGES: Readonly<Record<Exclude<EmulatorEntitlement, 'entitled'>, string>> = {
   CustomerNotEntitledException:
@@ -129,7 +129,7 @@ export type RegisterUsageValidation =
  *
  * `valid` means the caller answers 200 with a token for `request`. Lengths count Unicode code points, as
  * Smithy's length trait does. Unknown members are ignored and JSON `null` counts as absent. Pure.
- * @see aws-metering-api.md §2.1 (members and constraints), §2.6 (errors), §3.6 (entitlement), §3.7 (key version)
+ * @see docs/aws-rules.md §2.1 (members and constraints), §2.6 (errors), §3.6 (entitlement), §3.7 (key version)
  */
 export function validateRegisterUsage(
   input: Readonly<Record<string, unknown>>,
@@ -224,7 +224,7 @@ export type RegisterUsageClaims = Readonly<Record<string, unknown>>;
  * epoch seconds). AWS says the signature covers ProductCode, PublicKeyVersion and Nonce; the `iat` claim is
  * from the Seller Guide sample. AWS samples disagree on key casing; this follows the Seller Guide
  * (upper-camel, lower-case `iat`).
- * @see aws-metering-api.md §3.7
+ * @see docs/aws-rules.md §3.7
  */
 export function registerUsageClaims(request: RegisterUsageRequest, issuedAtMs: number): RegisterUsageClaims {
   return {
@@ -245,7 +245,7 @@ export function registerUsageClaims(request: RegisterUsageRequest, issuedAtMs: n
  * ignores the PSS options for other key types and would sign something that is not PS256. Throws when the
  * key cannot sign (a public key, or an `rsa-pss` key restricted to other parameters), or when a claim
  * cannot be serialized as JSON (e.g. a `bigint`).
- * @see aws-metering-api.md §3.7
+ * @see docs/aws-rules.md §3.7
  */
 export function signJwt(claims: RegisterUsageClaims, privateKey: KeyObject): string {
   const signingInput = `${base64UrlJson(JWT_HEADER)}.${base64UrlJson(claims)}`;

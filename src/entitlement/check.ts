@@ -1,6 +1,6 @@
 /**
  * Entitlement at startup. A paid container product must not run for a buyer who is not subscribed
- * (aws-metering-api.md §3.10: terminate on any startup error other than throttling). Three modes:
+ * (docs/aws-rules.md §3.10: terminate on any startup error other than throttling). Three modes:
  * `register-usage` calls RegisterUsage with a fresh random nonce and verifies the signed token;
  * `dry-run` calls MeterUsage with DryRun=true for every configured dimension; `none` does nothing.
  * Checks return an {@link EntitlementResult} value; {@link awaitEntitlement} retries the transient ones.
@@ -11,7 +11,7 @@ import {
   RegisterUsageCommand,
   type MarketplaceMeteringClient,
 } from '@aws-sdk/client-marketplace-metering';
-import type { Clock } from '../clock.js';
+import { sleepUntil, type Clock } from '../clock.js';
 import { AwsUnavailableError, NotEntitledError } from '../errors.js';
 import { errorMessage, errorName, httpStatusOf } from '../send/awsErrors.js';
 import {
@@ -140,7 +140,7 @@ function verifyClaimsOnly(token: string, expected: ExpectedClaims): TokenVerific
 /**
  * MeterUsage with DryRun=true for every dimension (custom-metering products). Success, a `DryRunOperation`
  * error, or a `DuplicateRequestException` (the hour already has a record: the request was authorised) all
- * count as entitled. @see aws-metering-api.md §3.4
+ * count as entitled. @see docs/aws-rules.md §3.4
  */
 export class DryRunCheck implements EntitlementCheck {
   readonly #client: MarketplaceMeteringClient;
@@ -184,7 +184,7 @@ export class DryRunCheck implements EntitlementCheck {
 
 /**
  * Maps a startup AWS error: throttling, internal errors, 5xx and network failures are `unavailable` (retry);
- * everything else is `notEntitled` (terminate). @see aws-metering-api.md §3.10
+ * everything else is `notEntitled` (terminate). @see docs/aws-rules.md §3.10
  */
 export function classifyStartupError(
   err: unknown,
@@ -255,16 +255,6 @@ export async function awaitEntitlement(
       );
     }
     options.onRetry?.(result, attempt, nextAtMs);
-    await new Promise<void>((resolve) => {
-      const cancel = clock.setTimer(nextAtMs, resolve);
-      signal?.addEventListener(
-        'abort',
-        () => {
-          cancel();
-          resolve();
-        },
-        { once: true },
-      );
-    });
+    await sleepUntil(clock, nextAtMs, signal);
   }
 }

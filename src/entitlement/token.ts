@@ -3,9 +3,10 @@
  * SHA-256, MGF1-SHA-256 and a 32-byte salt) over ProductCode, PublicKeyVersion and Nonce. Verified with
  * `node:crypto`, because AWS product keys may be shorter than some JWT libraries accept.
  * {@link verifyEntitlementToken} is exported for apps that check the sidecar's proof themselves.
- * @see ../shared/reference/aws-metering-api.md §3.7
+ * @see docs/aws-rules.md §3.7
  */
 import { constants, createPublicKey, verify, type KeyObject } from 'node:crypto';
+import { isObject } from '../json.js';
 
 /** What the token must prove: the values sent in the RegisterUsage request. */
 export interface ExpectedClaims {
@@ -117,8 +118,4 @@ export function checkClaims(claims: TokenClaims, expected: ExpectedClaims): Toke
 
 function refuse(problem: TokenProblem, message: string): TokenVerification {
   return { valid: false, problem, message };
-}
-
-function isObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
 }

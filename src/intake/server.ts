@@ -2,7 +2,7 @@
  * The app API over HTTP, on a unix socket and on loopback TCP (never on another address). Requests are parsed
  * by the pure functions of `usage.ts`, handed to the ledger, and answered `202` only after the ledger has
  * committed them. A rejected request changes nothing. Bodies over 1 MiB are cut off as they stream in.
- * @see ../shared/DESIGN.md "App API"
+ * @see docs/api.md
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { connect } from 'node:net';
@@ -13,7 +13,7 @@ import { ListenError, StorageUnavailableError } from '../errors.js';
 import type { SqliteLedger } from '../ledger/ledger.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../observe/metrics.js';
-import { parseJson } from './json.js';
+import { isObject, parseJson } from '../json.js';
 import { ERROR_STATUS, MAX_BODY_BYTES, parseUsage, rejection, type Rejection } from './usage.js';
 
 /**
@@ -57,7 +57,7 @@ export interface IntakeOptions {
   readonly metrics?: Metrics;
 }
 
-/** Longest nonce an app may send (RegisterUsage Nonce, aws-metering-api.md §2.1: len 0..255). */
+/** Longest nonce an app may send (RegisterUsage Nonce, docs/aws-rules.md §2.1: len 0..255). */
 export const MAX_NONCE_LENGTH = 255;
 
 /** The app API server. `start()` opens every configured listener; `stop()` drains them. */
@@ -354,10 +354,6 @@ export function isLoopbackHost(host: string | undefined): boolean {
   const match = /^(?:\[([^\]]+)\]|([^:[\]]+))(?::\d{1,5})?$/.exec(host.trim());
   const name = match?.[1] ?? match?.[2];
   return name !== undefined && isLoopback(name.toLowerCase());
-}
-
-function isObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
 function discardAndFail(req: IncomingMessage, res: ServerResponse, problem: Rejection): void {

@@ -1,7 +1,7 @@
 /**
  * The app API's request model: parsing and validating `POST /v1/usage` bodies with pure functions, and the
  * error replies every layer of intake shares. A body is accepted whole or rejected whole with the first problem.
- * @see ../shared/DESIGN.md "App API"
+ * @see docs/api.md
  */
 import { DIMENSION_PATTERN } from '../config.js';
 import {
@@ -13,7 +13,7 @@ import {
   canonicalTags,
   type Tags,
 } from '../ledger/hours.js';
-import { parseJson } from './json.js';
+import { isObject, parseJson } from '../json.js';
 
 /** Most records one request may carry. */
 export const MAX_BATCH_RECORDS = 10_000;
@@ -216,8 +216,4 @@ function tagsProblem(tags: unknown): string | undefined {
     }
   }
   return undefined;
-}
-
-function isObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
 }

@@ -3,20 +3,20 @@
  * dimension, UTC hour); these functions decide which hour an arrival is counted in, when an hour may be sealed,
  * what the sealed record says (timestamp, allocations, ClientToken), what is capped, and when an unsent record
  * must be carried. The SQLite ledger applies them; tests exercise them with explicit instants.
- * @see ../shared/DESIGN.md "The hour rules" and ../shared/reference/aws-metering-api.md §3.1–3.3
+ * @see docs/metering.md "Hour rules" and docs/aws-rules.md §3.1–3.3
  */
 import { createHash } from 'node:crypto';
 import { HOUR_MS, hourStart } from '../clock.js';
 
 /**
  * Largest UsageQuantity / AllocatedUsageQuantity AWS accepts (2^31-1).
- * @see aws-metering-api.md §2.2, §2.5
+ * @see docs/aws-rules.md §2.2, §2.5
  */
 export const MAX_QUANTITY = 2_147_483_647;
 
 /**
  * AWS accepts MeterUsage records up to six hours after their Timestamp.
- * @see aws-metering-api.md §3.2
+ * @see docs/aws-rules.md §3.2
  */
 export const MAX_RECORD_AGE_MS = 6 * HOUR_MS;
 
@@ -43,20 +43,20 @@ export function maxTickGapMs(jitterMs: number): number {
   return MAX_RECORD_AGE_MS - CARRY_MARGIN_MS - HOUR_MS - RETRY_ROOM_MS - jitterMs;
 }
 
-/** At most 2,500 UsageAllocations (tag sets) per record. @see aws-metering-api.md §2.5, §3.3 */
+/** At most 2,500 UsageAllocations (tag sets) per record. @see docs/aws-rules.md §2.5, §3.3 */
 export const MAX_TAG_SETS = 2500;
 
-/** At most 5 tags per allocation, read conservatively as 5 distinct keys per record. @see aws-metering-api.md §3.3 */
+/** At most 5 tags per allocation, read conservatively as 5 distinct keys per record. @see docs/aws-rules.md §3.3 */
 export const MAX_TAG_KEYS = 5;
 
-/** Tag key length limit. @see aws-metering-api.md §2.5 (TagKey len 1..100) */
+/** Tag key length limit. @see docs/aws-rules.md §2.5 (TagKey len 1..100) */
 export const MAX_TAG_KEY_LENGTH = 100;
 
-/** Tag value length limit. @see aws-metering-api.md §2.5 (TagValue len 1..256) */
+/** Tag value length limit. @see docs/aws-rules.md §2.5 (TagValue len 1..256) */
 export const MAX_TAG_VALUE_LENGTH = 256;
 
 /**
- * The Seller Guide's documented tag characters `a-zA-Z0-9+ -=._:/@` (aws-metering-api.md §3.3). The model's
+ * The Seller Guide's documented tag characters `a-zA-Z0-9+ -=._:/@` (docs/aws-rules.md §3.3). The model's
  * regex reads ` -=` as a range that admits more; the sidecar keeps to the documented set.
  */
 export const TAG_PATTERN = /^[a-zA-Z0-9+ \-=._:/@]+$/;
@@ -178,7 +178,7 @@ export function seal(buckets: readonly Bucket[]): Seal | undefined {
  * The ClientToken of the record for (dimension, hour) in the ledger `ledgerId`: a UUID-shaped SHA-256 digest.
  * Deterministic, so a resend after a crash carries the same token; unique to the ledger, whose id is random, so
  * two tasks of one buyer never present the same token (AWS could take the second for a retry of the first).
- * @see aws-metering-api.md §2.2 (ClientToken len 1..64)
+ * @see docs/aws-rules.md §2.2 (ClientToken len 1..64)
  */
 export function clientToken(ledgerId: string, dimension: string, hourStartMs: number): string {
   const hex = createHash('sha256').update(`${ledgerId}\n${dimension}\n${hourStartMs}`).digest('hex');

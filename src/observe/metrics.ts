@@ -9,7 +9,7 @@ import { statSync } from 'node:fs';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { CallObserver } from '../send/client.js';
 
-/** Distinct dimension label values kept: AWS allows 24 dimensions per product (aws-metering-api.md §3.3). */
+/** Distinct dimension label values kept: AWS allows 24 dimensions per product (docs/aws-rules.md §3.3). */
 const MAX_DIMENSION_LABELS = 24;
 
 /** What the scrape-time gauges read. */

@@ -5,7 +5,7 @@
  * everything including the open hour and sends until a deadline.
  */
 import { createTask, type ScheduledTask } from 'node-cron';
-import type { CancelTimer, Clock } from '../clock.js';
+import { sleepUntil, type CancelTimer, type Clock } from '../clock.js';
 import { windowEnd } from '../ledger/hours.js';
 import type { SqliteLedger, StoredRecord } from '../ledger/ledger.js';
 import type { Logger } from '../log.js';
@@ -362,7 +362,7 @@ export class Scheduler {
           total.retrying = ledger.pending().length;
           return total;
         }
-        await abortableSleep(clock, nextMs, controller.signal);
+        await sleepUntil(clock, nextMs, controller.signal);
       }
     } finally {
       cancelDeadline();
@@ -379,22 +379,6 @@ export class Scheduler {
       this.#task = undefined;
     }
   }
-}
-
-/** Resolves at `atMs` on `clock`, or as soon as `signal` aborts. */
-function abortableSleep(clock: Clock, atMs: number, signal: AbortSignal): Promise<void> {
-  return new Promise<void>((resolve) => {
-    if (signal.aborted) return resolve();
-    const cancel = clock.setTimer(atMs, () => {
-      signal.removeEventListener('abort', onAbort);
-      resolve();
-    });
-    const onAbort = (): void => {
-      cancel();
-      resolve();
-    };
-    signal.addEventListener('abort', onAbort, { once: true });
-  });
 }
 
 function formatError(error: SendError): string {

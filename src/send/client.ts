@@ -1,7 +1,7 @@
 /**
  * The one place the AWS Marketplace Metering client is built: region from AWS_REGION, the default credential
  * chain (ECS task role, IRSA), and AWS_ENDPOINT_URL_MARKETPLACE_METERING passed as `endpoint` (older SDK
- * endpoint resolvers mis-spell the variable, so the sidecar reads it itself; aws-metering-api.md §1.7).
+ * endpoint resolvers mis-spell the variable, so the sidecar reads it itself; docs/aws-rules.md §1.7).
  */
 import { MarketplaceMeteringClient } from '@aws-sdk/client-marketplace-metering';
 import { defaultProvider } from '@aws-sdk/credential-provider-node';
@@ -16,7 +16,7 @@ export const CONNECTION_TIMEOUT_MS = 3_000;
 
 /**
  * Attempts the SDK makes inside one send, with its own backoff for throttling and 5xx
- * (aws-metering-api.md §1.6). The scheduler retries beyond that with its own backoff.
+ * (docs/aws-rules.md §1.6). The scheduler retries beyond that with its own backoff.
  */
 export const SDK_MAX_ATTEMPTS = 3;
 

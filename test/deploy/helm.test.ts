@@ -2,7 +2,7 @@
  * The Helm chart (helm/metering-sidecar) rendered by the real, pinned helm binary (scripts/helm.mjs) for the
  * lowest Kubernetes version it supports, with several value sets. Every rendered object is validated against the
  * Kubernetes schemas (kubernetes-models) or, for prometheus-operator kinds, by hand; then the deployment shape of
- * DESIGN.md is asserted: a native sidecar gated by a startup probe on /readyz, the app wired to the socket, a grace
+ * docs/design.md is asserted: a native sidecar gated by a startup probe on /readyz, the app wired to the socket, a grace
  * period longer than the sidecar's shutdown, IRSA, restricted security, emptyDir volumes, and only environment
  * variables the sidecar reads.
  */

@@ -1,7 +1,7 @@
 /**
  * Offline validator for ECS task definitions in `aws ecs register-task-definition --cli-input-json` form, built
  * on the API model that ships in `@aws-sdk/client-ecs` (`RegisterTaskDefinitionRequest$`, walked with
- * `NormalizedSchema`; see ../shared/reference/tooling.md §4). It reports unknown fields (`essentail`), missing
+ * `NormalizedSchema` from `@smithy/core`). It reports unknown fields (`essentail`), missing
  * required members, wrong primitive types and enum values outside the model's enums. It does not know the
  * documented numeric ranges (the model in the SDK carries none): tests assert those on the files themselves.
  *

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { generateKeyPairSync } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { isLoopback, loadConfig } from '../../src/config.js';
+import { isLoopback, loadClientConfig, loadConfig } from '../../src/config.js';
 import { ConfigError } from '../../src/errors.js';
 
 const REQUIRED = {
@@ -317,5 +317,25 @@ describe('ENVIRONMENT_VARIABLES', () => {
     read.delete('AWS_ACCESS_KEY_ID'); // only checked for the static-credentials warning; the SDK reads it
     const { ENVIRONMENT_VARIABLES } = await import('../../src/config.js');
     expect([...ENVIRONMENT_VARIABLES].sort()).toEqual([...read].sort());
+  });
+});
+
+describe('loadClientConfig', () => {
+  it('finds the sidecar where loadConfig puts it, with the same defaults', () => {
+    expect(loadClientConfig({})).toEqual({
+      socketPath: '/run/metering/metering.sock',
+      listen: { host: '127.0.0.1', port: 8181 },
+      adminListen: { host: '0.0.0.0', port: 9181 },
+    });
+    const local = loadClientConfig({ METERING_LOCAL: 'true', METERING_ADMIN_LISTEN: 'off' });
+    expect(local.socketPath).toBe(loadConfig({ METERING_LOCAL: 'true' }).socketPath);
+    expect(local.adminListen).toBeUndefined();
+  });
+
+  it('refuses what loadConfig refuses, naming the variable', () => {
+    expect(() => loadClientConfig({ METERING_LISTEN: '10.0.0.1:8181' })).toThrow(
+      /METERING_LISTEN="10.0.0.1:8181": expected a loopback address/,
+    );
+    expect(() => loadClientConfig({ METERING_ADMIN_LISTEN: 'nine' })).toThrow(ConfigError);
   });
 });

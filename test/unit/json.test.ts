@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { parseJson } from '../../src/intake/json.js';
+import { parseJson } from '../../src/json.js';
 
 describe('parseJson', () => {
   // Regression: {"quantity":1,"quantity":2} was acknowledged; which quantity was billed was up to the parser.

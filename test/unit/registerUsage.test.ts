@@ -17,7 +17,7 @@ import {
 } from '../../src/emulator/registerUsage.js';
 import type { RegisterUsageLimits, RegisterUsageRequest } from '../../src/emulator/registerUsage.js';
 
-/** The API Reference sample request (aws-metering-api.md §2.1). */
+/** The API Reference sample request (docs/aws-rules.md §2.1). */
 const PRODUCT_CODE = 'cqcvf9f0ugw8rkbgmf1c9dxyz';
 const NONCE = '2ead20e4-3e6d-42cd-8f56-24f02d1cc4e1';
 const LIMITS: RegisterUsageLimits = {

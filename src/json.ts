@@ -1,5 +1,5 @@
 /**
- * JSON as the app API reads it: the standard parser, plus a refusal of duplicate member names. JSON.parse keeps
+ * JSON helpers shared by the sidecar's modules. {@link parseJson} reads JSON as the app API does: the standard parser, plus a refusal of duplicate member names. JSON.parse keeps
  * the last of `{"quantity":1,"quantity":2}` without a word, and a body whose meaning depends on which copy a
  * parser keeps must not be billed. The check is cheap on the normal path: in valid JSON every member has exactly
  * one `:` outside strings, so the colons outside strings are counted (skipping strings with `indexOf`, not
@@ -107,4 +107,9 @@ function firstDuplicate(text: string): string {
     }
   }
   return '';
+}
+
+/** A plain JSON object (not null, not an array). */
+export function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
