@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { resolve } from 'node:path';
 import { validate as validateCron } from 'node-cron';
+import { DIMENSION_PATTERN, MAX_DIMENSIONS, PRODUCT_CODE_PATTERN } from './awsLimits.js';
 import { ConfigError, type ConfigProblem } from './errors.js';
 import { maxTickGapMs } from './ledger/hours.js';
 import { DEFAULT_IDEMPOTENCY_KEYS_MAX } from './ledger/keys.js';
@@ -58,19 +59,6 @@ export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' |
 
 const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 const ENTITLEMENT_MODES: readonly EntitlementMode[] = ['register-usage', 'dry-run', 'none'];
-
-/** Product code constraint. @see docs/aws-rules.md §2.1 (len ≤255, `^[-a-zA-Z0-9/=:_.@]*$`). */
-const PRODUCT_CODE_PATTERN = /^[-a-zA-Z0-9/=:_.@]{1,255}$/;
-
-/**
- * Dimension names are set at listing time; AWS allows 1..255 characters of any kind
- * (docs/aws-rules.md §2.2). The sidecar refuses control characters, so a name is always printable in logs,
- * and lone UTF-16 surrogates, which SQLite would store as a different string.
- */
-export const DIMENSION_PATTERN = /^[^\p{Cc}\p{Cs}]{1,255}$/u;
-
-/** At most 24 pricing dimensions per container product. @see docs/aws-rules.md §3.3 */
-const MAX_DIMENSIONS = 24;
 
 /** AWS region names, e.g. `us-east-1`, `us-gov-west-1`, `cn-northwest-1`. */
 const REGION_PATTERN = /^[a-z]{2}(-[a-z]+)+-\d+$/;

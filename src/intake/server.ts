@@ -8,6 +8,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { connect } from 'node:net';
 import { chmodSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { MAX_NONCE_LENGTH } from '../awsLimits.js';
 import { isLoopback, type ListenAddress } from '../config.js';
 import { ListenError, StorageUnavailableError } from '../errors.js';
 import type { SqliteLedger } from '../ledger/ledger.js';
@@ -56,9 +57,6 @@ export interface IntakeOptions {
   readonly proveEntitlement: (nonce: string) => Promise<{ status: number; body: unknown }>;
   readonly metrics?: Metrics;
 }
-
-/** Longest nonce an app may send (RegisterUsage Nonce, docs/aws-rules.md §2.1: len 0..255). */
-export const MAX_NONCE_LENGTH = 255;
 
 /** The app API server. `start()` opens every configured listener; `stop()` drains them. */
 export class IntakeServer {

@@ -3,16 +3,15 @@
  * error replies every layer of intake shares. A body is accepted whole or rejected whole with the first problem.
  * @see docs/api.md
  */
-import { DIMENSION_PATTERN } from '../config.js';
 import {
+  DIMENSION_PATTERN,
   MAX_QUANTITY,
   MAX_TAG_KEYS,
   MAX_TAG_KEY_LENGTH,
   MAX_TAG_VALUE_LENGTH,
   TAG_PATTERN,
-  canonicalTags,
-  type Tags,
-} from '../ledger/hours.js';
+} from '../awsLimits.js';
+import { canonicalTags, type Tags } from '../ledger/hours.js';
 import { isObject, parseJson } from '../json.js';
 
 /** Most records one request may carry. */

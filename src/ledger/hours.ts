@@ -6,19 +6,8 @@
  * @see docs/metering.md "Hour rules" and docs/aws-rules.md §3.1–3.3
  */
 import { createHash } from 'node:crypto';
+import { MAX_QUANTITY, MAX_RECORD_AGE_MS } from '../awsLimits.js';
 import { HOUR_MS, hourStart } from '../clock.js';
-
-/**
- * Largest UsageQuantity / AllocatedUsageQuantity AWS accepts (2^31-1).
- * @see docs/aws-rules.md §2.2, §2.5
- */
-export const MAX_QUANTITY = 2_147_483_647;
-
-/**
- * AWS accepts MeterUsage records up to six hours after their Timestamp.
- * @see docs/aws-rules.md §3.2
- */
-export const MAX_RECORD_AGE_MS = 6 * HOUR_MS;
 
 /**
  * A record still unsent this close to the end of its six-hour window is carried instead of sent: the margin
@@ -42,24 +31,6 @@ export const RETRY_ROOM_MS = HOUR_MS;
 export function maxTickGapMs(jitterMs: number): number {
   return MAX_RECORD_AGE_MS - CARRY_MARGIN_MS - HOUR_MS - RETRY_ROOM_MS - jitterMs;
 }
-
-/** At most 2,500 UsageAllocations (tag sets) per record. @see docs/aws-rules.md §2.5, §3.3 */
-export const MAX_TAG_SETS = 2500;
-
-/** At most 5 tags per allocation, read conservatively as 5 distinct keys per record. @see docs/aws-rules.md §3.3 */
-export const MAX_TAG_KEYS = 5;
-
-/** Tag key length limit. @see docs/aws-rules.md §2.5 (TagKey len 1..100) */
-export const MAX_TAG_KEY_LENGTH = 100;
-
-/** Tag value length limit. @see docs/aws-rules.md §2.5 (TagValue len 1..256) */
-export const MAX_TAG_VALUE_LENGTH = 256;
-
-/**
- * The Seller Guide's documented tag characters `a-zA-Z0-9+ -=._:/@` (docs/aws-rules.md §3.3). The model's
- * regex reads ` -=` as a range that admits more; the sidecar keeps to the documented set.
- */
-export const TAG_PATTERN = /^[a-zA-Z0-9+ \-=._:/@]+$/;
 
 /** Tags of one usage report; a key/value map. */
 export type Tags = Readonly<Record<string, string>>;

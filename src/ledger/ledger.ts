@@ -16,9 +16,8 @@ import type { Clock } from '../clock.js';
 import { HOUR_MS } from '../clock.js';
 import { LedgerCorruptError, StorageUnavailableError } from '../errors.js';
 import { rejection, type Rejection, type UsageReport } from '../intake/usage.js';
+import { MAX_TAG_KEYS, MAX_TAG_SETS } from '../awsLimits.js';
 import {
-  MAX_TAG_KEYS,
-  MAX_TAG_SETS,
   bucketTime,
   canonicalTags,
   carryDeadline,

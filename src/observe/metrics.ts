@@ -7,10 +7,8 @@
  */
 import { statSync } from 'node:fs';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { MAX_DIMENSIONS } from '../awsLimits.js';
 import type { CallObserver } from '../send/client.js';
-
-/** Distinct dimension label values kept: AWS allows 24 dimensions per product (docs/aws-rules.md §3.3). */
-const MAX_DIMENSION_LABELS = 24;
 
 /** What the scrape-time gauges read. */
 export interface MetricsSources {
@@ -204,7 +202,7 @@ export class Metrics implements CallObserver {
   /** The label for a dimension: itself for the first 24 seen, `other` after that. */
   dimension(name: string): string {
     if (this.#dimensions.has(name)) return name;
-    if (this.#dimensions.size >= MAX_DIMENSION_LABELS) return 'other';
+    if (this.#dimensions.size >= MAX_DIMENSIONS) return 'other';
     this.#dimensions.add(name);
     return name;
   }

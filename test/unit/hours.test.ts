@@ -1,9 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { HOUR_MS, hourStart } from '../../src/clock.js';
+import { MAX_QUANTITY, MAX_RECORD_AGE_MS } from '../../src/awsLimits.js';
 import {
   CARRY_MARGIN_MS,
-  MAX_QUANTITY,
-  MAX_RECORD_AGE_MS,
   bucketTime,
   canonicalTags,
   carryDeadline,
