@@ -13,7 +13,7 @@ import {
 } from '@aws-sdk/client-marketplace-metering';
 import { sleepUntil, type Clock } from '../clock.js';
 import { AwsUnavailableError, NotEntitledError } from '../errors.js';
-import { errorMessage, errorName, httpStatusOf } from '../send/awsErrors.js';
+import { classifyStartupError, isDryRunPass, type StartupFailure } from '../send/awsErrors.js';
 import {
   decodeEntitlementToken,
   checkClaims,
@@ -38,10 +38,8 @@ export interface EntitlementProof {
 /** The outcome of one entitlement check. */
 export type EntitlementResult =
   | { readonly kind: 'entitled'; readonly proof: EntitlementProof | undefined }
-  /** Terminate: the buyer is not entitled, or the answer cannot be trusted. */
-  | { readonly kind: 'notEntitled'; readonly code: string; readonly message: string }
-  /** Retry with backoff: throttling, 5xx or network. */
-  | { readonly kind: 'unavailable'; readonly code: string; readonly message: string };
+  /** Terminate (`notEntitled`: not entitled, or the answer cannot be trusted) or retry (`unavailable`). */
+  | StartupFailure;
 
 /** One entitlement check; never throws for AWS or network errors. */
 export interface EntitlementCheck {
@@ -172,34 +170,13 @@ export class DryRunCheck implements EntitlementCheck {
           signal ? { abortSignal: signal } : {},
         );
       } catch (err) {
-        const name = errorName(err);
-        if (name === 'DryRunOperation' || name === 'DuplicateRequestException') continue;
+        if (isDryRunPass(err)) continue;
         const result = classifyStartupError(err);
         return { ...result, message: `dimension ${JSON.stringify(dimension)}: ${result.message}` };
       }
     }
     return { kind: 'entitled', proof: undefined };
   }
-}
-
-/**
- * Maps a startup AWS error: throttling, internal errors, 5xx and network failures are `unavailable` (retry);
- * everything else is `notEntitled` (terminate). @see docs/aws-rules.md §3.10
- */
-export function classifyStartupError(
-  err: unknown,
-): Extract<EntitlementResult, { kind: 'notEntitled' | 'unavailable' }> {
-  const code = errorName(err);
-  const message = errorMessage(err);
-  const status = httpStatusOf(err);
-  // No HTTP answer means a network failure, or credentials not (yet) served by the ECS agent or the IRSA
-  // token file: both may heal within the budget. AWS's terminate rule is for its answers.
-  const transient =
-    code === 'ThrottlingException' ||
-    code === 'InternalServiceErrorException' ||
-    (status !== undefined && status >= 500) ||
-    status === undefined;
-  return transient ? { kind: 'unavailable', code, message } : { kind: 'notEntitled', code, message };
 }
 
 /** First delay of the startup retries; each retry doubles the ceiling, with full jitter. */

@@ -10,7 +10,8 @@ import { windowEnd } from '../ledger/hours.js';
 import type { SqliteLedger, StoredRecord } from '../ledger/ledger.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../observe/metrics.js';
-import type { Sender, SendError, SendResult } from '../send/sender.js';
+import type { SendError, SendResult } from '../send/awsErrors.js';
+import type { Sender } from '../send/sender.js';
 
 /** First retry delay after a transient failure. */
 export const RETRY_BASE_MS = 5_000;

@@ -6,7 +6,7 @@ import { MarketplaceMeteringClient, MeterUsageCommand } from '@aws-sdk/client-ma
 import { afterEach, describe, expect, it } from 'vitest';
 import { HOUR_MS } from '../../src/clock.js';
 import { MeteringEmulator } from '../../src/emulator/emulator.js';
-import { DRY_RUN_RECORD_ID } from '../../src/send/sender.js';
+import { DRY_RUN_RECORD_ID } from '../../src/send/awsErrors.js';
 import { startPipeline, type Pipeline } from '../helpers/pipeline.js';
 import { TempDirs } from '../helpers/tmp.js';
 

@@ -14,7 +14,8 @@ import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { MeteringEmulator } from '../../src/emulator/emulator.js';
 import type { MeterUsageRequest } from '../../src/ledger/hours.js';
 import { createMeteringClient, createSendClient } from '../../src/send/client.js';
-import { MeteringSender, type SendResult } from '../../src/send/sender.js';
+import type { SendResult } from '../../src/send/awsErrors.js';
+import { MeteringSender } from '../../src/send/sender.js';
 import { TempDirs } from '../helpers/tmp.js';
 
 const NOW_MS = Date.parse('2026-03-01T10:30:00Z');

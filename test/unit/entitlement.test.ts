@@ -2,11 +2,11 @@ import { describe, expect, it } from 'vitest';
 import {
   ENTITLEMENT_RETRY_MAX_MS,
   awaitEntitlement,
-  classifyStartupError,
   type EntitlementCheck,
   type EntitlementResult,
 } from '../../src/entitlement/check.js';
 import { AwsUnavailableError, NotEntitledError } from '../../src/errors.js';
+import { classifyStartupError } from '../../src/send/awsErrors.js';
 import { ManualClock } from '../helpers/manualClock.js';
 
 /** A check that answers from a script, recording when it was asked. */

@@ -1,6 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { errorName } from '../../src/send/awsErrors.js';
-import { classify } from '../../src/send/sender.js';
+import { classify, errorName } from '../../src/send/awsErrors.js';
 
 const awsError = (name: string, status: number, message = `${name} message`): Error =>
   Object.assign(new Error(message), { name, $metadata: { httpStatusCode: status } });
