@@ -26,7 +26,7 @@ import {
   type EntitlementCheck,
   type EntitlementProof,
 } from './entitlement/check.js';
-import { NotEntitledError } from './errors.js';
+import { CODES, NotEntitledError } from './errors.js';
 import { IntakeServer, MAX_DRAIN_MS } from './intake/server.js';
 import { ERROR_STATUS, rejection, type ErrorCode, type Rejection } from './intake/usage.js';
 import { AdminServer, type ReadinessCheck } from './observe/adminServer.js';
@@ -169,7 +169,7 @@ export class Agent {
         );
       } else if (config.staticCredentials) {
         this.#logger.warn(
-          { code: 'ERR_CONFIG_STATIC_CREDENTIALS' },
+          { code: CODES.staticCredentials },
           'AWS_ACCESS_KEY_ID is set: AWS Marketplace accepts only the ECS task role or IRSA for metering; remove static keys from the task or pod',
         );
       }
@@ -199,7 +199,7 @@ export class Agent {
         ledger: this.#ledger,
         sender: new MeteringSender(this.#sendClient, () =>
           this.#logger.error(
-            { code: 'ERR_SEND_EVIDENCE' },
+            { code: CODES.sendEvidence },
             'MeterUsage succeeded without a reported connection; failed sends are now all treated as possibly delivered',
           ),
         ),
@@ -272,7 +272,7 @@ export class Agent {
       const publicKeyPem = config.publicKeyPem ?? localPublicKeyPem();
       if (publicKeyPem === undefined) {
         log.warn(
-          { code: 'ERR_PUBLIC_KEY_MISSING' },
+          { code: CODES.publicKeyMissing },
           'no product public key configured (METERING_PUBLIC_KEY or METERING_PUBLIC_KEY_FILE): the RegisterUsage token is accepted without verifying its signature',
         );
       }
@@ -308,7 +308,7 @@ export class Agent {
       log.info({ mode: config.entitlement, verified: result.proof?.verified }, 'entitled');
       if (result.proof?.keyRotatedAt !== undefined) {
         log.warn(
-          { code: 'ERR_PUBLIC_KEY_ROTATED', keyRotatedAt: result.proof.keyRotatedAt.toISOString() },
+          { code: CODES.publicKeyRotated, keyRotatedAt: result.proof.keyRotatedAt.toISOString() },
           `public key version ${config.publicKeyVersion} has expired: get the new key and version from the AWS Marketplace Management Portal and update METERING_PUBLIC_KEY_VERSION and the key`,
         );
       }
@@ -362,7 +362,7 @@ export class Agent {
         : Math.max(0, Math.floor((this.#clock.now() - oldestKeptAtMs) / 60_000));
     this.#logger.warn(
       {
-        code: 'ERR_IDEMPOTENCY_KEYS_FULL',
+        code: CODES.idempotencyKeysFull,
         evicted,
         keysMax: this.#config.idempotencyKeysMax,
         windowMinutes,
@@ -412,7 +412,7 @@ export class Agent {
       }
       const failure =
         result.kind === 'entitled'
-          ? { kind: 'notEntitled', code: 'ERR_TOKEN_MISSING', message: 'no token' }
+          ? { kind: 'notEntitled', code: CODES.tokenMissing, message: 'no token' }
           : result;
       this.#logger
         .child({ component: 'entitlement' })
@@ -452,14 +452,14 @@ export class Agent {
         ? { ok: false, reason: 'the ledger is not open' }
         : ledger.writable(nowMs);
     if (!check.ok && this.#writable?.check.ok !== false) {
-      this.#metrics.errors.inc({ code: 'ERR_STATE_UNAVAILABLE' });
+      this.#metrics.errors.inc({ code: CODES.stateUnavailable });
       this.#logger.error(
-        { code: 'ERR_STATE_UNAVAILABLE', reason: check.reason },
+        { code: CODES.stateUnavailable, reason: check.reason },
         'the ledger is not writable; usage is refused until it is',
       );
     }
     if (check.ok && this.#writable?.check.ok === false) {
-      this.#logger.info({ code: 'ERR_STATE_UNAVAILABLE' }, 'the ledger is writable again; usage is accepted');
+      this.#logger.info({ code: CODES.stateUnavailable }, 'the ledger is writable again; usage is accepted');
     }
     this.#writable = { atMs, check };
     return check;

@@ -4,6 +4,42 @@
  * stable `code` that logs, metrics and exit-code mapping key on; never parse `message`.
  */
 
+/**
+ * Codes of conditions that are logged, counted or answered without an error class of their own. Together with
+ * the classes below, every `ERR_*` code the sidecar emits is defined in this file.
+ */
+export const CODES = Object.freeze({
+  /** A bug behind a request: answered 500 `Internal`, logged with the stack. */
+  internal: 'ERR_INTERNAL',
+  /** An error of no known kind (a bug); the process exits 1 when it ends startup. */
+  unexpected: 'ERR_UNEXPECTED',
+  /** Long-term AWS keys in the environment outside local mode (a warning). */
+  staticCredentials: 'ERR_CONFIG_STATIC_CREDENTIALS',
+  /** A send succeeded without a reported connection: every failure is then taken as possibly delivered. */
+  sendEvidence: 'ERR_SEND_EVIDENCE',
+  /** A record's window closed after an attempt that may have reached AWS: failed, not carried. */
+  sendAmbiguous: 'ERR_SEND_AMBIGUOUS',
+  /** No product public key: the RegisterUsage token is accepted unverified (a warning). */
+  publicKeyMissing: 'ERR_PUBLIC_KEY_MISSING',
+  /** AWS reports the configured public key version as expired (a warning). */
+  publicKeyRotated: 'ERR_PUBLIC_KEY_ROTATED',
+  /** The idempotency-key store reached its bound and forgets its oldest keys (a warning). */
+  idempotencyKeysFull: 'ERR_IDEMPOTENCY_KEYS_FULL',
+  /** RegisterUsage answered without a signature. */
+  tokenMissing: 'ERR_TOKEN_MISSING',
+  /** The ledger cannot be written (also the code of StorageUnavailableError). */
+  stateUnavailable: 'ERR_STATE_UNAVAILABLE',
+  /** A bug in the emulator behind a request. */
+  emulatorInternal: 'ERR_EMULATOR_INTERNAL',
+  /** The emulator's onCall callback threw. */
+  emulatorOnCall: 'ERR_EMULATOR_ON_CALL',
+} as const);
+
+/** The code of a RegisterUsage token that did not verify: `ERR_TOKEN_` and the problem (`ERR_TOKEN_BAD_SIGNATURE`). */
+export function tokenErrorCode(problem: string): string {
+  return `ERR_TOKEN_${problem.toUpperCase().replace(/-/g, '_')}`;
+}
+
 /** Base class: a stable `code` plus the standard `cause`. */
 export class AgentError extends Error {
   readonly code: string;
@@ -48,7 +84,7 @@ export class LedgerCorruptError extends AgentError {
 /** The ledger could not commit (disk full, read-only, I/O error). Nothing of the failed batch was stored. */
 export class StorageUnavailableError extends AgentError {
   constructor(message: string, options?: { cause?: unknown }) {
-    super('ERR_STATE_UNAVAILABLE', message, options);
+    super(CODES.stateUnavailable, message, options);
     this.name = 'StorageUnavailableError';
   }
 }

@@ -18,6 +18,7 @@ import { MeteringEmulator } from './emulator/emulator.js';
 import {
   AgentError,
   AwsUnavailableError,
+  CODES,
   ConfigError,
   NotEntitledError,
   StateLockedError,
@@ -307,7 +308,7 @@ function exitCodeOf(err: unknown): number {
 }
 
 function logFatal(logger: { fatal: (obj: object, msg: string) => void }, err: unknown): void {
-  const code = err instanceof AgentError ? err.code : 'ERR_UNEXPECTED';
+  const code = err instanceof AgentError ? err.code : CODES.unexpected;
   logger.fatal({ err, code }, err instanceof Error ? err.message : String(err));
 }
 

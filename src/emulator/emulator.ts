@@ -43,6 +43,7 @@ import {
   validateRegisterUsage,
 } from './registerUsage.js';
 import type { EmulatorEntitlement, RegisterUsageClaims } from './registerUsage.js';
+import { CODES } from '../errors.js';
 
 export type { EmulatorEntitlement } from './registerUsage.js';
 
@@ -443,7 +444,7 @@ export class MeteringEmulator {
     } catch (error) {
       // A bug in the emulator, not a client mistake: answer like AWS would and surface it loudly.
       process.emitWarning(`MeteringEmulator internal error: ${String(error)}`, {
-        code: 'ERR_EMULATOR_INTERNAL',
+        code: CODES.emulatorInternal,
       });
       if (!res.headersSent && !res.destroyed) {
         sendAwsError(res, {
@@ -584,7 +585,7 @@ export class MeteringEmulator {
     } catch (error) {
       // The callback belongs to the embedding program; its bug must not take the emulator down.
       process.emitWarning(`MeteringEmulator onCall callback threw: ${String(error)}`, {
-        code: 'ERR_EMULATOR_ON_CALL',
+        code: CODES.emulatorOnCall,
       });
     }
   }

@@ -12,7 +12,7 @@ import {
   type MarketplaceMeteringClient,
 } from '@aws-sdk/client-marketplace-metering';
 import { sleepUntil, type Clock } from '../clock.js';
-import { AwsUnavailableError, NotEntitledError } from '../errors.js';
+import { AwsUnavailableError, CODES, NotEntitledError, tokenErrorCode } from '../errors.js';
 import { classifyStartupError, isDryRunPass, type StartupFailure } from '../send/awsErrors.js';
 import {
   decodeEntitlementToken,
@@ -94,7 +94,7 @@ export class RegisterUsageCheck implements EntitlementCheck {
     if (typeof token !== 'string' || token === '') {
       return {
         kind: 'notEntitled',
-        code: 'ERR_TOKEN_MISSING',
+        code: CODES.tokenMissing,
         message: 'RegisterUsage returned no signature',
       };
     }
@@ -111,7 +111,7 @@ export class RegisterUsageCheck implements EntitlementCheck {
     if (!verification.valid) {
       return {
         kind: 'notEntitled',
-        code: `ERR_TOKEN_${verification.problem.toUpperCase().replace(/-/g, '_')}`,
+        code: tokenErrorCode(verification.problem),
         message: `the RegisterUsage token is not valid: ${verification.message}`,
       };
     }

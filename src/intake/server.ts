@@ -10,7 +10,7 @@ import { chmodSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { MAX_NONCE_LENGTH } from '../awsLimits.js';
 import { isLoopback, type ListenAddress } from '../config.js';
-import { ListenError, StorageUnavailableError } from '../errors.js';
+import { CODES, ListenError, StorageUnavailableError } from '../errors.js';
 import type { SqliteLedger } from '../ledger/ledger.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../observe/metrics.js';
@@ -149,7 +149,7 @@ export class IntakeServer {
       }
       const handling: Promise<void> = this.#handle(req, res)
         .catch((err: unknown) => {
-          this.#options.logger.error({ err, code: 'ERR_INTERNAL' }, 'app API request failed');
+          this.#options.logger.error({ err, code: CODES.internal }, 'app API request failed');
           if (!res.headersSent)
             reply(res, 500, errorBody(rejection('Internal', 'internal error; see the sidecar log')));
           else res.destroy();

@@ -7,7 +7,7 @@
  */
 import { createServer, type Server, type ServerResponse } from 'node:http';
 import type { ListenAddress } from '../config.js';
-import { ListenError } from '../errors.js';
+import { CODES, ListenError } from '../errors.js';
 import type { Logger } from '../log.js';
 
 /** One readiness check: `ok`, or why not. */
@@ -46,7 +46,7 @@ export class AdminServer {
     const server = createServer((req, res) => {
       req.resume();
       this.#handle(req.method ?? 'GET', (req.url ?? '/').split('?')[0] ?? '/', res).catch((err: unknown) => {
-        this.#options.logger.error({ err, code: 'ERR_INTERNAL' }, 'admin request failed');
+        this.#options.logger.error({ err, code: CODES.internal }, 'admin request failed');
         if (!res.headersSent)
           send(res, 500, { error: { code: 'Internal', message: 'internal error; see the sidecar log' } });
         else res.destroy();

@@ -12,6 +12,7 @@ import type { Logger } from '../log.js';
 import type { Metrics } from '../observe/metrics.js';
 import type { SendError, SendResult } from '../send/awsErrors.js';
 import type { Sender } from '../send/sender.js';
+import { CODES } from '../errors.js';
 
 /** First retry delay after a transient failure. */
 export const RETRY_BASE_MS = 5_000;
@@ -123,7 +124,7 @@ export class Scheduler {
     run.then(
       (summary) => this.#options.logger.debug({ reason, ...summary }, 'run finished'),
       (err: unknown) => {
-        this.#options.metrics?.errors.inc({ code: codeOf(err) ?? 'ERR_UNEXPECTED' });
+        this.#options.metrics?.errors.inc({ code: codeOf(err) ?? CODES.unexpected });
         this.#options.logger.error(
           { err, code: codeOf(err), reason },
           'run failed; retrying at the next tick',
@@ -278,9 +279,9 @@ export class Scheduler {
         clock.now(),
         false,
       );
-      this.#count('failed', record, 'ERR_SEND_AMBIGUOUS');
+      this.#count('failed', record, CODES.sendAmbiguous);
       logger.error(
-        { ...fields, code: 'ERR_SEND_AMBIGUOUS', alert: true },
+        { ...fields, code: CODES.sendAmbiguous, alert: true },
         'record window closed after an attempt that may have been recorded by AWS; not carried, to avoid billing twice: check the seller report',
       );
       return false;
