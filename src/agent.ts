@@ -27,6 +27,7 @@ import {
   type EntitlementProof,
 } from './entitlement/check.js';
 import { CODES, NotEntitledError } from './errors.js';
+import { EXIT } from './exitCodes.js';
 import { IntakeServer, MAX_DRAIN_MS } from './intake/server.js';
 import { ERROR_STATUS, rejection, type ErrorCode, type Rejection } from './intake/usage.js';
 import { AdminServer, type ReadinessCheck } from './observe/adminServer.js';
@@ -52,9 +53,9 @@ const LOCAL_CREDENTIALS = { accessKeyId: 'LOCALTASK', secretAccessKey: 'local-on
 /** Entitlement as the app and operators see it. */
 export type EntitlementState = 'pending' | 'entitled' | 'not-entitled' | 'disabled';
 
-/** How the agent ended: 0 when nothing is left to send, 75 when records stay in the ledger for the next start. */
+/** How the agent ended: nothing left to send, or records left in the ledger for the next start. */
 export interface StopOutcome {
-  readonly exitCode: 0 | 75;
+  readonly exitCode: typeof EXIT.ok | typeof EXIT.leftInLedger;
   readonly unsentRecords: number;
   readonly unsealedHours: number;
 }
@@ -551,16 +552,20 @@ export class Agent {
         'final flush failed; records stay in the ledger',
       );
     }
-    let outcome: StopOutcome = { exitCode: 75, unsentRecords: 0, unsealedHours: 0 };
+    let outcome: StopOutcome = { exitCode: EXIT.leftInLedger, unsentRecords: 0, unsealedHours: 0 };
     try {
       const status = this.#ledger?.status(this.#clock.now());
       if (status !== undefined) {
         const unsentRecords = status.records.pending;
         // An hour whose usage adds up to zero sends nothing, so it does not count as left behind.
         const unsealedHours = status.open.filter((o) => o.quantity > 0).length;
-        outcome = { exitCode: unsentRecords + unsealedHours === 0 ? 0 : 75, unsentRecords, unsealedHours };
+        outcome = {
+          exitCode: unsentRecords + unsealedHours === 0 ? EXIT.ok : EXIT.leftInLedger,
+          unsentRecords,
+          unsealedHours,
+        };
       } else {
-        outcome = { exitCode: 0, unsentRecords: 0, unsealedHours: 0 };
+        outcome = { exitCode: EXIT.ok, unsentRecords: 0, unsealedHours: 0 };
       }
     } catch (err) {
       this.#logger.error(
@@ -569,7 +574,7 @@ export class Agent {
       );
     }
     await this.#release();
-    if (outcome.exitCode === 75) {
+    if (outcome.exitCode === EXIT.leftInLedger) {
       this.#logger.warn(
         { unsentRecords: outcome.unsentRecords, unsealedHours: outcome.unsealedHours },
         'usage left in the ledger; it is sent at the next start with the same state directory',

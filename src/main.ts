@@ -24,17 +24,8 @@ import {
   StateLockedError,
   UsageError,
 } from './errors.js';
+import { EXIT } from './exitCodes.js';
 import { createLogger } from './log.js';
-
-export const EXIT = {
-  ok: 0,
-  unexpected: 1,
-  usage: 64,
-  unavailable: 69,
-  leftInLedger: 75,
-  notEntitled: 77,
-  config: 78,
-} as const;
 
 const HELP = `metering-sidecar — AWS Marketplace metering for container products
 
