@@ -14,6 +14,7 @@ import { CODES, ListenError, StorageUnavailableError } from '../errors.js';
 import type { SqliteLedger } from '../ledger/ledger.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../observe/metrics.js';
+import { listen as listenOn, sendJson } from '../http.js';
 import { isObject, parseJson } from '../json.js';
 import { ERROR_STATUS, MAX_BODY_BYTES, parseUsage, rejection, type Rejection } from './usage.js';
 
@@ -151,7 +152,7 @@ export class IntakeServer {
         .catch((err: unknown) => {
           this.#options.logger.error({ err, code: CODES.internal }, 'app API request failed');
           if (!res.headersSent)
-            reply(res, 500, errorBody(rejection('Internal', 'internal error; see the sidecar log')));
+            sendJson(res, 500, errorBody(rejection('Internal', 'internal error; see the sidecar log')));
           else res.destroy();
         })
         .finally(() => this.#inFlight.delete(handling));
@@ -175,10 +176,10 @@ export class IntakeServer {
         rejection('MethodNotAllowed', `${req.method} is not allowed on ${path}; use ${route.join(' or ')}`),
       );
     }
-    if (path === '/v1/status') return reply(res, 200, this.#options.status());
+    if (path === '/v1/status') return sendJson(res, 200, this.#options.status());
     if (path === '/v1/entitlement') {
       return req.method === 'GET'
-        ? reply(res, 200, this.#options.entitlement())
+        ? sendJson(res, 200, this.#options.entitlement())
         : this.#postEntitlement(req, res);
     }
     return this.#postUsage(req, res);
@@ -201,7 +202,7 @@ export class IntakeServer {
       );
     }
     const answer = await this.#options.proveEntitlement(nonce);
-    return reply(res, answer.status, answer.body);
+    return sendJson(res, answer.status, answer.body);
   }
 
   /** Checks the content type and reads the body up to 1 MiB; answers the error itself and resolves undefined on failure. */
@@ -281,7 +282,7 @@ export class IntakeServer {
         metrics.usageQuantity.inc({ dimension: metrics.dimension(dimension) }, quantity);
       }
     }
-    return reply(res, 202, { accepted: result.accepted, duplicates: result.duplicates });
+    return sendJson(res, 202, { accepted: result.accepted, duplicates: result.duplicates });
   }
 }
 
@@ -361,7 +362,7 @@ function discardAndFail(req: IncomingMessage, res: ServerResponse, problem: Reje
 
 function fail(res: ServerResponse, problem: Rejection): void {
   res.setHeader('x-error-code', problem.code);
-  reply(res, ERROR_STATUS[problem.code], errorBody(problem));
+  sendJson(res, ERROR_STATUS[problem.code], errorBody(problem));
 }
 
 function errorBody(problem: Rejection): unknown {
@@ -372,14 +373,6 @@ function errorBody(problem: Rejection): unknown {
       ...(problem.index !== undefined ? { index: problem.index } : {}),
     },
   };
-}
-
-function reply(res: ServerResponse, status: number, body: unknown): void {
-  const text = JSON.stringify(body);
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
-  res.end(text);
-  // A body cut off at the size limit is never read to its end: close the connection after answering.
-  if (!res.shouldKeepAlive) res.once('finish', () => res.socket?.destroySoon());
 }
 
 /**
@@ -409,17 +402,4 @@ async function prepareSocketPath(path: string): Promise<void> {
   });
   if (alive) throw new ListenError(`another process is listening on ${path}; is a second sidecar running?`);
   unlinkSync(path);
-}
-
-function listenOn(
-  server: Server,
-  options: { path: string } | { host: string; port: number },
-  label: string,
-): Promise<void> {
-  return new Promise((resolve, reject) => {
-    server.once('error', (err: NodeJS.ErrnoException) => {
-      reject(new ListenError(`cannot listen on ${label} (${err.code ?? err.message})`, { cause: err }));
-    });
-    server.listen(options, () => resolve());
-  });
 }

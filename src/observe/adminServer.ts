@@ -7,7 +7,8 @@
  */
 import { createServer, type Server, type ServerResponse } from 'node:http';
 import type { ListenAddress } from '../config.js';
-import { CODES, ListenError } from '../errors.js';
+import { CODES } from '../errors.js';
+import { listen, sendJson } from '../http.js';
 import type { Logger } from '../log.js';
 
 /** One readiness check: `ok`, or why not. */
@@ -48,23 +49,14 @@ export class AdminServer {
       this.#handle(req.method ?? 'GET', (req.url ?? '/').split('?')[0] ?? '/', res).catch((err: unknown) => {
         this.#options.logger.error({ err, code: CODES.internal }, 'admin request failed');
         if (!res.headersSent)
-          send(res, 500, { error: { code: 'Internal', message: 'internal error; see the sidecar log' } });
+          sendJson(res, 500, { error: { code: 'Internal', message: 'internal error; see the sidecar log' } });
         else res.destroy();
       });
     });
     server.headersTimeout = 10_000;
     server.requestTimeout = 10_000;
     const { host, port } = this.#options.listen;
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', (err: NodeJS.ErrnoException) =>
-        reject(
-          new ListenError(`cannot listen on ${host}:${port} for the admin API (${err.code ?? err.message})`, {
-            cause: err,
-          }),
-        ),
-      );
-      server.listen({ host, port }, () => resolve());
-    });
+    await listen(server, { host, port }, `${host}:${port} for the admin API`);
     const address = server.address();
     this.#port = address !== null && typeof address === 'object' ? address.port : undefined;
     this.#server = server;
@@ -77,19 +69,21 @@ export class AdminServer {
         path === '/v1/status'
           ? 'the status is on the app API only (the unix socket or loopback): metering-sidecar status'
           : `no such endpoint: ${path}`;
-      return send(res, 404, { error: { code: 'NotFound', message } });
+      return sendJson(res, 404, { error: { code: 'NotFound', message } });
     }
     if (method !== 'GET' && method !== 'HEAD') {
       res.setHeader('allow', 'GET, HEAD');
-      return send(res, 405, { error: { code: 'MethodNotAllowed', message: 'the admin API is read-only' } });
+      return sendJson(res, 405, {
+        error: { code: 'MethodNotAllowed', message: 'the admin API is read-only' },
+      });
     }
     switch (path) {
       case '/healthz':
-        return send(res, 200, { status: 'ok' });
+        return sendJson(res, 200, { status: 'ok' });
       case '/readyz': {
         const checks = this.#options.readiness();
         const ready = Object.values(checks).every((c) => c.ok);
-        return send(res, ready ? 200 : 503, { ready, checks });
+        return sendJson(res, ready ? 200 : 503, { ready, checks });
       }
       case '/metrics': {
         const { contentType, body } = await this.#options.metrics();
@@ -113,9 +107,3 @@ export class AdminServer {
 }
 
 const ROUTES = new Set(['/healthz', '/readyz', '/metrics']);
-
-function send(res: ServerResponse, status: number, body: unknown): void {
-  const text = JSON.stringify(body);
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
-  res.end(text);
-}
