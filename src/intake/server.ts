@@ -11,7 +11,7 @@ import { dirname } from 'node:path';
 import { MAX_NONCE_LENGTH } from '../awsLimits.js';
 import { isLoopback, type ListenAddress } from '../config.js';
 import { CODES, ListenError, StorageUnavailableError } from '../errors.js';
-import type { SqliteLedger } from '../ledger/ledger.js';
+import type { SqliteLedger } from '../ledger/sqliteLedger.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../observe/metrics.js';
 import { listen as listenOn, sendJson } from '../http.js';

@@ -12,6 +12,7 @@ import {
   TAG_PATTERN,
 } from '../awsLimits.js';
 import { canonicalTags, type Tags } from '../ledger/hours.js';
+import type { UsageReport } from '../ledger/ledger.js';
 import { isObject, parseJson } from '../json.js';
 
 /** Most records one request may carry. */
@@ -22,16 +23,6 @@ export const MAX_BODY_BYTES = 1024 * 1024;
 
 /** Longest idempotency key. */
 export const MAX_ID_LENGTH = 256;
-
-/** One validated usage report. */
-export interface UsageReport {
-  readonly dimension: string;
-  readonly quantity: number;
-  /** Canonical text of the tag set ({@link canonicalTags}). */
-  readonly tagsKey: string;
-  /** Optional idempotency key: a repeat within 24 hours is acknowledged and not counted again. */
-  readonly id: string | undefined;
-}
 
 /** Every error code of the app API. */
 export type ErrorCode =

@@ -7,7 +7,8 @@
 import { createTask, type ScheduledTask } from 'node-cron';
 import { sleepUntil, type CancelTimer, type Clock } from '../clock.js';
 import { windowEnd } from '../ledger/hours.js';
-import type { SqliteLedger, StoredRecord } from '../ledger/ledger.js';
+import type { StoredRecord } from '../ledger/ledger.js';
+import type { SqliteLedger } from '../ledger/sqliteLedger.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../observe/metrics.js';
 import type { SendError, SendResult } from '../send/awsErrors.js';

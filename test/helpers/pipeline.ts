@@ -4,7 +4,7 @@ import { SidecarClient } from '../../src/client/client.js';
 import { MeteringEmulator } from '../../src/emulator/emulator.js';
 import { IntakeServer } from '../../src/intake/server.js';
 import type { Rejection } from '../../src/intake/usage.js';
-import { SqliteLedger } from '../../src/ledger/ledger.js';
+import { SqliteLedger } from '../../src/ledger/sqliteLedger.js';
 import { Scheduler } from '../../src/schedule/scheduler.js';
 import { Metrics } from '../../src/observe/metrics.js';
 import { createSendClient, observeClient } from '../../src/send/client.js';

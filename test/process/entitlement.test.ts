@@ -8,7 +8,7 @@ import { SidecarClient } from '../../src/client/client.js';
 import type { EmulatorOptions } from '../../src/emulator/emulator.js';
 import { verifyEntitlementToken } from '../../src/entitlement/token.js';
 import { systemClock } from '../../src/clock.js';
-import { SqliteLedger } from '../../src/ledger/ledger.js';
+import { SqliteLedger } from '../../src/ledger/sqliteLedger.js';
 import { sidecarFixture, type Cleanups } from '../helpers/fixture.js';
 
 const cleanups: Cleanups = [];

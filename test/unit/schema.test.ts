@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
 import { LedgerCorruptError } from '../../src/errors.js';
-import { LEDGER_FILE, SqliteLedger } from '../../src/ledger/ledger.js';
+import { LEDGER_FILE, SqliteLedger } from '../../src/ledger/sqliteLedger.js';
 import { SCHEMA_VERSION } from '../../src/ledger/schema.js';
 import { fixtureLedger } from '../helpers/ledgerFixture.js';
 import { ManualClock } from '../helpers/manualClock.js';

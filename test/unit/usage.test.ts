@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { MAX_BATCH_RECORDS, parseUsage, type Rejection, type UsageReport } from '../../src/intake/usage.js';
+import { MAX_BATCH_RECORDS, parseUsage, type Rejection } from '../../src/intake/usage.js';
+import type { UsageReport } from '../../src/ledger/ledger.js';
 
 function rejected(body: string, dimensions?: readonly string[]): Rejection {
   const result = parseUsage(body, dimensions);
