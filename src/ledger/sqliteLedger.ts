@@ -16,7 +16,6 @@ import type { Clock } from '../clock.js';
 import { HOUR_MS } from '../clock.js';
 import { LedgerCorruptError, StorageUnavailableError } from '../errors.js';
 import {
-  ledgerRejection,
   type LedgerRejection,
   type LedgerStatus,
   type RecordResult,
@@ -24,9 +23,8 @@ import {
   type StoredRecord,
   type UsageReport,
 } from './ledger.js';
-import { MAX_TAG_KEYS, MAX_TAG_SETS } from '../awsLimits.js';
+import { BatchRejected, Buckets } from './buckets.js';
 import {
-  bucketTime,
   canonicalTags,
   carryDeadline,
   clientToken,
@@ -34,11 +32,11 @@ import {
   meterUsageRequest,
   recordTimestamp,
   seal,
-  targetHour,
-  type MeterUsageRequest,
 } from './hours.js';
-import { DEFAULT_IDEMPOTENCY_KEYS_MAX, IDEMPOTENCY_TTL_MS } from './keys.js';
+import { KeyStore } from './keyStore.js';
+import { DEFAULT_IDEMPOTENCY_KEYS_MAX } from './keys.js';
 import { migrate } from './schema.js';
+import { prepareStatements, toRecord, type RecordRow, type Statements } from './statements.js';
 import { lockStateDir, type StateLock } from './stateLock.js';
 
 /** Database file name inside the state directory. */
@@ -46,12 +44,6 @@ export const LEDGER_FILE = 'ledger.db';
 
 /** Size of the write probe: a volume with less free space than this is treated as full. */
 const WRITE_PROBE_BYTES = 64 * 1024;
-
-/**
- * How far over its bound the key store may grow before the oldest keys are forgotten, as a share of the
- * bound: forgetting in steps of 1% keeps the cost off most commits.
- */
-const KEYS_SLACK = 0.01;
 
 /** Settled (sent or carried) records are kept this long for status and audits; failed ones until a human acts. */
 const SETTLED_RETENTION_MS = 30 * 24 * HOUR_MS;
@@ -71,45 +63,11 @@ export interface LedgerOptions {
   readonly onKeysEvicted?: (evicted: number, oldestKeptAtMs: number | undefined) => void;
 }
 
-interface RecordRow {
-  id: number;
-  dimension: string;
-  hour_ms: number;
-  quantity: number;
-  timestamp_ms: number;
-  client_token: string;
-  request: string;
-  status: RecordStatus;
-  attempts: number;
-  next_attempt_ms: number;
-  maybe_delivered: number;
-  in_flight: number;
-  last_error: string | null;
-  metering_record_id: string | null;
-}
-
 interface Queued {
   readonly reports: readonly UsageReport[];
   readonly arrivalMs: number;
   readonly resolve: (result: RecordResult | LedgerRejection) => void;
   readonly reject: (err: unknown) => void;
-}
-
-/**
- * Largest total of one (dimension, hour) the ledger keeps: 2^53 - 1, the largest integer JavaScript numbers
- * hold exactly. SQLite's integers would go further, but the sealed record is computed in JavaScript, so usage
- * that would take an hour beyond this is refused rather than acknowledged and rounded (docs/metering.md).
- */
-export const MAX_EXACT_TOTAL = Number.MAX_SAFE_INTEGER;
-
-/** A limit a batch would break, as intake answers it. */
-type LimitProblem = { code: LedgerRejection['code']; message: string };
-
-/** Thrown inside a batch's savepoint to roll back just that batch. */
-class BatchRejected extends Error {
-  constructor(readonly rejection: LedgerRejection) {
-    super(rejection.message);
-  }
 }
 
 /** The SQLite hour ledger. Create with {@link SqliteLedger.open}; one instance per database file. */
@@ -125,29 +83,29 @@ export class SqliteLedger {
   #commits = 0;
   /** The latest time the ledger has used; see {@link SqliteLedger.#timeNow}. */
   #highWaterMs: number;
-  readonly #stmt: ReturnType<SqliteLedger['prepare']>;
-  readonly #transactions: { queue: (items: readonly Queued[]) => (RecordResult | LedgerRejection)[] };
+  readonly #stmt: Statements;
+  readonly #keys: KeyStore;
+  readonly #buckets: Buckets;
+  readonly #transactions: {
+    queue: (items: readonly Queued[]) => { results: (RecordResult | LedgerRejection)[]; evicted: number };
+  };
   readonly #path: string;
   /** The state directory's lock, held while the ledger is open (see ./stateLock.ts). */
   readonly #lock: StateLock;
-  readonly #keysMax: number;
-  /** Idempotency keys stored, counted as they are added and removed (a count(*) would cost a scan). */
-  #keyCount: number;
-  /** The arrival order of the last key stored (rolled-back batches leave gaps, which do not matter). */
-  #keySeq: number;
-  /** Keys forgotten in the commit under way, reported once it has committed. */
-  #keysEvicted = 0;
-  /** Keys older than this were pruned; it advances no faster than the monotonic clock (see prune). */
-  #keyHorizonMs: number;
-  #keyHorizonAtMonotonicMs: number;
-
   private constructor(db: Database.Database, options: LedgerOptions, ledgerId: string, lock: StateLock) {
     this.#db = db;
     this.#lock = lock;
     this.#path = db.name;
     this.#options = options;
     this.#ledgerId = ledgerId;
-    this.#stmt = this.prepare();
+    this.#stmt = prepareStatements(db);
+    this.#keys = new KeyStore(
+      db,
+      this.#stmt,
+      options.clock,
+      options.idempotencyKeysMax ?? DEFAULT_IDEMPOTENCY_KEYS_MAX,
+    );
+    this.#buckets = new Buckets(this.#stmt, (dimension, hourMs) => this.#isSealed(dimension, hourMs));
     this.#transactions = this.#transactionsOf(db);
     this.#highWaterMs = Math.max(
       ...(
@@ -162,21 +120,6 @@ export class SqliteLedger {
           .get() as (number | null)[]
       ).map((v) => v ?? 0),
     );
-    this.#keysMax = options.idempotencyKeysMax ?? DEFAULT_IDEMPOTENCY_KEYS_MAX;
-    this.#keyCount = this.#db.prepare('SELECT count(*) FROM idempotency_keys').pluck().get() as number;
-    this.#keySeq = this.#db
-      .prepare('SELECT coalesce(max(seq), 0) FROM idempotency_keys')
-      .pluck()
-      .get() as number;
-    const stored = this.#db
-      .prepare("SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'key_horizon_ms'")
-      .pluck()
-      .get() as number | undefined;
-    const oldestKey = this.#db.prepare('SELECT min(at_ms) FROM idempotency_keys').pluck().get() as
-      number | null;
-    // A ledger without a horizon (new, or from an earlier schema) starts where its keys do.
-    this.#keyHorizonMs = stored ?? Math.min(options.clock.now() - IDEMPOTENCY_TTL_MS, oldestKey ?? Infinity);
-    this.#keyHorizonAtMonotonicMs = options.clock.monotonicMs();
     // A record that was being sent when the process died may have reached AWS: never carry it.
     this.#db.prepare('UPDATE records SET maybe_delivered = 1, in_flight = 0 WHERE in_flight = 1').run();
     for (const row of this.#db.prepare('SELECT dimension, hour_ms FROM records').all() as {
@@ -243,102 +186,6 @@ export class SqliteLedger {
     }
   }
 
-  private prepare() {
-    const db = this.#db;
-    return {
-      keyExists: db.prepare('SELECT 1 FROM idempotency_keys WHERE id = ?').pluck(),
-      insertKey: db.prepare('INSERT INTO idempotency_keys (id, at_ms, seq) VALUES (?, ?, ?)'),
-      addToBucket: db.prepare(
-        'UPDATE buckets SET quantity = quantity + ?, first_at_ms = min(first_at_ms, ?) WHERE dimension = ? AND hour_ms = ? AND tags = ?',
-      ),
-      insertBucket: db.prepare(
-        'INSERT INTO buckets (dimension, hour_ms, tags, quantity, first_at_ms) VALUES (?, ?, ?, ?, ?)',
-      ),
-      addCarried: db.prepare(
-        'UPDATE buckets SET quantity = quantity + ?, carried_quantity = carried_quantity + ?, first_at_ms = min(first_at_ms, ?) WHERE dimension = ? AND hour_ms = ? AND tags = ?',
-      ),
-      insertCarried: db.prepare(
-        'INSERT INTO buckets (dimension, hour_ms, tags, quantity, carried_quantity, first_at_ms) VALUES (?, ?, ?, ?, ?, ?)',
-      ),
-      carriedTagged: db.prepare(
-        "SELECT tags, carried_quantity, first_at_ms FROM buckets WHERE dimension = ? AND hour_ms = ? AND carried_quantity > 0 AND tags <> '{}'",
-      ),
-      carriedOf: db
-        .prepare('SELECT carried_quantity FROM buckets WHERE dimension = ? AND hour_ms = ? AND tags = ?')
-        .pluck(),
-      takeCarried: db.prepare(
-        'UPDATE buckets SET quantity = quantity - carried_quantity, carried_quantity = 0 WHERE dimension = ? AND hour_ms = ? AND tags = ?',
-      ),
-      deleteEmptyBucket: db.prepare(
-        'DELETE FROM buckets WHERE dimension = ? AND hour_ms = ? AND tags = ? AND quantity = 0',
-      ),
-      countTagSets: db.prepare('SELECT count(*) FROM buckets WHERE dimension = ? AND hour_ms = ?').pluck(),
-      hourTotal: db
-        .prepare('SELECT coalesce(sum(quantity), 0) FROM buckets WHERE dimension = ? AND hour_ms = ?')
-        .pluck(),
-      countTagKeys: db
-        .prepare(
-          'SELECT count(DISTINCT t.key) FROM buckets b, json_each(b.tags) t WHERE b.dimension = ? AND b.hour_ms = ?',
-        )
-        .pluck(),
-      bucketHours: db.prepare('SELECT DISTINCT dimension, hour_ms FROM buckets ORDER BY hour_ms, dimension'),
-      bucketsOf: db.prepare(
-        'SELECT tags, quantity, first_at_ms FROM buckets WHERE dimension = ? AND hour_ms = ? ORDER BY tags',
-      ),
-      deleteBuckets: db.prepare('DELETE FROM buckets WHERE dimension = ? AND hour_ms = ?'),
-      insertRecord: db.prepare(
-        `INSERT INTO records (dimension, hour_ms, quantity, timestamp_ms, client_token, request, status, next_attempt_ms, sealed_at_ms)
-         VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?) RETURNING *`,
-      ),
-      due: db.prepare(
-        "SELECT * FROM records WHERE status = 'pending' AND next_attempt_ms <= ? ORDER BY timestamp_ms, id",
-      ),
-      pending: db.prepare("SELECT * FROM records WHERE status = 'pending' ORDER BY timestamp_ms, id"),
-      nextAttempt: db.prepare("SELECT min(next_attempt_ms) FROM records WHERE status = 'pending'").pluck(),
-      byId: db.prepare('SELECT * FROM records WHERE id = ?'),
-      retryNow: db.prepare("UPDATE records SET next_attempt_ms = ? WHERE id = ? AND status = 'pending'"),
-      retryAllNow: db.prepare(
-        "UPDATE records SET next_attempt_ms = ? WHERE status = 'pending' AND next_attempt_ms > ?",
-      ),
-      markInFlight: db.prepare("UPDATE records SET in_flight = 1 WHERE id = ? AND status = 'pending'"),
-      markSent: db.prepare(
-        "UPDATE records SET status = 'sent', in_flight = 0, metering_record_id = ?, settled_at_ms = ?, attempts = attempts + 1 WHERE id = ? AND status = 'pending'",
-      ),
-      markRetry: db.prepare(
-        "UPDATE records SET in_flight = 0, attempts = attempts + 1, next_attempt_ms = ?, last_error = ?, maybe_delivered = max(maybe_delivered, ?) WHERE id = ? AND status = 'pending'",
-      ),
-      markFailed: db.prepare(
-        "UPDATE records SET status = 'failed', in_flight = 0, last_error = ?, settled_at_ms = ?, attempts = attempts + ? WHERE id = ? AND status = 'pending'",
-      ),
-      markCarried: db.prepare(
-        "UPDATE records SET status = 'carried', in_flight = 0, last_error = ?, settled_at_ms = ?, carried_to_hour_ms = ? WHERE id = ? AND status = 'pending'",
-      ),
-      tagsOf: db.prepare('SELECT tags FROM buckets WHERE dimension = ? AND hour_ms = ?').pluck(),
-      statusCounts: db.prepare('SELECT status, count(*) AS n FROM records GROUP BY status'),
-      openUsage: db.prepare(
-        'SELECT dimension, hour_ms, sum(quantity) AS quantity, count(*) AS tag_sets FROM buckets GROUP BY dimension, hour_ms ORDER BY hour_ms, dimension',
-      ),
-      pendingByDimension: db.prepare(
-        "SELECT dimension, sum(quantity) AS quantity FROM records WHERE status = 'pending' GROUP BY dimension",
-      ),
-      probe: db.prepare(
-        "INSERT INTO meta (key, value) VALUES ('probe', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-      ),
-      oldestPending: db.prepare("SELECT min(timestamp_ms) FROM records WHERE status = 'pending'").pluck(),
-      failed: db.prepare(
-        "SELECT dimension, hour_ms, quantity, last_error FROM records WHERE status = 'failed' ORDER BY hour_ms DESC LIMIT 100",
-      ),
-      pruneKeys: db.prepare('DELETE FROM idempotency_keys WHERE at_ms < ?'),
-      oldestKey: db.prepare('SELECT min(at_ms) FROM idempotency_keys').pluck(),
-      setKeyHorizon: db.prepare(
-        "INSERT INTO meta (key, value) VALUES ('key_horizon_ms', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-      ),
-      pruneSettled: db.prepare(
-        "DELETE FROM records WHERE status IN ('sent', 'carried') AND settled_at_ms < ? RETURNING dimension, hour_ms",
-      ),
-    };
-  }
-
   /** Transactions committed by {@link record} so far (several batches share one under load). */
   get commits(): number {
     return this.#commits;
@@ -385,13 +232,13 @@ export class SqliteLedger {
     this.#queue = [];
     if (queue.length === 0) return;
     let results: (RecordResult | LedgerRejection)[];
-    const keysBefore = this.#keyCount;
+    let evicted: number;
+    const keysBefore = this.#keys.checkpoint();
     try {
-      results = this.#transactions.queue(queue);
+      ({ results, evicted } = this.#transactions.queue(queue));
       this.#commits++;
     } catch (err) {
-      this.#keyCount = keysBefore;
-      this.#keysEvicted = 0;
+      this.#keys.restore(keysBefore);
       const failure = new StorageUnavailableError(`the ledger could not commit (${describe(err)})`, {
         cause: err,
       });
@@ -399,20 +246,12 @@ export class SqliteLedger {
       return;
     }
     queue.forEach((item, i) => item.resolve(results[i]));
-    if (this.#keysEvicted > 0) {
-      const evicted = this.#keysEvicted;
-      this.#keysEvicted = 0;
-      this.#options.onKeysEvicted?.(evicted, this.#oldestKeyAtMs());
-    }
-  }
-
-  #oldestKeyAtMs(): number | undefined {
-    return (this.#stmt.oldestKey.get() as number | null) ?? undefined;
+    if (evicted > 0) this.#options.onKeysEvicted?.(evicted, this.#keys.oldestAtMs());
   }
 
   /** The idempotency keys kept: how many, and the arrival time of the oldest. */
   keyStats(): { count: number; oldestAtMs: number | undefined } {
-    return { count: this.#keyCount, oldestAtMs: this.#oldestKeyAtMs() };
+    return { count: this.#keys.count, oldestAtMs: this.#keys.oldestAtMs() };
   }
 
   /**
@@ -422,175 +261,26 @@ export class SqliteLedger {
    */
   #transactionsOf(db: Database.Database) {
     const batch = db.transaction((reports: readonly UsageReport[], arrivalMs: number) =>
-      this.#apply(reports, arrivalMs),
-    );
-    const setHighWater = db.prepare(
-      "INSERT INTO meta (key, value) VALUES ('high_water_ms', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
-    );
-    const evictKeys = db.prepare(
-      'DELETE FROM idempotency_keys WHERE id IN (SELECT id FROM idempotency_keys ORDER BY seq LIMIT ?)',
+      this.#buckets.apply(reports, arrivalMs, this.#keys),
     );
     const queue = db.transaction((items: readonly Queued[]) => {
       const results = items.map((item) => {
-        const keysBefore = this.#keyCount;
+        const keysBefore = this.#keys.checkpoint();
         try {
           return batch(item.reports, item.arrivalMs);
         } catch (err) {
           // The batch's savepoint rolled back, its keys with it.
-          this.#keyCount = keysBefore;
+          this.#keys.restore(keysBefore);
           if (!(err instanceof BatchRejected)) throw err;
           return err.rejection;
         }
       });
-      // Over the bound: forget the oldest keys, back down to the bound.
-      if (this.#keyCount > this.#keysMax * (1 + KEYS_SLACK)) {
-        const evicted = evictKeys.run(this.#keyCount - this.#keysMax).changes;
-        this.#keyCount -= evicted;
-        this.#keysEvicted = evicted;
-      }
+      const evicted = this.#keys.trim();
       // Kept so that a restart after the clock stepped back still stamps nothing earlier.
-      setHighWater.run(String(Math.max(...items.map((item) => item.arrivalMs))));
-      return results;
+      this.#stmt.setHighWater.run(String(Math.max(...items.map((item) => item.arrivalMs))));
+      return { results, evicted };
     });
     return { queue };
-  }
-
-  #apply(reports: readonly UsageReport[], arrivalMs: number): RecordResult {
-    const stmt = this.#stmt;
-    let duplicates = 0;
-    const seenIds = new Set<string>();
-    // Sum the batch per (dimension, tag set) first: one statement per bucket, not per report.
-    const sums = new Map<string, Map<string, { quantity: number; index: number }>>();
-    reports.forEach((report, index) => {
-      if (report.id !== undefined) {
-        if (seenIds.has(report.id) || stmt.keyExists.get(report.id) !== undefined) {
-          duplicates++;
-          return;
-        }
-        seenIds.add(report.id);
-        stmt.insertKey.run(report.id, arrivalMs, ++this.#keySeq);
-        this.#keyCount++;
-      }
-      let byTags = sums.get(report.dimension);
-      if (byTags === undefined) {
-        byTags = new Map<string, { quantity: number; index: number }>();
-        sums.set(report.dimension, byTags);
-      }
-      const sum = byTags.get(report.tagsKey);
-      if (sum === undefined) byTags.set(report.tagsKey, { quantity: report.quantity, index });
-      else sum.quantity += report.quantity;
-    });
-    for (const [dimension, byTags] of sums) {
-      const hourMs = targetHour(arrivalMs, (h) => this.#isSealed(dimension, h));
-      const atMs = bucketTime(arrivalMs, hourMs);
-      let firstNewIndex: number | undefined;
-      let firstIndex: number | undefined;
-      for (const [tagsKey, sum] of byTags) {
-        firstIndex ??= sum.index;
-        if (stmt.addToBucket.run(sum.quantity, atMs, dimension, hourMs, tagsKey).changes === 0) {
-          stmt.insertBucket.run(dimension, hourMs, tagsKey, sum.quantity, atMs);
-          firstNewIndex ??= sum.index;
-        }
-      }
-      this.#checkLimits(
-        dimension,
-        hourMs,
-        firstNewIndex ?? firstIndex ?? 0,
-        reports.length > 1,
-        firstNewIndex !== undefined,
-      );
-    }
-    const counted = new Map<string, number>();
-    for (const [dimension, byTags] of sums) {
-      let quantity = 0;
-      for (const sum of byTags.values()) quantity += sum.quantity;
-      counted.set(dimension, quantity);
-    }
-    return { kind: 'recorded', accepted: reports.length - duplicates, duplicates, counted };
-  }
-
-  /**
-   * Refuses a batch that would give one record more tag sets or tag keys than AWS accepts. Usage carried into
-   * the hour never causes the refusal: if the hour is over a limit and holds carried usage with tags, that usage
-   * is folded into the hour's untagged allocation (same quantity, billed in the same hour, without its tags);
-   * if the app's own usage needs even that allocation's place (2,500 tag sets of its own), the carried usage
-   * moves on to the next hour that can take it. Then the limits are checked again. The same holds for the
-   * hour's total, kept at most {@link MAX_EXACT_TOTAL} so that it stays exact in JavaScript numbers.
-   */
-  #checkLimits(dimension: string, hourMs: number, index: number, batch: boolean, newTagSets: boolean): void {
-    const check = (): LimitProblem | undefined =>
-      this.#totalProblem(dimension, hourMs) ??
-      (newTagSets ? this.#tagLimitProblem(dimension, hourMs) : undefined);
-    let problem = check();
-    if (problem !== undefined && this.#foldCarried(dimension, hourMs)) problem = check();
-    if (problem !== undefined && this.#moveCarried(dimension, hourMs)) problem = check();
-    if (problem !== undefined)
-      throw new BatchRejected(ledgerRejection(problem.code, problem.message, batch ? index : undefined));
-  }
-
-  /** The hour's total over {@link MAX_EXACT_TOTAL}. */
-  #totalProblem(dimension: string, hourMs: number): LimitProblem | undefined {
-    const total = this.#stmt.hourTotal.get(dimension, hourMs) as number;
-    if (total <= MAX_EXACT_TOTAL) return undefined;
-    return {
-      code: 'InvalidQuantity',
-      message: `dimension ${JSON.stringify(dimension)} would total more than ${MAX_EXACT_TOTAL} this hour, beyond what is kept exact (AWS bills at most 2,147,483,647 a record; the rest is carried hour after hour)`,
-    };
-  }
-
-  #tagLimitProblem(dimension: string, hourMs: number): LimitProblem | undefined {
-    const tagSets = this.#stmt.countTagSets.get(dimension, hourMs) as number;
-    if (tagSets > MAX_TAG_SETS) {
-      return {
-        code: 'TooManyTagSets',
-        message: `dimension ${JSON.stringify(dimension)} would have ${tagSets} tag sets this hour; AWS accepts at most ${MAX_TAG_SETS} per record`,
-      };
-    }
-    const tagKeys = this.#stmt.countTagKeys.get(dimension, hourMs) as number;
-    if (tagKeys > MAX_TAG_KEYS) {
-      return {
-        code: 'InvalidTags',
-        message: `dimension ${JSON.stringify(dimension)} would use ${tagKeys} distinct tag keys this hour; AWS accepts at most ${MAX_TAG_KEYS} per record`,
-      };
-    }
-    return undefined;
-  }
-
-  /**
-   * Moves the tagged usage carried into (dimension, hour) to the hour's untagged bucket, freeing the tag sets and
-   * keys it held for the app. Returns whether anything moved. Runs inside the batch's savepoint, so a batch
-   * refused all the same leaves the carried usage as it was.
-   */
-  #foldCarried(dimension: string, hourMs: number): boolean {
-    const stmt = this.#stmt;
-    const carried = stmt.carriedTagged.all(dimension, hourMs) as {
-      tags: string;
-      carried_quantity: number;
-      first_at_ms: number;
-    }[];
-    for (const bucket of carried) {
-      stmt.takeCarried.run(dimension, hourMs, bucket.tags);
-      stmt.deleteEmptyBucket.run(dimension, hourMs, bucket.tags);
-      this.#addCarried(dimension, hourMs, '{}', bucket.carried_quantity, bucket.first_at_ms);
-    }
-    return carried.length > 0;
-  }
-
-  /** Moves the carried usage left in (dimension, hour), untagged by now, to a later hour. Returns whether any. */
-  #moveCarried(dimension: string, hourMs: number): boolean {
-    const quantity = this.#stmt.carriedOf.get(dimension, hourMs, '{}') as number | undefined;
-    if (quantity === undefined || quantity === 0) return false;
-    this.#stmt.takeCarried.run(dimension, hourMs, '{}');
-    this.#stmt.deleteEmptyBucket.run(dimension, hourMs, '{}');
-    this.#placeCarried(dimension, hourMs + HOUR_MS, [{ tagsKey: '{}', quantity }]);
-    return true;
-  }
-
-  /** Adds carried usage to a bucket, marking it as carried. */
-  #addCarried(dimension: string, hourMs: number, tagsKey: string, quantity: number, atMs: number): void {
-    if (this.#stmt.addCarried.run(quantity, quantity, atMs, dimension, hourMs, tagsKey).changes === 0) {
-      this.#stmt.insertCarried.run(dimension, hourMs, tagsKey, quantity, quantity, atMs);
-    }
   }
 
   /**
@@ -641,7 +331,8 @@ export class SqliteLedger {
           sealedNow.push({ dimension, hourMs });
           out.push(toRecord(row));
           // The cap's excess is carried into the next hour that can take it, keeping its tag sets.
-          if (sealed.excess.length > 0) this.#placeCarried(dimension, hourMs + HOUR_MS, sealed.excess);
+          if (sealed.excess.length > 0)
+            this.#buckets.placeCarried(dimension, hourMs + HOUR_MS, sealed.excess);
         }
         return out;
       })();
@@ -725,52 +416,11 @@ export class SqliteLedger {
           tagsKey: canonicalTags(Object.fromEntries((a.Tags ?? []).map((t) => [t.Key, t.Value]))),
           quantity: a.AllocatedUsageQuantity,
         }));
-        const hourMs = this.#placeCarried(record.dimension, nowMs, allocations);
+        const hourMs = this.#buckets.placeCarried(record.dimension, nowMs, allocations);
         this.#stmt.markCarried.run(reason, nowMs, hourMs, id);
         return hourMs;
       })(),
     );
-  }
-
-  /**
-   * Adds carried usage (per tag set) to the first unsealed hour from `fromMs` on whose record would still be
-   * within AWS's tag limits (2,500 tag sets, 5 tag keys), so a carry never produces a record AWS refuses, and
-   * whose total stays exact. Returns the hour. An hour with no usage always fits, because the carried usage
-   * came from one valid record.
-   */
-  #placeCarried(
-    dimension: string,
-    fromMs: number,
-    allocations: readonly { tagsKey: string; quantity: number }[],
-  ): number {
-    let hourMs = targetHour(fromMs, (h) => this.#isSealed(dimension, h));
-    while (!this.#fits(dimension, hourMs, allocations)) {
-      hourMs = targetHour(hourMs + HOUR_MS, (h) => this.#isSealed(dimension, h));
-    }
-    const atMs = bucketTime(fromMs, hourMs);
-    for (const { tagsKey, quantity } of allocations)
-      this.#addCarried(dimension, hourMs, tagsKey, quantity, atMs);
-    return hourMs;
-  }
-
-  /**
-   * Whether adding these allocations to (dimension, hour) keeps its record within AWS's tag limits, and its
-   * total within {@link MAX_EXACT_TOTAL}.
-   */
-  #fits(
-    dimension: string,
-    hourMs: number,
-    allocations: readonly { tagsKey: string; quantity: number }[],
-  ): boolean {
-    const adding = allocations.reduce((sum, a) => sum + a.quantity, 0);
-    if ((this.#stmt.hourTotal.get(dimension, hourMs) as number) + adding > MAX_EXACT_TOTAL) return false;
-    const tagsKeys = allocations.map((a) => a.tagsKey);
-    const sets = new Set(this.#stmt.tagsOf.all(dimension, hourMs) as string[]);
-    for (const key of tagsKeys) sets.add(key);
-    if (sets.size > MAX_TAG_SETS) return false;
-    const keys = new Set<string>();
-    for (const set of sets) for (const key of Object.keys(JSON.parse(set) as object)) keys.add(key);
-    return keys.size <= MAX_TAG_KEYS;
   }
 
   /**
@@ -857,32 +507,16 @@ export class SqliteLedger {
   }
 
   /**
-   * Forgets idempotency keys older than 24 hours and settled records past retention. Keys age by the clock, but
-   * their horizon (keys older than it are forgotten) never advances faster than the monotonic clock: a wall
-   * clock jumping a day or more forward must not forget every key at once, so a resend of a report
-   * acknowledged just before the jump is still recognised. Time the sidecar was not running does not count,
-   * so keys are kept at least 24 hours of running time (the key bound caps their number meanwhile).
+   * Forgets idempotency keys older than 24 hours (see {@link KeyStore.prune}) and settled records past
+   * retention, each in a transaction; memory follows only what committed.
    */
   prune(nowMs: number): void {
-    const monotonicMs = this.#options.clock.monotonicMs();
-    const allowedMs = this.#keyHorizonMs + Math.max(0, monotonicMs - this.#keyHorizonAtMonotonicMs);
-    const horizonMs = Math.max(this.#keyHorizonMs, Math.min(nowMs - IDEMPOTENCY_TTL_MS, allowedMs));
-    const { keysPruned, unsealed } = this.#write(() =>
-      this.#db.transaction(() => {
-        const pruned = this.#stmt.pruneKeys.run(horizonMs).changes;
-        this.#stmt.setKeyHorizon.run(String(horizonMs));
-        const settled = this.#stmt.pruneSettled.all(nowMs - SETTLED_RETENTION_MS) as {
-          dimension: string;
-          hour_ms: number;
-        }[];
-        return { keysPruned: pruned, unsealed: settled };
-      })(),
+    this.#write(() => this.#keys.prune(nowMs));
+    const unsealed = this.#write(
+      () =>
+        this.#stmt.pruneSettled.all(nowMs - SETTLED_RETENTION_MS) as { dimension: string; hour_ms: number }[],
     );
-    // Memory follows the file only once the transaction has committed.
-    this.#keyCount -= keysPruned;
     for (const row of unsealed) this.#sealed.get(row.dimension)?.delete(row.hour_ms);
-    this.#keyHorizonMs = horizonMs;
-    this.#keyHorizonAtMonotonicMs = monotonicMs;
   }
 
   /** Commits every queued batch, then closes the database. Idempotent. */
@@ -926,26 +560,6 @@ export class SqliteLedger {
     }
     hours.add(hourMs);
   }
-}
-
-function toRecord(row: RecordRow): StoredRecord {
-  return {
-    id: row.id,
-    dimension: row.dimension,
-    hourStartMs: row.hour_ms,
-    quantity: row.quantity,
-    timestampMs: row.timestamp_ms,
-    clientToken: row.client_token,
-    request: JSON.parse(row.request) as MeterUsageRequest,
-    status: row.status,
-    attempts: row.attempts,
-    nextAttemptMs: row.next_attempt_ms,
-    // A record still marked in flight had an attempt whose outcome was never stored (for instance because the
-    // disk filled up right after AWS accepted it): it may have been delivered.
-    maybeDelivered: row.maybe_delivered !== 0 || row.in_flight !== 0,
-    lastError: row.last_error ?? undefined,
-    meteringRecordId: row.metering_record_id ?? undefined,
-  };
 }
 
 function isCorruption(err: unknown): boolean {

@@ -1,0 +1,222 @@
+/**
+ * The open hours' buckets: usage summed per (dimension, hour, tag set), with the limits every hour's record must
+ * keep (AWS's tag limits, an exact total) and the placement of carried usage. Runs inside the ledger's
+ * transactions; an operation that would break a limit throws {@link BatchRejected}, rolling its savepoint back.
+ */
+import { MAX_TAG_KEYS, MAX_TAG_SETS } from '../awsLimits.js';
+import { HOUR_MS } from '../clock.js';
+import { bucketTime, targetHour } from './hours.js';
+import type { KeyStore } from './keyStore.js';
+import { ledgerRejection, type LedgerRejection, type RecordResult, type UsageReport } from './ledger.js';
+import type { Statements } from './statements.js';
+
+/**
+ * Largest total of one (dimension, hour) the ledger keeps: 2^53 - 1, the largest integer JavaScript numbers
+ * hold exactly. SQLite's integers would go further, but the sealed record is computed in JavaScript, so usage
+ * that would take an hour beyond this is refused rather than acknowledged and rounded (docs/metering.md).
+ */
+export const MAX_EXACT_TOTAL = Number.MAX_SAFE_INTEGER;
+
+/** A limit a batch would break, as intake answers it. */
+type LimitProblem = { code: LedgerRejection['code']; message: string };
+
+/** Thrown inside a batch's savepoint to roll back just that batch. */
+export class BatchRejected extends Error {
+  constructor(readonly rejection: LedgerRejection) {
+    super(rejection.message);
+  }
+}
+
+/** Usage of one tag set, as carried usage and the cap's excess are placed. */
+export interface CarriedAllocation {
+  readonly tagsKey: string;
+  readonly quantity: number;
+}
+
+/** The buckets of one ledger connection. */
+export class Buckets {
+  readonly #stmt: Statements;
+  readonly #isSealed: (dimension: string, hourMs: number) => boolean;
+
+  /** `isSealed`: whether (dimension, hour) already has its record, so usage for it goes to a later hour. */
+  constructor(stmt: Statements, isSealed: (dimension: string, hourMs: number) => boolean) {
+    this.#stmt = stmt;
+    this.#isSealed = isSealed;
+  }
+
+  /**
+   * Adds one batch of reports, arrived at `arrivalMs`, inside the batch's savepoint: repeats of known keys are
+   * counted as duplicates, the rest summed per (dimension, tag set) into the buckets of the hour of arrival
+   * (or the next unsealed one), then every limit is checked.
+   * @throws BatchRejected when the batch would break a limit; the savepoint then rolls it back.
+   */
+  apply(reports: readonly UsageReport[], arrivalMs: number, keys: KeyStore): RecordResult {
+    const stmt = this.#stmt;
+    let duplicates = 0;
+    const seenIds = new Set<string>();
+    // Sum the batch per (dimension, tag set) first: one statement per bucket, not per report.
+    const sums = new Map<string, Map<string, { quantity: number; index: number }>>();
+    reports.forEach((report, index) => {
+      if (report.id !== undefined) {
+        if (seenIds.has(report.id) || keys.has(report.id)) {
+          duplicates++;
+          return;
+        }
+        seenIds.add(report.id);
+        keys.add(report.id, arrivalMs);
+      }
+      let byTags = sums.get(report.dimension);
+      if (byTags === undefined) {
+        byTags = new Map<string, { quantity: number; index: number }>();
+        sums.set(report.dimension, byTags);
+      }
+      const sum = byTags.get(report.tagsKey);
+      if (sum === undefined) byTags.set(report.tagsKey, { quantity: report.quantity, index });
+      else sum.quantity += report.quantity;
+    });
+    for (const [dimension, byTags] of sums) {
+      const hourMs = targetHour(arrivalMs, (h) => this.#isSealed(dimension, h));
+      const atMs = bucketTime(arrivalMs, hourMs);
+      let firstNewIndex: number | undefined;
+      let firstIndex: number | undefined;
+      for (const [tagsKey, sum] of byTags) {
+        firstIndex ??= sum.index;
+        if (stmt.addToBucket.run(sum.quantity, atMs, dimension, hourMs, tagsKey).changes === 0) {
+          stmt.insertBucket.run(dimension, hourMs, tagsKey, sum.quantity, atMs);
+          firstNewIndex ??= sum.index;
+        }
+      }
+      this.#checkLimits(
+        dimension,
+        hourMs,
+        firstNewIndex ?? firstIndex ?? 0,
+        reports.length > 1,
+        firstNewIndex !== undefined,
+      );
+    }
+    const counted = new Map<string, number>();
+    for (const [dimension, byTags] of sums) {
+      let quantity = 0;
+      for (const sum of byTags.values()) quantity += sum.quantity;
+      counted.set(dimension, quantity);
+    }
+    return { kind: 'recorded', accepted: reports.length - duplicates, duplicates, counted };
+  }
+
+  /**
+   * Refuses a batch that would give one record more tag sets or tag keys than AWS accepts. Usage carried into
+   * the hour never causes the refusal: if the hour is over a limit and holds carried usage with tags, that usage
+   * is folded into the hour's untagged allocation (same quantity, billed in the same hour, without its tags);
+   * if the app's own usage needs even that allocation's place (2,500 tag sets of its own), the carried usage
+   * moves on to the next hour that can take it. Then the limits are checked again. The same holds for the
+   * hour's total, kept at most {@link MAX_EXACT_TOTAL} so that it stays exact in JavaScript numbers.
+   */
+  #checkLimits(dimension: string, hourMs: number, index: number, batch: boolean, newTagSets: boolean): void {
+    const check = (): LimitProblem | undefined =>
+      this.#totalProblem(dimension, hourMs) ??
+      (newTagSets ? this.#tagLimitProblem(dimension, hourMs) : undefined);
+    let problem = check();
+    if (problem !== undefined && this.#foldCarried(dimension, hourMs)) problem = check();
+    if (problem !== undefined && this.#moveCarried(dimension, hourMs)) problem = check();
+    if (problem !== undefined)
+      throw new BatchRejected(ledgerRejection(problem.code, problem.message, batch ? index : undefined));
+  }
+
+  /** The hour's total over {@link MAX_EXACT_TOTAL}. */
+  #totalProblem(dimension: string, hourMs: number): LimitProblem | undefined {
+    const total = this.#stmt.hourTotal.get(dimension, hourMs) as number;
+    if (total <= MAX_EXACT_TOTAL) return undefined;
+    return {
+      code: 'InvalidQuantity',
+      message: `dimension ${JSON.stringify(dimension)} would total more than ${MAX_EXACT_TOTAL} this hour, beyond what is kept exact (AWS bills at most 2,147,483,647 a record; the rest is carried hour after hour)`,
+    };
+  }
+
+  #tagLimitProblem(dimension: string, hourMs: number): LimitProblem | undefined {
+    const tagSets = this.#stmt.countTagSets.get(dimension, hourMs) as number;
+    if (tagSets > MAX_TAG_SETS) {
+      return {
+        code: 'TooManyTagSets',
+        message: `dimension ${JSON.stringify(dimension)} would have ${tagSets} tag sets this hour; AWS accepts at most ${MAX_TAG_SETS} per record`,
+      };
+    }
+    const tagKeys = this.#stmt.countTagKeys.get(dimension, hourMs) as number;
+    if (tagKeys > MAX_TAG_KEYS) {
+      return {
+        code: 'InvalidTags',
+        message: `dimension ${JSON.stringify(dimension)} would use ${tagKeys} distinct tag keys this hour; AWS accepts at most ${MAX_TAG_KEYS} per record`,
+      };
+    }
+    return undefined;
+  }
+
+  /**
+   * Moves the tagged usage carried into (dimension, hour) to the hour's untagged bucket, freeing the tag sets and
+   * keys it held for the app. Returns whether anything moved. Runs inside the batch's savepoint, so a batch
+   * refused all the same leaves the carried usage as it was.
+   */
+  #foldCarried(dimension: string, hourMs: number): boolean {
+    const stmt = this.#stmt;
+    const carried = stmt.carriedTagged.all(dimension, hourMs) as {
+      tags: string;
+      carried_quantity: number;
+      first_at_ms: number;
+    }[];
+    for (const bucket of carried) {
+      stmt.takeCarried.run(dimension, hourMs, bucket.tags);
+      stmt.deleteEmptyBucket.run(dimension, hourMs, bucket.tags);
+      this.#addCarried(dimension, hourMs, '{}', bucket.carried_quantity, bucket.first_at_ms);
+    }
+    return carried.length > 0;
+  }
+
+  /** Moves the carried usage left in (dimension, hour), untagged by now, to a later hour. Returns whether any. */
+  #moveCarried(dimension: string, hourMs: number): boolean {
+    const quantity = this.#stmt.carriedOf.get(dimension, hourMs, '{}') as number | undefined;
+    if (quantity === undefined || quantity === 0) return false;
+    this.#stmt.takeCarried.run(dimension, hourMs, '{}');
+    this.#stmt.deleteEmptyBucket.run(dimension, hourMs, '{}');
+    this.placeCarried(dimension, hourMs + HOUR_MS, [{ tagsKey: '{}', quantity }]);
+    return true;
+  }
+
+  /** Adds carried usage to a bucket, marking it as carried. */
+  #addCarried(dimension: string, hourMs: number, tagsKey: string, quantity: number, atMs: number): void {
+    if (this.#stmt.addCarried.run(quantity, quantity, atMs, dimension, hourMs, tagsKey).changes === 0) {
+      this.#stmt.insertCarried.run(dimension, hourMs, tagsKey, quantity, quantity, atMs);
+    }
+  }
+
+  /**
+   * Adds carried usage (per tag set) to the first unsealed hour from `fromMs` on whose record would still be
+   * within AWS's tag limits (2,500 tag sets, 5 tag keys), so a carry never produces a record AWS refuses, and
+   * whose total stays exact. Returns the hour. An hour with no usage always fits, because the carried usage
+   * came from one valid record.
+   */
+  placeCarried(dimension: string, fromMs: number, allocations: readonly CarriedAllocation[]): number {
+    let hourMs = targetHour(fromMs, (h) => this.#isSealed(dimension, h));
+    while (!this.#fits(dimension, hourMs, allocations)) {
+      hourMs = targetHour(hourMs + HOUR_MS, (h) => this.#isSealed(dimension, h));
+    }
+    const atMs = bucketTime(fromMs, hourMs);
+    for (const { tagsKey, quantity } of allocations)
+      this.#addCarried(dimension, hourMs, tagsKey, quantity, atMs);
+    return hourMs;
+  }
+
+  /**
+   * Whether adding these allocations to (dimension, hour) keeps its record within AWS's tag limits, and its
+   * total within {@link MAX_EXACT_TOTAL}.
+   */
+  #fits(dimension: string, hourMs: number, allocations: readonly CarriedAllocation[]): boolean {
+    const adding = allocations.reduce((sum, a) => sum + a.quantity, 0);
+    if ((this.#stmt.hourTotal.get(dimension, hourMs) as number) + adding > MAX_EXACT_TOTAL) return false;
+    const tagsKeys = allocations.map((a) => a.tagsKey);
+    const sets = new Set(this.#stmt.tagsOf.all(dimension, hourMs) as string[]);
+    for (const key of tagsKeys) sets.add(key);
+    if (sets.size > MAX_TAG_SETS) return false;
+    const keys = new Set<string>();
+    for (const set of sets) for (const key of Object.keys(JSON.parse(set) as object)) keys.add(key);
+    return keys.size <= MAX_TAG_KEYS;
+  }
+}

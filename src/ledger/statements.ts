@@ -1,0 +1,163 @@
+/**
+ * The SQL of the ledger, prepared once per connection, and the mapping of a records row to a {@link StoredRecord}.
+ * The schema these statements read and write is ./schema.ts.
+ */
+import Database from 'better-sqlite3';
+import type { MeterUsageRequest } from './hours.js';
+import type { RecordStatus, StoredRecord } from './ledger.js';
+
+/** The SQL of every statement, by name; `pluck` ones answer their first column only. */
+const SQL = {
+  keyExists: { sql: 'SELECT 1 FROM idempotency_keys WHERE id = ?', pluck: true },
+  insertKey: { sql: 'INSERT INTO idempotency_keys (id, at_ms, seq) VALUES (?, ?, ?)' },
+  addToBucket: {
+    sql: 'UPDATE buckets SET quantity = quantity + ?, first_at_ms = min(first_at_ms, ?) WHERE dimension = ? AND hour_ms = ? AND tags = ?',
+  },
+  insertBucket: {
+    sql: 'INSERT INTO buckets (dimension, hour_ms, tags, quantity, first_at_ms) VALUES (?, ?, ?, ?, ?)',
+  },
+  addCarried: {
+    sql: 'UPDATE buckets SET quantity = quantity + ?, carried_quantity = carried_quantity + ?, first_at_ms = min(first_at_ms, ?) WHERE dimension = ? AND hour_ms = ? AND tags = ?',
+  },
+  insertCarried: {
+    sql: 'INSERT INTO buckets (dimension, hour_ms, tags, quantity, carried_quantity, first_at_ms) VALUES (?, ?, ?, ?, ?, ?)',
+  },
+  carriedTagged: {
+    sql: "SELECT tags, carried_quantity, first_at_ms FROM buckets WHERE dimension = ? AND hour_ms = ? AND carried_quantity > 0 AND tags <> '{}'",
+  },
+  carriedOf: {
+    sql: 'SELECT carried_quantity FROM buckets WHERE dimension = ? AND hour_ms = ? AND tags = ?',
+    pluck: true,
+  },
+  takeCarried: {
+    sql: 'UPDATE buckets SET quantity = quantity - carried_quantity, carried_quantity = 0 WHERE dimension = ? AND hour_ms = ? AND tags = ?',
+  },
+  deleteEmptyBucket: {
+    sql: 'DELETE FROM buckets WHERE dimension = ? AND hour_ms = ? AND tags = ? AND quantity = 0',
+  },
+  countTagSets: { sql: 'SELECT count(*) FROM buckets WHERE dimension = ? AND hour_ms = ?', pluck: true },
+  hourTotal: {
+    sql: 'SELECT coalesce(sum(quantity), 0) FROM buckets WHERE dimension = ? AND hour_ms = ?',
+    pluck: true,
+  },
+  countTagKeys: {
+    sql: 'SELECT count(DISTINCT t.key) FROM buckets b, json_each(b.tags) t WHERE b.dimension = ? AND b.hour_ms = ?',
+    pluck: true,
+  },
+  bucketHours: { sql: 'SELECT DISTINCT dimension, hour_ms FROM buckets ORDER BY hour_ms, dimension' },
+  bucketsOf: {
+    sql: 'SELECT tags, quantity, first_at_ms FROM buckets WHERE dimension = ? AND hour_ms = ? ORDER BY tags',
+  },
+  deleteBuckets: { sql: 'DELETE FROM buckets WHERE dimension = ? AND hour_ms = ?' },
+  insertRecord: {
+    sql: `INSERT INTO records (dimension, hour_ms, quantity, timestamp_ms, client_token, request, status, next_attempt_ms, sealed_at_ms)
+       VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?) RETURNING *`,
+  },
+  due: {
+    sql: "SELECT * FROM records WHERE status = 'pending' AND next_attempt_ms <= ? ORDER BY timestamp_ms, id",
+  },
+  pending: { sql: "SELECT * FROM records WHERE status = 'pending' ORDER BY timestamp_ms, id" },
+  nextAttempt: { sql: "SELECT min(next_attempt_ms) FROM records WHERE status = 'pending'", pluck: true },
+  byId: { sql: 'SELECT * FROM records WHERE id = ?' },
+  retryNow: { sql: "UPDATE records SET next_attempt_ms = ? WHERE id = ? AND status = 'pending'" },
+  retryAllNow: {
+    sql: "UPDATE records SET next_attempt_ms = ? WHERE status = 'pending' AND next_attempt_ms > ?",
+  },
+  markInFlight: { sql: "UPDATE records SET in_flight = 1 WHERE id = ? AND status = 'pending'" },
+  markSent: {
+    sql: "UPDATE records SET status = 'sent', in_flight = 0, metering_record_id = ?, settled_at_ms = ?, attempts = attempts + 1 WHERE id = ? AND status = 'pending'",
+  },
+  markRetry: {
+    sql: "UPDATE records SET in_flight = 0, attempts = attempts + 1, next_attempt_ms = ?, last_error = ?, maybe_delivered = max(maybe_delivered, ?) WHERE id = ? AND status = 'pending'",
+  },
+  markFailed: {
+    sql: "UPDATE records SET status = 'failed', in_flight = 0, last_error = ?, settled_at_ms = ?, attempts = attempts + ? WHERE id = ? AND status = 'pending'",
+  },
+  markCarried: {
+    sql: "UPDATE records SET status = 'carried', in_flight = 0, last_error = ?, settled_at_ms = ?, carried_to_hour_ms = ? WHERE id = ? AND status = 'pending'",
+  },
+  tagsOf: { sql: 'SELECT tags FROM buckets WHERE dimension = ? AND hour_ms = ?', pluck: true },
+  statusCounts: { sql: 'SELECT status, count(*) AS n FROM records GROUP BY status' },
+  openUsage: {
+    sql: 'SELECT dimension, hour_ms, sum(quantity) AS quantity, count(*) AS tag_sets FROM buckets GROUP BY dimension, hour_ms ORDER BY hour_ms, dimension',
+  },
+  pendingByDimension: {
+    sql: "SELECT dimension, sum(quantity) AS quantity FROM records WHERE status = 'pending' GROUP BY dimension",
+  },
+  probe: {
+    sql: "INSERT INTO meta (key, value) VALUES ('probe', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+  },
+  oldestPending: { sql: "SELECT min(timestamp_ms) FROM records WHERE status = 'pending'", pluck: true },
+  failed: {
+    sql: "SELECT dimension, hour_ms, quantity, last_error FROM records WHERE status = 'failed' ORDER BY hour_ms DESC LIMIT 100",
+  },
+  pruneKeys: { sql: 'DELETE FROM idempotency_keys WHERE at_ms < ?' },
+  evictKeys: {
+    sql: 'DELETE FROM idempotency_keys WHERE id IN (SELECT id FROM idempotency_keys ORDER BY seq LIMIT ?)',
+  },
+  setHighWater: {
+    sql: "INSERT INTO meta (key, value) VALUES ('high_water_ms', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
+  },
+  oldestKey: { sql: 'SELECT min(at_ms) FROM idempotency_keys', pluck: true },
+  setKeyHorizon: {
+    sql: "INSERT INTO meta (key, value) VALUES ('key_horizon_ms', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+  },
+  pruneSettled: {
+    sql: "DELETE FROM records WHERE status IN ('sent', 'carried') AND settled_at_ms < ? RETURNING dimension, hour_ms",
+  },
+} as const satisfies Readonly<Record<string, { readonly sql: string; readonly pluck?: true }>>;
+
+/** The prepared statements of one connection, by name. */
+export type Statements = { readonly [K in keyof typeof SQL]: Database.Statement };
+
+/** Prepares every statement of the ledger on `db`. */
+export function prepareStatements(db: Database.Database): Statements {
+  const prepared: Partial<Record<keyof typeof SQL, Database.Statement>> = {};
+  for (const [name, { sql, ...options }] of Object.entries(SQL) as [
+    keyof typeof SQL,
+    { sql: string; pluck?: true },
+  ][]) {
+    const statement = db.prepare(sql);
+    prepared[name] = options.pluck === true ? statement.pluck() : statement;
+  }
+  return prepared as Statements;
+}
+
+/** A row of `records`. */
+export interface RecordRow {
+  id: number;
+  dimension: string;
+  hour_ms: number;
+  quantity: number;
+  timestamp_ms: number;
+  client_token: string;
+  request: string;
+  status: RecordStatus;
+  attempts: number;
+  next_attempt_ms: number;
+  maybe_delivered: number;
+  in_flight: number;
+  last_error: string | null;
+  metering_record_id: string | null;
+}
+
+/** A records row as the rest of the ledger sees it. */
+export function toRecord(row: RecordRow): StoredRecord {
+  return {
+    id: row.id,
+    dimension: row.dimension,
+    hourStartMs: row.hour_ms,
+    quantity: row.quantity,
+    timestampMs: row.timestamp_ms,
+    clientToken: row.client_token,
+    request: JSON.parse(row.request) as MeterUsageRequest,
+    status: row.status,
+    attempts: row.attempts,
+    nextAttemptMs: row.next_attempt_ms,
+    // A record still marked in flight had an attempt whose outcome was never stored (for instance because the
+    // disk filled up right after AWS accepted it): it may have been delivered.
+    maybeDelivered: row.maybe_delivered !== 0 || row.in_flight !== 0,
+    lastError: row.last_error ?? undefined,
+    meteringRecordId: row.metering_record_id ?? undefined,
+  };
+}
