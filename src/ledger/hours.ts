@@ -214,3 +214,11 @@ export function meterUsageRequest(options: {
     ...(options.dryRun ? { DryRun: true } : {}),
   };
 }
+
+/** The usage of a stored request per tag set, as it is carried: its allocations, or its total untagged. */
+export function allocationsOf(request: MeterUsageRequest): { tagsKey: string; quantity: number }[] {
+  return (request.UsageAllocations ?? [{ AllocatedUsageQuantity: request.UsageQuantity }]).map((a) => ({
+    tagsKey: canonicalTags(Object.fromEntries((a.Tags ?? []).map((t) => [t.Key, t.Value]))),
+    quantity: a.AllocatedUsageQuantity,
+  }));
+}

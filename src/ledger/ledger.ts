@@ -3,6 +3,7 @@
  * SQLite implementation is ./sqliteLedger.ts, its schema and migrations ./schema.ts, the hour rules it applies
  * ./hours.ts. The ledger sits below intake and sending: it imports neither, and answers in its own vocabulary.
  */
+import type { Clock } from '../clock.js';
 import type { MeterUsageRequest } from './hours.js';
 
 /** One validated usage report, as intake hands it to the ledger. */
@@ -90,4 +91,19 @@ export interface LedgerStatus {
     quantity: number;
     error: string | undefined;
   }[];
+}
+
+/** Options of opening a ledger (`SqliteLedger.open`). */
+export interface LedgerOptions {
+  readonly stateDir: string;
+  readonly productCode: string;
+  readonly dryRun: boolean;
+  readonly clock: Clock;
+  /** Most idempotency keys kept; default `DEFAULT_IDEMPOTENCY_KEYS_MAX` (./keys.ts). */
+  readonly idempotencyKeysMax?: number;
+  /**
+   * Told after a commit that forgot keys to stay within the bound: how many, and the arrival time of the
+   * oldest key still kept (the shorter window in which a resend is still recognised).
+   */
+  readonly onKeysEvicted?: (evicted: number, oldestKeptAtMs: number | undefined) => void;
 }

@@ -7,25 +7,22 @@
  * Contract: a crash at any moment leaves every acknowledged batch counted exactly once. `record()` resolves only
  * after the transaction holding the batch has committed; batches that arrive together share one commit (group
  * commit). Sealing a bucket, storing its record and deleting the bucket happen in one transaction, as does every
- * carry. An unreadable or newer-schema database raises {@link LedgerCorruptError}; it is never reset.
+ * carry. An unreadable or newer-schema database raises LedgerCorruptError; it is never reset.
  */
-import { closeSync, fsyncSync, mkdirSync, openSync, unlinkSync, writeSync } from 'node:fs';
-import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import type { Clock } from '../clock.js';
 import { HOUR_MS } from '../clock.js';
-import { LedgerCorruptError, StorageUnavailableError } from '../errors.js';
+import { StorageUnavailableError } from '../errors.js';
 import {
+  type LedgerOptions,
   type LedgerRejection,
   type LedgerStatus,
   type RecordResult,
-  type RecordStatus,
   type StoredRecord,
   type UsageReport,
 } from './ledger.js';
 import { BatchRejected, Buckets } from './buckets.js';
 import {
-  canonicalTags,
+  allocationsOf,
   carryDeadline,
   clientToken,
   maySeal,
@@ -35,33 +32,12 @@ import {
 } from './hours.js';
 import { KeyStore } from './keyStore.js';
 import { DEFAULT_IDEMPOTENCY_KEYS_MAX } from './keys.js';
-import { migrate } from './schema.js';
-import { prepareStatements, toRecord, type RecordRow, type Statements } from './statements.js';
-import { lockStateDir, type StateLock } from './stateLock.js';
-
-/** Database file name inside the state directory. */
-export const LEDGER_FILE = 'ledger.db';
-
-/** Size of the write probe: a volume with less free space than this is treated as full. */
-const WRITE_PROBE_BYTES = 64 * 1024;
+import { prepareStatements, readStatus, toRecord, type RecordRow, type Statements } from './statements.js';
+import type { StateLock } from './stateLock.js';
+import { openDatabase, probeWritable } from './database.js';
 
 /** Settled (sent or carried) records are kept this long for status and audits; failed ones until a human acts. */
 const SETTLED_RETENTION_MS = 30 * 24 * HOUR_MS;
-
-/** Options of {@link SqliteLedger.open}. */
-export interface LedgerOptions {
-  readonly stateDir: string;
-  readonly productCode: string;
-  readonly dryRun: boolean;
-  readonly clock: Clock;
-  /** Most idempotency keys kept; default {@link DEFAULT_IDEMPOTENCY_KEYS_MAX}. */
-  readonly idempotencyKeysMax?: number;
-  /**
-   * Told after a commit that forgot keys to stay within the bound: how many, and the arrival time of the
-   * oldest key still kept (the shorter window in which a resend is still recognised).
-   */
-  readonly onKeysEvicted?: (evicted: number, oldestKeptAtMs: number | undefined) => void;
-}
 
 interface Queued {
   readonly reports: readonly UsageReport[];
@@ -137,53 +113,8 @@ export class SqliteLedger {
    * @throws StorageUnavailableError when the directory or file cannot be created or written.
    */
   static open(options: LedgerOptions): SqliteLedger {
-    const path = join(options.stateDir, LEDGER_FILE);
-    try {
-      mkdirSync(options.stateDir, { recursive: true });
-    } catch (err) {
-      throw new StorageUnavailableError(
-        `cannot create the state directory ${options.stateDir} (${describe(err)}): check that METERING_STATE_DIR is a writable volume`,
-        { cause: err },
-      );
-    }
-    const lock = lockStateDir(options.stateDir);
-    let db: Database.Database;
-    try {
-      db = new Database(path);
-    } catch (err) {
-      lock.release();
-      throw new StorageUnavailableError(
-        `cannot open the ledger at ${path} (${describe(err)}): check that METERING_STATE_DIR is a writable volume`,
-        { cause: err },
-      );
-    }
-    try {
-      const check = db.pragma('quick_check', { simple: true }) as string;
-      if (check !== 'ok')
-        throw new LedgerCorruptError(`the ledger at ${path} failed its integrity check: ${check}`);
-      db.pragma('journal_mode = WAL');
-      db.pragma('synchronous = FULL');
-      db.pragma('busy_timeout = 5000');
-      migrate(db, path, { nowMs: options.clock.now() });
-      const row = db.prepare("SELECT value FROM meta WHERE key = 'ledger_id'").get() as
-        { value: string } | undefined;
-      if (row === undefined) throw new LedgerCorruptError(`the ledger at ${path} has no ledger id`);
-      const ledgerId = row.value;
-      return new SqliteLedger(db, options, ledgerId, lock);
-    } catch (err) {
-      db.close();
-      lock.release();
-      if (err instanceof LedgerCorruptError) throw err;
-      if (isCorruption(err)) {
-        throw new LedgerCorruptError(
-          `the ledger at ${path} is not a readable database (${describe(err)}); it is kept as it is: restore it or move it aside only after checking what it held`,
-          { cause: err },
-        );
-      }
-      throw new StorageUnavailableError(`cannot open the ledger at ${path} (${describe(err)})`, {
-        cause: err,
-      });
-    }
+    const { db, lock, ledgerId } = openDatabase(options.stateDir, options.clock.now());
+    return new SqliteLedger(db, options, ledgerId, lock);
   }
 
   /** Transactions committed by {@link record} so far (several batches share one under load). */
@@ -410,13 +341,7 @@ export class SqliteLedger {
         const row = this.#stmt.byId.get(id) as RecordRow | undefined;
         if (row === undefined || row.status !== 'pending') return undefined;
         const record = toRecord(row);
-        const allocations = (
-          record.request.UsageAllocations ?? [{ AllocatedUsageQuantity: record.quantity }]
-        ).map((a) => ({
-          tagsKey: canonicalTags(Object.fromEntries((a.Tags ?? []).map((t) => [t.Key, t.Value]))),
-          quantity: a.AllocatedUsageQuantity,
-        }));
-        const hourMs = this.#buckets.placeCarried(record.dimension, nowMs, allocations);
+        const hourMs = this.#buckets.placeCarried(record.dimension, nowMs, allocationsOf(record.request));
         this.#stmt.markCarried.run(reason, nowMs, hourMs, id);
         return hourMs;
       })(),
@@ -434,47 +359,7 @@ export class SqliteLedger {
 
   /** A summary for status and for the exit code at shutdown. */
   status(nowMs: number): LedgerStatus {
-    const records: Record<RecordStatus, number> = { pending: 0, sent: 0, carried: 0, failed: 0 };
-    for (const row of this.#stmt.statusCounts.all() as { status: RecordStatus; n: number }[])
-      records[row.status] = row.n;
-    const oldest = this.#stmt.oldestPending.get() as number | null;
-    return {
-      ledgerId: this.#ledgerId,
-      open: (
-        this.#stmt.openUsage.all() as {
-          dimension: string;
-          hour_ms: number;
-          quantity: number;
-          tag_sets: number;
-        }[]
-      ).map((r) => ({
-        dimension: r.dimension,
-        hourStartMs: r.hour_ms,
-        quantity: r.quantity,
-        tagSets: r.tag_sets,
-      })),
-      records,
-      oldestUnsentAgeSeconds: oldest === null ? null : Math.max(0, Math.floor((nowMs - oldest) / 1000)),
-      pendingByDimension: new Map(
-        (this.#stmt.pendingByDimension.all() as { dimension: string; quantity: number }[]).map((r) => [
-          r.dimension,
-          r.quantity,
-        ]),
-      ),
-      failed: (
-        this.#stmt.failed.all() as {
-          dimension: string;
-          hour_ms: number;
-          quantity: number;
-          last_error: string | null;
-        }[]
-      ).map((r) => ({
-        dimension: r.dimension,
-        hourStartMs: r.hour_ms,
-        quantity: r.quantity,
-        error: r.last_error ?? undefined,
-      })),
-    };
+    return readStatus(this.#stmt, this.#ledgerId, nowMs);
   }
 
   /**
@@ -482,23 +367,7 @@ export class SqliteLedger {
    * before usage is refused. Used by readiness; never throws.
    */
   writable(nowMs: number): { ok: true } | { ok: false; reason: string } {
-    // SQLite reuses space in its write-ahead log, so a small commit can succeed on a full disk: also write
-    // and sync a probe file of a useful size next to the database.
-    const probe = join(this.#options.stateDir, '.write-probe');
-    try {
-      const fd = openSync(probe, 'w');
-      try {
-        writeSync(fd, Buffer.alloc(WRITE_PROBE_BYTES));
-        fsyncSync(fd);
-      } finally {
-        closeSync(fd);
-        unlinkSync(probe);
-      }
-      this.#stmt.probe.run(String(nowMs));
-      return { ok: true };
-    } catch (err) {
-      return { ok: false, reason: `the state directory or ledger cannot be written (${describe(err)})` };
-    }
+    return probeWritable(this.#options.stateDir, () => this.#stmt.probe.run(String(nowMs)));
   }
 
   /** The files of the database: the ledger itself, its write-ahead log and shared-memory index. */
@@ -560,11 +429,6 @@ export class SqliteLedger {
     }
     hours.add(hourMs);
   }
-}
-
-function isCorruption(err: unknown): boolean {
-  const code = (err as { code?: unknown }).code;
-  return code === 'SQLITE_NOTADB' || code === 'SQLITE_CORRUPT' || code === 'SQLITE_CORRUPT_VTAB';
 }
 
 function describe(err: unknown): string {

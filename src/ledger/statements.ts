@@ -4,7 +4,7 @@
  */
 import Database from 'better-sqlite3';
 import type { MeterUsageRequest } from './hours.js';
-import type { RecordStatus, StoredRecord } from './ledger.js';
+import type { LedgerStatus, RecordStatus, StoredRecord } from './ledger.js';
 
 /** The SQL of every statement, by name; `pluck` ones answer their first column only. */
 const SQL = {
@@ -159,5 +159,50 @@ export function toRecord(row: RecordRow): StoredRecord {
     maybeDelivered: row.maybe_delivered !== 0 || row.in_flight !== 0,
     lastError: row.last_error ?? undefined,
     meteringRecordId: row.metering_record_id ?? undefined,
+  };
+}
+
+/** The summary of the ledger behind `stmt` at `nowMs`, for status and for the exit code at shutdown. */
+export function readStatus(stmt: Statements, ledgerId: string, nowMs: number): LedgerStatus {
+  const records: Record<RecordStatus, number> = { pending: 0, sent: 0, carried: 0, failed: 0 };
+  for (const row of stmt.statusCounts.all() as { status: RecordStatus; n: number }[])
+    records[row.status] = row.n;
+  const oldest = stmt.oldestPending.get() as number | null;
+  return {
+    ledgerId: ledgerId,
+    open: (
+      stmt.openUsage.all() as {
+        dimension: string;
+        hour_ms: number;
+        quantity: number;
+        tag_sets: number;
+      }[]
+    ).map((r) => ({
+      dimension: r.dimension,
+      hourStartMs: r.hour_ms,
+      quantity: r.quantity,
+      tagSets: r.tag_sets,
+    })),
+    records,
+    oldestUnsentAgeSeconds: oldest === null ? null : Math.max(0, Math.floor((nowMs - oldest) / 1000)),
+    pendingByDimension: new Map(
+      (stmt.pendingByDimension.all() as { dimension: string; quantity: number }[]).map((r) => [
+        r.dimension,
+        r.quantity,
+      ]),
+    ),
+    failed: (
+      stmt.failed.all() as {
+        dimension: string;
+        hour_ms: number;
+        quantity: number;
+        last_error: string | null;
+      }[]
+    ).map((r) => ({
+      dimension: r.dimension,
+      hourStartMs: r.hour_ms,
+      quantity: r.quantity,
+      error: r.last_error ?? undefined,
+    })),
   };
 }

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { EmulatorCall, MeteredRecord } from '../../src/emulator/emulator.js';
-import { LEDGER_FILE } from '../../src/ledger/sqliteLedger.js';
+import { LEDGER_FILE } from '../../src/ledger/database.js';
 import { SidecarClient, type UsageInput } from '../../src/client/client.js';
 import { sidecarFixture, type Cleanups } from '../helpers/fixture.js';
 import type { SidecarProcess } from '../helpers/sidecarProcess.js';

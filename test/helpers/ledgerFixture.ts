@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { LEDGER_FILE } from '../../src/ledger/sqliteLedger.js';
+import { LEDGER_FILE } from '../../src/ledger/database.js';
 
 /**
  * Writes into `stateDir` a ledger built from a fixture of test/fixtures (a ledger as an earlier build wrote it,
