@@ -32,7 +32,8 @@ import { IntakeServer, MAX_DRAIN_MS } from './intake/server.js';
 import { ERROR_STATUS, rejection, type ErrorCode, type Rejection } from './intake/usage.js';
 import { AdminServer, type ReadinessCheck } from './observe/adminServer.js';
 import { Metrics } from './observe/metrics.js';
-import { type LedgerStatus } from './ledger/ledger.js';
+import { InProcessLedger } from './ledger/inProcessLedger.js';
+import type { Ledger, LedgerStatus } from './ledger/ledger.js';
 import { SqliteLedger } from './ledger/sqliteLedger.js';
 import type { Logger } from './log.js';
 import { Scheduler } from './schedule/scheduler.js';
@@ -73,7 +74,7 @@ export class Agent {
   readonly #logger: Logger;
   readonly #clock: Clock;
   #emulator: MeteringEmulator | undefined;
-  #ledger: SqliteLedger | undefined;
+  #ledger: Ledger | undefined;
   #client: MarketplaceMeteringClient | undefined;
   #sendClient: MarketplaceMeteringClient | undefined;
   #lastProofAtMs = -Infinity;
@@ -98,17 +99,17 @@ export class Agent {
     this.#logger = deps.logger;
     this.#clock = deps.clock;
     this.#metrics = new Metrics({
-      ledger: () => {
+      ledger: async () => {
         const ledger = this.#ledger;
         if (ledger === undefined || this.#stopping !== undefined) return undefined;
         return ledger.status(this.#clock.now());
       },
       entitlementState: () => this.#entitlement,
       ledgerFiles: () => this.#ledger?.files ?? [],
-      idempotencyKeys: () => {
+      idempotencyKeys: async () => {
         const ledger = this.#ledger;
         if (ledger === undefined || this.#stopping !== undefined) return undefined;
-        const { count, oldestAtMs } = ledger.keyStats();
+        const { count, oldestAtMs } = await ledger.keyStats();
         return {
           count,
           oldestAgeSeconds:
@@ -176,14 +177,16 @@ export class Agent {
         );
       }
 
-      this.#ledger = SqliteLedger.open({
-        stateDir: config.stateDir,
-        productCode: config.productCode,
-        dryRun: config.dryRun,
-        clock: this.#clock,
-        idempotencyKeysMax: config.idempotencyKeysMax,
-        onKeysEvicted: (evicted, oldestKeptAtMs) => this.#keysEvicted(evicted, oldestKeptAtMs),
-      });
+      this.#ledger = new InProcessLedger(
+        SqliteLedger.open({
+          stateDir: config.stateDir,
+          productCode: config.productCode,
+          dryRun: config.dryRun,
+          clock: this.#clock,
+          idempotencyKeysMax: config.idempotencyKeysMax,
+          onKeysEvicted: (evicted, oldestKeptAtMs) => this.#keysEvicted(evicted, oldestKeptAtMs),
+        }),
+      );
       this.#logger.info({ stateDir: config.stateDir, ledgerId: this.#ledger.ledgerId }, 'ledger open');
 
       const clientOptions = {
@@ -330,7 +333,7 @@ export class Agent {
    */
   async #flushBeforeExit(): Promise<void> {
     if (this.#stopping !== undefined || this.#scheduler === undefined) return;
-    const status = this.#ledger?.status(this.#clock.now());
+    const status = await this.#ledger?.status(this.#clock.now());
     if (status === undefined || (status.records.pending === 0 && status.open.length === 0)) return;
     this.#logger.warn(
       { pending: status.records.pending, openHours: status.open.length },
@@ -428,13 +431,13 @@ export class Agent {
   }
 
   /** The readiness checks of `/readyz`: entitlement established, the ledger writable, the app API listening. */
-  readiness(): Record<string, ReadinessCheck> {
+  async readiness(): Promise<Record<string, ReadinessCheck>> {
     const entitled = this.#entitlement === 'entitled' || this.#entitlement === 'disabled';
     return {
       entitlement: entitled
         ? { ok: true }
         : { ok: false, reason: `${this.#entitlement}: ${this.#entitlementReason}` },
-      ledger: this.#ledgerWritable(),
+      ledger: await this.#ledgerWritable(),
       intake:
         this.#intake?.listening === true
           ? { ok: true }
@@ -443,7 +446,7 @@ export class Agent {
   }
 
   /** A write probe of the ledger, at most once a second however often readiness is asked. */
-  #ledgerWritable(): ReadinessCheck {
+  async #ledgerWritable(): Promise<ReadinessCheck> {
     const nowMs = this.#clock.now();
     // Cached by the monotonic clock: a wall clock stepping back must not freeze the cache.
     const atMs = this.#clock.monotonicMs();
@@ -452,7 +455,7 @@ export class Agent {
     const check: ReadinessCheck =
       ledger === undefined || this.#stopping !== undefined
         ? { ok: false, reason: 'the ledger is not open' }
-        : ledger.writable(nowMs);
+        : await ledger.writable(nowMs);
     if (!check.ok && this.#writable?.check.ok !== false) {
       this.#metrics.errors.inc({ code: CODES.stateUnavailable });
       this.#logger.error(
@@ -467,9 +470,9 @@ export class Agent {
     return check;
   }
 
-  #gate(): Rejection | undefined {
+  async #gate(): Promise<Rejection | undefined> {
     if (this.#entitlement === 'entitled' || this.#entitlement === 'disabled') {
-      const storage = this.#ledgerWritable();
+      const storage = await this.#ledgerWritable();
       if (storage.ok) return undefined;
       return rejection(
         'StorageUnavailable',
@@ -508,15 +511,15 @@ export class Agent {
   }
 
   /** The body of `GET /v1/status`. */
-  status(): unknown {
-    const checks = this.readiness();
+  async status(): Promise<unknown> {
+    const checks = await this.readiness();
     const ready = Object.values(checks).every((c) => c.ok);
     const ledger = this.#ledger;
     if (ledger === undefined) return { ready, checks, entitlement: this.#entitlementView() };
     return {
       ready,
       checks,
-      ...formatStatus(ledger.status(this.#clock.now()), this.#entitlementView(), this.#config),
+      ...formatStatus(await ledger.status(this.#clock.now()), this.#entitlementView(), this.#config),
     };
   }
 
@@ -555,7 +558,7 @@ export class Agent {
     }
     let outcome: StopOutcome = { exitCode: EXIT.leftInLedger, unsentRecords: 0, unsealedHours: 0 };
     try {
-      const status = this.#ledger?.status(this.#clock.now());
+      const status = await this.#ledger?.status(this.#clock.now());
       if (status !== undefined) {
         const unsentRecords = status.records.pending;
         // An hour whose usage adds up to zero sends nothing, so it does not count as left behind.
@@ -589,7 +592,7 @@ export class Agent {
     await this.#scheduler?.stop();
     await this.#intake?.stop();
     await this.#admin?.stop();
-    this.#ledger?.close();
+    await this.#ledger?.close();
     this.#client?.destroy();
     this.#sendClient?.destroy();
     await this.#emulator?.stop();

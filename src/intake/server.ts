@@ -11,7 +11,7 @@ import { dirname } from 'node:path';
 import { MAX_NONCE_LENGTH } from '../awsLimits.js';
 import { isLoopback, type ListenAddress } from '../config.js';
 import { CODES, ListenError, StorageUnavailableError } from '../errors.js';
-import type { SqliteLedger } from '../ledger/sqliteLedger.js';
+import type { UsageLedger } from '../ledger/ledger.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../observe/metrics.js';
 import { listen as listenOn, sendJson } from '../http.js';
@@ -46,12 +46,12 @@ export interface IntakeOptions {
   readonly socketPath: string | undefined;
   readonly listen: ListenAddress | undefined;
   readonly dimensions: readonly string[] | undefined;
-  readonly ledger: SqliteLedger;
+  readonly ledger: UsageLedger;
   readonly logger: Logger;
   /** Undefined while usage may be accepted; otherwise the NotEntitled rejection to answer. */
-  readonly gate: () => Rejection | undefined;
+  readonly gate: () => Promise<Rejection | undefined>;
   /** Body of `GET /v1/status`. */
-  readonly status: () => unknown;
+  readonly status: () => Promise<unknown>;
   /** Body of `GET /v1/entitlement`. */
   readonly entitlement: () => unknown;
   /** `POST /v1/entitlement`: a fresh RegisterUsage with the app's nonce; answers status and body. */
@@ -176,7 +176,7 @@ export class IntakeServer {
         rejection('MethodNotAllowed', `${req.method} is not allowed on ${path}; use ${route.join(' or ')}`),
       );
     }
-    if (path === '/v1/status') return sendJson(res, 200, this.#options.status());
+    if (path === '/v1/status') return sendJson(res, 200, await this.#options.status());
     if (path === '/v1/entitlement') {
       return req.method === 'GET'
         ? sendJson(res, 200, this.#options.entitlement())
@@ -258,7 +258,7 @@ export class IntakeServer {
         res.statusCode === 202 ? '' : ((res.getHeader('x-error-code') as string | undefined) ?? 'Unknown');
       metrics?.intakeRequests.inc({ result: res.statusCode === 202 ? 'accepted' : 'rejected', code });
     });
-    const gate = this.#options.gate();
+    const gate = await this.#options.gate();
     if (gate !== undefined) return discardAndFail(req, res, gate);
     const body = await this.#readText(req, res);
     if (body === undefined) return;

@@ -107,3 +107,67 @@ export interface LedgerOptions {
    */
   readonly onKeysEvicted?: (evicted: number, oldestKeptAtMs: number | undefined) => void;
 }
+
+/** What intake needs of the ledger: appending usage. */
+export interface UsageLedger {
+  /**
+   * Adds a batch of validated reports, all or nothing: resolves once the batch has committed (durably), or with
+   * a {@link LedgerRejection} that stored nothing. Reports whose key is known are acknowledged as duplicates.
+   * Rejects with StorageUnavailableError when the commit failed; nothing was stored.
+   */
+  record(reports: readonly UsageReport[]): Promise<RecordResult | LedgerRejection>;
+}
+
+/**
+ * What sending needs of the ledger: sealing hours into records and settling them. Each call is one durable
+ * transaction; a rejection (StorageUnavailableError) means nothing of it changed. Changes to a record apply only
+ * while it is pending.
+ */
+export interface SendLedger {
+  /** Seals every (dimension, hour) that may be sealed at `clockMs` (with `includeOpen`, the open hour too). */
+  seal(clockMs: number, includeOpen: boolean): Promise<StoredRecord[]>;
+  /** Pending records whose next attempt is due at `nowMs`, oldest first. */
+  due(nowMs: number): Promise<StoredRecord[]>;
+  /** Pending records past their carry deadline at `clockMs`. */
+  expiring(clockMs: number): Promise<StoredRecord[]>;
+  /** When the earliest pending record is due; undefined when nothing is pending. */
+  nextAttemptMs(): Promise<number | undefined>;
+  /** How many records are pending. */
+  pendingCount(): Promise<number>;
+  /** Makes one pending record due at `nowMs`. */
+  retryNow(id: number, nowMs: number): Promise<void>;
+  /** Makes every pending record due at `nowMs`. */
+  retryAllNow(nowMs: number): Promise<void>;
+  /** The record's request is on its way to AWS: from now on it may have been delivered if the outcome is lost. */
+  markInFlight(id: number): Promise<void>;
+  /** AWS accepted the record. */
+  markSent(id: number, meteringRecordId: string, nowMs: number): Promise<void>;
+  /** A transient failure: try again at `nextAttemptMs`; `maybeDelivered` is sticky once set. */
+  markRetry(id: number, error: string, nextAttemptMs: number, maybeDelivered: boolean): Promise<void>;
+  /** AWS refused the record for good (or it became ambiguous): kept for a human, never resent. */
+  markFailed(id: number, error: string, nowMs: number, attempted?: boolean): Promise<void>;
+  /** Carries a pending record's usage into the open (or next unsealed) hour. Returns the hour it went to. */
+  carry(id: number, clockMs: number, reason: string): Promise<number | undefined>;
+  /** Forgets old idempotency keys and settled records past retention. */
+  prune(nowMs: number): Promise<void>;
+}
+
+/** What readiness, metrics and status read of the ledger. */
+export interface LedgerReader {
+  /** The random id created with the ledger; part of every ClientToken. */
+  readonly ledgerId: string;
+  /** The files of the database, for its size. */
+  readonly files: readonly string[];
+  /** A summary for status and for the exit code at shutdown. */
+  status(nowMs: number): Promise<LedgerStatus>;
+  /** Whether the ledger can commit right now (a real write); never rejects. */
+  writable(nowMs: number): Promise<{ ok: true } | { ok: false; reason: string }>;
+  /** The idempotency keys kept: how many, and the arrival time of the oldest. */
+  keyStats(): Promise<{ count: number; oldestAtMs: number | undefined }>;
+}
+
+/** The whole ledger, as the agent holds it. */
+export interface Ledger extends UsageLedger, SendLedger, LedgerReader {
+  /** Commits what is queued, then closes. Idempotent. */
+  close(): Promise<void>;
+}

@@ -22,7 +22,7 @@ export interface AdminOptions {
   readonly listen: ListenAddress;
   readonly logger: Logger;
   /** The readiness checks by name; ready when all are ok. */
-  readonly readiness: () => Readonly<Record<string, ReadinessCheck>>;
+  readonly readiness: () => Promise<Readonly<Record<string, ReadinessCheck>>>;
   /** `GET /metrics`: the Prometheus text exposition. */
   readonly metrics: () => Promise<{ contentType: string; body: string }>;
 }
@@ -81,7 +81,7 @@ export class AdminServer {
       case '/healthz':
         return sendJson(res, 200, { status: 'ok' });
       case '/readyz': {
-        const checks = this.#options.readiness();
+        const checks = await this.#options.readiness();
         const ready = Object.values(checks).every((c) => c.ok);
         return sendJson(res, ready ? 200 : 503, { ready, checks });
       }

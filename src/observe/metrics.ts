@@ -13,18 +13,19 @@ import type { CallObserver } from '../send/client.js';
 /** What the scrape-time gauges read. */
 export interface MetricsSources {
   /** Unsealed and pending quantity per dimension, the oldest unsent record's age, and record counts. */
-  readonly ledger: () =>
+  readonly ledger: () => Promise<
     | {
         open: readonly { dimension: string; quantity: number }[];
         pendingByDimension: ReadonlyMap<string, number>;
         oldestUnsentAgeSeconds: number | null;
       }
-    | undefined;
+    | undefined
+  >;
   readonly entitlementState: () => string;
   /** Files whose sizes add up to the ledger size (database, WAL, shared memory). */
   readonly ledgerFiles: () => readonly string[];
   /** Idempotency keys kept, and the age of the oldest in seconds (null when none). */
-  readonly idempotencyKeys: () => { count: number; oldestAgeSeconds: number | null } | undefined;
+  readonly idempotencyKeys: () => Promise<{ count: number; oldestAgeSeconds: number | null } | undefined>;
 }
 
 /** Entitlement states exported as an enum-style gauge. */
@@ -118,9 +119,9 @@ export class Metrics implements CallObserver {
       help: 'Quantity acknowledged but not yet accepted by AWS (open hours plus pending records), per dimension.',
       labelNames: ['dimension'] as const,
       registers: [this.registry],
-      collect() {
+      async collect() {
         this.reset();
-        const ledger = sources.ledger();
+        const ledger = await sources.ledger();
         if (ledger === undefined) return;
         const totals = new Map<string, number>();
         for (const o of ledger.open)
@@ -137,8 +138,8 @@ export class Metrics implements CallObserver {
       name: 'metering_oldest_unsent_age_seconds',
       help: 'Age of the oldest sealed record not yet accepted by AWS (0 when none).',
       registers: [this.registry],
-      collect() {
-        this.set(sources.ledger()?.oldestUnsentAgeSeconds ?? 0);
+      async collect() {
+        this.set((await sources.ledger())?.oldestUnsentAgeSeconds ?? 0);
       },
     });
     new Gauge({
@@ -171,16 +172,16 @@ export class Metrics implements CallObserver {
       name: 'metering_idempotency_keys',
       help: 'Idempotency keys kept (a resend with one of them is acknowledged and not counted again).',
       registers: [this.registry],
-      collect() {
-        this.set(sources.idempotencyKeys()?.count ?? 0);
+      async collect() {
+        this.set((await sources.idempotencyKeys())?.count ?? 0);
       },
     });
     new Gauge({
       name: 'metering_idempotency_window_seconds',
       help: 'Age of the oldest idempotency key kept: how far back a resend is still recognised (0 when none).',
       registers: [this.registry],
-      collect() {
-        this.set(sources.idempotencyKeys()?.oldestAgeSeconds ?? 0);
+      async collect() {
+        this.set((await sources.idempotencyKeys())?.oldestAgeSeconds ?? 0);
       },
     });
     collectDefaultMetrics({ register: this.registry, prefix: 'metering_' });

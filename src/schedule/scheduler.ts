@@ -1,19 +1,17 @@
 /**
- * The scheduler: on every node-cron tick (METERING_SCHEDULE, UTC) plus a random delay of up to
- * METERING_SEND_JITTER_SECONDS, seal every closed hour and send every pending record; between ticks, retry
- * pending records when their backoff ends. One run at a time. At shutdown, {@link Scheduler.flush} seals
- * everything including the open hour and sends until a deadline.
+ * The scheduler decides when the send loop runs: on every node-cron tick (METERING_SCHEDULE, UTC) plus a random
+ * delay of up to METERING_SEND_JITTER_SECONDS, and between ticks when the earliest retry is due; one run at a
+ * time. At shutdown, {@link Scheduler.flush} runs until a deadline with every unsent record due at once. What a
+ * run does (carry, seal, prune, send, settle) is the {@link Dispatcher}'s (./dispatcher.ts).
  */
 import { createTask, type ScheduledTask } from 'node-cron';
 import { sleepUntil, type CancelTimer, type Clock } from '../clock.js';
-import { windowEnd } from '../ledger/hours.js';
-import type { StoredRecord } from '../ledger/ledger.js';
-import type { SqliteLedger } from '../ledger/sqliteLedger.js';
+import { CODES } from '../errors.js';
+import type { SendLedger } from '../ledger/ledger.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../observe/metrics.js';
-import type { SendError, SendResult } from '../send/awsErrors.js';
 import type { Sender } from '../send/sender.js';
-import { CODES } from '../errors.js';
+import { Dispatcher, type RetryPolicy, type RunSummary } from './dispatcher.js';
 
 /** First retry delay after a transient failure. */
 export const RETRY_BASE_MS = 5_000;
@@ -30,18 +28,9 @@ export const SHUTDOWN_RETRY_BASE_MS = 250;
 /** Longest retry delay during the shutdown flush. */
 export const SHUTDOWN_RETRY_MAX_MS = 2_000;
 
-/** What one run did. */
-export interface RunSummary {
-  readonly sealed: number;
-  readonly sent: number;
-  readonly retrying: number;
-  readonly carried: number;
-  readonly failed: number;
-}
-
 /** Options of {@link Scheduler}. */
 export interface SchedulerOptions {
-  readonly ledger: SqliteLedger;
+  readonly ledger: SendLedger;
   readonly sender: Sender;
   readonly clock: Clock;
   readonly logger: Logger;
@@ -73,9 +62,6 @@ export function shutdownRetryDelayMs(retry: number, remainingMs: number, random:
   return Math.round(ceiling / 2 + (random() * ceiling) / 2);
 }
 
-/** When a record that failed for now is tried again: the hourly backoff, or the shutdown flush's. */
-type RetryPolicy = (record: StoredRecord, nowMs: number) => number;
-
 /** Seals and sends on a schedule; see the module comment. */
 export class Scheduler {
   readonly #options: SchedulerOptions;
@@ -88,15 +74,17 @@ export class Scheduler {
   #stopped = false;
   /** Consecutive runs that failed; they space out the retries. */
   #failedRuns = 0;
+  readonly #dispatcher: Dispatcher;
 
   constructor(options: SchedulerOptions) {
     this.#options = options;
     this.#random = options.random ?? Math.random;
+    this.#dispatcher = new Dispatcher(options);
   }
 
   /** Starts the cron task and runs once at once, so records left by a previous run are sent without delay. */
   async start(): Promise<void> {
-    this.#options.ledger.retryAllNow(this.#options.clock.now());
+    await this.#options.ledger.retryAllNow(this.#options.clock.now());
     if (this.#options.schedule !== undefined) {
       this.#task = createTask(this.#options.schedule, () => this.#tick(), {
         timezone: 'UTC',
@@ -149,7 +137,9 @@ export class Scheduler {
 
   #runSerialised(includeOpen: boolean, signal: AbortSignal, retryAt: RetryPolicy): Promise<RunSummary> {
     const previous = this.#current ?? Promise.resolve(undefined);
-    const run = previous.catch(() => undefined).then(() => this.#run(includeOpen, signal, retryAt));
+    const run = previous
+      .catch(() => undefined)
+      .then(() => this.#dispatcher.pass(includeOpen, signal, retryAt));
     const tracked = run
       .then(
         (summary) => {
@@ -163,167 +153,36 @@ export class Scheduler {
       )
       .finally(() => {
         if (this.#current === tracked) this.#current = undefined;
-        this.#armRetry();
+        return this.#armRetry();
       });
     this.#current = tracked;
     return tracked;
   }
 
-  async #run(includeOpen: boolean, signal: AbortSignal, retryAt: RetryPolicy): Promise<RunSummary> {
-    const { ledger, clock, logger } = this.#options;
-    let sent = 0;
-    let retrying = 0;
-    let carried = 0;
-    let failed = 0;
-    for (const record of ledger.expiring(clock.now())) {
-      if (record.maybeDelivered && clock.now() < windowEnd(record.timestampMs)) {
-        // Never carried (AWS may have it), but a resend with its ClientToken is safe while AWS still takes the
-        // record: AWS answers it idempotently if it had it, and records it if not. Try again before the end.
-        if (record.nextAttemptMs >= windowEnd(record.timestampMs)) ledger.retryNow(record.id, clock.now());
-        continue;
-      }
-      if (this.#expire(record, 'window closing before the record could be sent')) carried++;
-      else failed++;
-    }
-    const sealedRecords = ledger.seal(clock.now(), includeOpen);
-    for (const record of sealedRecords) {
-      this.#count('sealed', record);
-      logger.info(
-        { dimension: record.dimension, hour: iso(record.hourStartMs), quantity: record.quantity },
-        'hour sealed',
-      );
-    }
-    ledger.prune(clock.now());
-    for (const record of ledger.due(clock.now())) {
-      if (signal.aborted) break;
-      // In flight (durably) only once the request is on its way: a crash while credentials are still being
-      // fetched leaves the record plainly pending, so its usage can still be carried if its window closes.
-      const result = await this.#options.sender.send(record.request, {
-        signal,
-        onRequest: () => ledger.markInFlight(record.id),
-      });
-      switch (this.#settle(record, result, retryAt)) {
-        case 'sent':
-          sent++;
-          break;
-        case 'retrying':
-          retrying++;
-          break;
-        case 'carried':
-          carried++;
-          break;
-        case 'failed':
-          failed++;
-          break;
-      }
-    }
-    return { sealed: sealedRecords.length, sent, retrying, carried, failed };
-  }
-
-  /** Applies a send result to the record's state in the ledger. */
-  #settle(
-    record: StoredRecord,
-    result: SendResult,
-    retryAt: RetryPolicy,
-  ): 'sent' | 'retrying' | 'carried' | 'failed' {
-    const { ledger, clock, logger } = this.#options;
-    const fields = { dimension: record.dimension, hour: iso(record.hourStartMs), quantity: record.quantity };
-    const nowMs = clock.now();
-    switch (result.status) {
-      case 'accepted':
-        ledger.markSent(record.id, result.meteringRecordId, nowMs);
-        this.#count('sent', record);
-        logger.info({ ...fields, meteringRecordId: result.meteringRecordId }, 'usage metered');
-        return 'sent';
-      case 'retryable': {
-        const nextMs = retryAt(record, nowMs);
-        ledger.markRetry(record.id, formatError(result.error), nextMs, result.maybeDelivered);
-        logger.warn(
-          { ...fields, code: result.error.name, attempts: record.attempts + 1, retryAt: iso(nextMs) },
-          'MeterUsage failed for now; will retry',
-        );
-        return 'retrying';
-      }
-      case 'expired':
-        return this.#expire(record, formatError(result.error)) ? 'carried' : 'failed';
-      case 'duplicate':
-        ledger.markFailed(record.id, formatError(result.error), nowMs);
-        this.#count('failed', record, result.error.name);
-        logger.error(
-          { ...fields, code: result.error.name, alert: true },
-          'AWS already holds a different quantity for this dimension and hour; the record is kept as failed and never resent: reconcile by hand (see docs/operations.md)',
-        );
-        return 'failed';
-      case 'rejected':
-        ledger.markFailed(record.id, formatError(result.error), nowMs);
-        this.#count('failed', record, result.error.name);
-        logger.error(
-          { ...fields, code: result.error.name, alert: true },
-          'AWS refused the record; it is kept as failed: fix the cause named by the code (see docs/operations.md)',
-        );
-        return 'failed';
-    }
-  }
-
-  /**
-   * A record that can no longer be sent in its window is carried into the open hour, unless an earlier attempt
-   * may have reached AWS: then carrying could bill the usage twice, so, once AWS's window has closed without
-   * any answer to its resends, it is kept as failed for a human. Returns true when carried.
-   */
-  #expire(record: StoredRecord, reason: string): boolean {
-    const { ledger, clock, logger } = this.#options;
-    const fields = { dimension: record.dimension, hour: iso(record.hourStartMs), quantity: record.quantity };
-    if (record.maybeDelivered) {
-      ledger.markFailed(
-        record.id,
-        `window closed after an attempt that may have reached AWS (${reason})`,
-        clock.now(),
-        false,
-      );
-      this.#count('failed', record, CODES.sendAmbiguous);
-      logger.error(
-        { ...fields, code: CODES.sendAmbiguous, alert: true },
-        'record window closed after an attempt that may have been recorded by AWS; not carried, to avoid billing twice: check the seller report',
-      );
-      return false;
-    }
-    const toHourMs = ledger.carry(record.id, clock.now(), reason);
-    this.#count('carried', record);
-    logger.warn(
-      { ...fields, carriedTo: toHourMs === undefined ? undefined : iso(toHourMs), reason },
-      'usage carried',
-    );
-    return true;
-  }
-
-  #count(event: 'sealed' | 'sent' | 'carried' | 'failed', record: StoredRecord, error = ''): void {
-    const metrics = this.#options.metrics;
-    if (metrics === undefined) return;
-    const dimension = metrics.dimension(record.dimension);
-    if (event === 'sealed') metrics.recordsSealed.inc({ dimension });
-    else if (event === 'sent') metrics.recordsSent.inc({ dimension });
-    else if (event === 'carried') metrics.recordsCarried.inc({ dimension });
-    else metrics.recordsFailed.inc({ dimension, error });
-  }
-
-  /** Arms one timer for the earliest pending retry. */
-  #armRetry(): void {
-    this.#retryTimer?.();
-    this.#retryTimer = undefined;
+  /** Arms one timer for the earliest pending retry. Never rejects. */
+  async #armRetry(): Promise<void> {
+    this.#cancelRetry();
     if (this.#stopped) return;
     let nextMs: number | undefined;
     try {
-      nextMs = this.#options.ledger.nextAttemptMs();
+      nextMs = await this.#options.ledger.nextAttemptMs();
     } catch (err) {
       this.#options.logger.error({ err, code: codeOf(err) }, 'could not read the ledger to plan retries');
       return;
     }
-    if (nextMs === undefined) return;
+    if (nextMs === undefined || this.#stopped) return;
     // After a run that failed (the ledger could not be written), back off instead of retrying at once.
     if (this.#failedRuns > 0) {
       nextMs = Math.max(nextMs, this.#options.clock.now() + retryDelayMs(this.#failedRuns, this.#random));
     }
+    // Another run may have armed one meanwhile: keep a single timer.
+    this.#cancelRetry();
     this.#retryTimer = this.#options.clock.setTimer(nextMs, () => this.#trigger('retry'));
+  }
+
+  #cancelRetry(): void {
+    this.#retryTimer?.();
+    this.#retryTimer = undefined;
   }
 
   /**
@@ -352,17 +211,17 @@ export class Scheduler {
     try {
       // A run in flight (a scheduled tick) finishes first; then nothing unsent waits for its hourly backoff.
       await (this.#current ?? Promise.resolve()).catch(() => undefined);
-      ledger.retryAllNow(clock.now());
+      await ledger.retryAllNow(clock.now());
       for (;;) {
         const summary = await this.#runSerialised(true, controller.signal, retryAt);
         total.sealed += summary.sealed;
         total.sent += summary.sent;
         total.carried += summary.carried;
         total.failed += summary.failed;
-        const nextMs = ledger.nextAttemptMs();
+        const nextMs = await ledger.nextAttemptMs();
         if (nextMs === undefined || nextMs >= deadlineMs || controller.signal.aborted) {
           // What is still waiting for a retry when the flush ends, whatever the last run found due.
-          total.retrying = ledger.pending().length;
+          total.retrying = await ledger.pendingCount();
           return total;
         }
         await sleepUntil(clock, nextMs, controller.signal);
@@ -382,14 +241,6 @@ export class Scheduler {
       this.#task = undefined;
     }
   }
-}
-
-function formatError(error: SendError): string {
-  return `${error.name}: ${error.message}`;
-}
-
-function iso(ms: number): string {
-  return new Date(ms).toISOString();
 }
 
 function codeOf(err: unknown): string | undefined {

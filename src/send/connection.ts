@@ -17,10 +17,11 @@ export interface ConnectionEvidence {
   /** True once a connection for the request was established (TCP connected; for HTTPS, TLS verified). */
   connected: boolean;
   /**
-   * Called once, synchronously, when the request is handed to the network (after credentials and signing,
-   * before any connection is opened). Whatever it stores is durable before a byte can reach AWS.
+   * Called once when the request is handed to the network (after credentials and signing, before any
+   * connection is opened); the request waits for it, so whatever it stores is durable before a byte can reach
+   * AWS.
    */
-  readonly onRequest: (() => void) | undefined;
+  readonly onRequest: (() => void | Promise<void>) | undefined;
 }
 
 /** The evidence of the send running in this async context (set by {@link withConnectionEvidence}). */
@@ -40,7 +41,7 @@ const transportScope = new AsyncLocalStorage<ConnectionEvidence>();
  */
 export async function withConnectionEvidence<T>(
   send: () => Promise<T>,
-  onRequest?: () => void,
+  onRequest?: () => void | Promise<void>,
 ): Promise<{ ok: true; value: T; connected: boolean } | { ok: false; error: unknown; connected: boolean }> {
   const evidence: ConnectionEvidence = { connected: false, onRequest };
   try {
@@ -59,10 +60,10 @@ export async function withConnectionEvidence<T>(
  */
 export function addConnectionEvidence(client: MarketplaceMeteringClient): void {
   client.middlewareStack.add(
-    (next) => (args) => {
+    (next) => async (args) => {
       const evidence = sendScope.getStore();
       if (evidence === undefined) return next(args);
-      evidence.onRequest?.();
+      await evidence.onRequest?.();
       return transportScope.run(evidence, () => next(args));
     },
     { step: 'deserialize', priority: 'low', name: 'meteringSidecarConnectionEvidence' },

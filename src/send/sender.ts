@@ -12,11 +12,11 @@ import { withConnectionEvidence } from './connection.js';
 export interface SendOptions {
   readonly signal?: AbortSignal;
   /**
-   * Called synchronously once the request is about to leave for AWS (credentials resolved, request signed),
-   * before any byte can reach AWS; not called when the send fails earlier. The scheduler marks the record in
-   * flight here. An exception it throws ends the send and is rethrown by `send`.
+   * Called once the request is about to leave for AWS (credentials resolved, request signed); the request
+   * waits for it, so what it stores is durable before any byte can reach AWS. Not called when the send fails
+   * earlier. The scheduler marks the record in flight here. What it throws ends the send and is rethrown.
    */
-  readonly onRequest?: () => void;
+  readonly onRequest?: () => void | Promise<void>;
 }
 
 /**
@@ -66,9 +66,9 @@ export class MeteringSender implements Sender {
     const outcome = await withConnectionEvidence(
       () => this.#client.send(command, signal ? { abortSignal: signal } : {}),
       onRequest &&
-        ((): void => {
+        (async (): Promise<void> => {
           try {
-            onRequest();
+            await onRequest();
           } catch (error) {
             hookFailure = { error };
             throw error;

@@ -4,6 +4,7 @@ import { SidecarClient } from '../../src/client/client.js';
 import { MeteringEmulator } from '../../src/emulator/emulator.js';
 import { IntakeServer } from '../../src/intake/server.js';
 import type { Rejection } from '../../src/intake/usage.js';
+import { InProcessLedger } from '../../src/ledger/inProcessLedger.js';
 import { SqliteLedger } from '../../src/ledger/sqliteLedger.js';
 import { Scheduler } from '../../src/schedule/scheduler.js';
 import { Metrics } from '../../src/observe/metrics.js';
@@ -44,6 +45,9 @@ export async function startPipeline(options: PipelineOptions) {
     dryRun: options.dryRun ?? false,
     clock,
   });
+  // What the components hold, as the agent gives it to them; `ledger` below stays the SQLite ledger itself,
+  // for tests to read synchronously.
+  const shared = new InProcessLedger(ledger);
   const client: MarketplaceMeteringClient = createSendClient({
     region: 'us-east-1',
     endpoint,
@@ -51,15 +55,15 @@ export async function startPipeline(options: PipelineOptions) {
     requestTimeoutMs: options.requestTimeoutMs ?? 2_000,
   });
   const metrics = new Metrics({
-    ledger: () => ledger.status(clock.now()),
+    ledger: () => shared.status(clock.now()),
     entitlementState: () => 'disabled',
-    ledgerFiles: () => ledger.files,
-    idempotencyKeys: () => ({ count: ledger.keyStats().count, oldestAgeSeconds: null }),
+    ledgerFiles: () => shared.files,
+    idempotencyKeys: async () => ({ count: (await shared.keyStats()).count, oldestAgeSeconds: null }),
   });
   observeClient(client, metrics);
   const scheduler = new Scheduler({
     metrics,
-    ledger,
+    ledger: shared,
     sender: new MeteringSender(client),
     clock,
     logger,
@@ -73,10 +77,10 @@ export async function startPipeline(options: PipelineOptions) {
     socketPath,
     listen: { host: '127.0.0.1', port: 0 },
     dimensions: options.dimensions,
-    ledger,
+    ledger: shared,
     logger,
-    gate: () => gate,
-    status: () => ledger.status(clock.now()),
+    gate: () => Promise.resolve(gate),
+    status: () => shared.status(clock.now()),
     entitlement: () => ({ state: 'disabled', mode: 'none' }),
     proveEntitlement: () => Promise.resolve({ status: 409, body: {} }),
     metrics,

@@ -16,6 +16,7 @@ import { startPipeline, type Pipeline } from '../helpers/pipeline.js';
 import { memoryLogger } from '../helpers/logger.js';
 import { TempDirs } from '../helpers/tmp.js';
 import { Tmpfs } from '../helpers/tmpfs.js';
+import { InProcessLedger } from '../../src/ledger/inProcessLedger.js';
 
 const H10 = Date.parse('2026-03-01T10:00:00Z');
 
@@ -502,10 +503,10 @@ describe('socket file', () => {
       socketPath,
       listen: undefined,
       dimensions: undefined,
-      ledger: ledgerPipeline.ledger,
+      ledger: new InProcessLedger(ledgerPipeline.ledger),
       logger: memoryLogger('silent').logger,
-      gate: () => undefined,
-      status: () => ({}),
+      gate: () => Promise.resolve(undefined),
+      status: () => Promise.resolve({}),
       entitlement: () => ({}),
       proveEntitlement: () => Promise.resolve({ status: 409, body: {} }),
     });

@@ -1,0 +1,112 @@
+/**
+ * The {@link Ledger} interfaces over a {@link SqliteLedger} in this process. SQLite's calls are synchronous,
+ * so each answer is ready when the promise is made; the interfaces are Promise-returning so that the storage
+ * can move off the event loop (to a worker thread) without touching a caller.
+ */
+import type {
+  Ledger,
+  LedgerRejection,
+  LedgerStatus,
+  RecordResult,
+  StoredRecord,
+  UsageReport,
+} from './ledger.js';
+import type { SqliteLedger } from './sqliteLedger.js';
+
+/** A {@link Ledger} backed by a {@link SqliteLedger} on the event loop's thread. */
+export class InProcessLedger implements Ledger {
+  readonly #ledger: SqliteLedger;
+
+  constructor(ledger: SqliteLedger) {
+    this.#ledger = ledger;
+  }
+
+  get ledgerId(): string {
+    return this.#ledger.ledgerId;
+  }
+
+  get files(): readonly string[] {
+    return this.#ledger.files;
+  }
+
+  record(reports: readonly UsageReport[]): Promise<RecordResult | LedgerRejection> {
+    return this.#ledger.record(reports);
+  }
+
+  seal(clockMs: number, includeOpen: boolean): Promise<StoredRecord[]> {
+    return settle(() => this.#ledger.seal(clockMs, includeOpen));
+  }
+
+  due(nowMs: number): Promise<StoredRecord[]> {
+    return settle(() => this.#ledger.due(nowMs));
+  }
+
+  expiring(clockMs: number): Promise<StoredRecord[]> {
+    return settle(() => this.#ledger.expiring(clockMs));
+  }
+
+  nextAttemptMs(): Promise<number | undefined> {
+    return settle(() => this.#ledger.nextAttemptMs());
+  }
+
+  pendingCount(): Promise<number> {
+    return settle(() => this.#ledger.pending().length);
+  }
+
+  retryNow(id: number, nowMs: number): Promise<void> {
+    return settle(() => this.#ledger.retryNow(id, nowMs));
+  }
+
+  retryAllNow(nowMs: number): Promise<void> {
+    return settle(() => this.#ledger.retryAllNow(nowMs));
+  }
+
+  markInFlight(id: number): Promise<void> {
+    return settle(() => this.#ledger.markInFlight(id));
+  }
+
+  markSent(id: number, meteringRecordId: string, nowMs: number): Promise<void> {
+    return settle(() => this.#ledger.markSent(id, meteringRecordId, nowMs));
+  }
+
+  markRetry(id: number, error: string, nextAttemptMs: number, maybeDelivered: boolean): Promise<void> {
+    return settle(() => this.#ledger.markRetry(id, error, nextAttemptMs, maybeDelivered));
+  }
+
+  markFailed(id: number, error: string, nowMs: number, attempted?: boolean): Promise<void> {
+    return settle(() => this.#ledger.markFailed(id, error, nowMs, attempted));
+  }
+
+  carry(id: number, clockMs: number, reason: string): Promise<number | undefined> {
+    return settle(() => this.#ledger.carry(id, clockMs, reason));
+  }
+
+  prune(nowMs: number): Promise<void> {
+    return settle(() => this.#ledger.prune(nowMs));
+  }
+
+  status(nowMs: number): Promise<LedgerStatus> {
+    return settle(() => this.#ledger.status(nowMs));
+  }
+
+  writable(nowMs: number): Promise<{ ok: true } | { ok: false; reason: string }> {
+    return settle(() => this.#ledger.writable(nowMs));
+  }
+
+  keyStats(): Promise<{ count: number; oldestAtMs: number | undefined }> {
+    return settle(() => this.#ledger.keyStats());
+  }
+
+  close(): Promise<void> {
+    return settle(() => this.#ledger.close());
+  }
+}
+
+/** `fn`'s answer as a promise, or its exception as a rejection (never thrown synchronously). */
+function settle<T>(fn: () => T): Promise<T> {
+  try {
+    return Promise.resolve(fn());
+  } catch (err) {
+    return Promise.reject(err instanceof Error ? err : new Error(String(err)));
+  }
+}

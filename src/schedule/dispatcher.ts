@@ -1,0 +1,194 @@
+/**
+ * The send loop's one pass and its rules: what is carried, sealed, pruned and sent, and what each send outcome
+ * does to the record (sent, retried, carried, failed). The {@link Scheduler} (./scheduler.ts) decides when a pass
+ * runs; this module decides what it does.
+ */
+import type { Clock } from '../clock.js';
+import { CODES } from '../errors.js';
+import { windowEnd } from '../ledger/hours.js';
+import type { SendLedger, StoredRecord } from '../ledger/ledger.js';
+import type { Logger } from '../log.js';
+import type { Metrics } from '../observe/metrics.js';
+import type { SendError, SendResult } from '../send/awsErrors.js';
+import type { Sender } from '../send/sender.js';
+
+/** What one pass did. */
+export interface RunSummary {
+  readonly sealed: number;
+  readonly sent: number;
+  readonly retrying: number;
+  readonly carried: number;
+  readonly failed: number;
+}
+
+/** When a record that failed for now is tried again: the hourly backoff, or the shutdown flush's. */
+export type RetryPolicy = (record: StoredRecord, nowMs: number) => number;
+
+/** Options of {@link Dispatcher}. */
+export interface DispatcherOptions {
+  readonly ledger: SendLedger;
+  readonly sender: Sender;
+  readonly clock: Clock;
+  readonly logger: Logger;
+  readonly metrics?: Metrics;
+}
+
+/** Runs passes of the send loop; see the module comment. */
+export class Dispatcher {
+  readonly #options: DispatcherOptions;
+
+  constructor(options: DispatcherOptions) {
+    this.#options = options;
+  }
+
+  /**
+   * One pass: carries the records whose window is closing (resending the possibly delivered ones until it
+   * closes), seals what may be sealed (the open hour too with `includeOpen`), prunes, then sends every due
+   * record, stopping at `signal`, and settles each outcome. Rejects only when the ledger cannot be written.
+   */
+  async pass(includeOpen: boolean, signal: AbortSignal, retryAt: RetryPolicy): Promise<RunSummary> {
+    const { ledger, clock, logger } = this.#options;
+    let sent = 0;
+    let retrying = 0;
+    let carried = 0;
+    let failed = 0;
+    for (const record of await ledger.expiring(clock.now())) {
+      if (record.maybeDelivered && clock.now() < windowEnd(record.timestampMs)) {
+        // Never carried (AWS may have it), but a resend with its ClientToken is safe while AWS still takes the
+        // record: AWS answers it idempotently if it had it, and records it if not. Try again before the end.
+        if (record.nextAttemptMs >= windowEnd(record.timestampMs))
+          await ledger.retryNow(record.id, clock.now());
+        continue;
+      }
+      if (await this.#expire(record, 'window closing before the record could be sent')) carried++;
+      else failed++;
+    }
+    const sealedRecords = await ledger.seal(clock.now(), includeOpen);
+    for (const record of sealedRecords) {
+      this.#count('sealed', record);
+      logger.info(
+        { dimension: record.dimension, hour: iso(record.hourStartMs), quantity: record.quantity },
+        'hour sealed',
+      );
+    }
+    await ledger.prune(clock.now());
+    for (const record of await ledger.due(clock.now())) {
+      if (signal.aborted) break;
+      // In flight (durably) only once the request is on its way: a crash while credentials are still being
+      // fetched leaves the record plainly pending, so its usage can still be carried if its window closes.
+      const result = await this.#options.sender.send(record.request, {
+        signal,
+        onRequest: () => ledger.markInFlight(record.id),
+      });
+      switch (await this.#settle(record, result, retryAt)) {
+        case 'sent':
+          sent++;
+          break;
+        case 'retrying':
+          retrying++;
+          break;
+        case 'carried':
+          carried++;
+          break;
+        case 'failed':
+          failed++;
+          break;
+      }
+    }
+    return { sealed: sealedRecords.length, sent, retrying, carried, failed };
+  }
+
+  /** Applies a send result to the record's state in the ledger. */
+  async #settle(
+    record: StoredRecord,
+    result: SendResult,
+    retryAt: RetryPolicy,
+  ): Promise<'sent' | 'retrying' | 'carried' | 'failed'> {
+    const { ledger, clock, logger } = this.#options;
+    const fields = { dimension: record.dimension, hour: iso(record.hourStartMs), quantity: record.quantity };
+    const nowMs = clock.now();
+    switch (result.status) {
+      case 'accepted':
+        await ledger.markSent(record.id, result.meteringRecordId, nowMs);
+        this.#count('sent', record);
+        logger.info({ ...fields, meteringRecordId: result.meteringRecordId }, 'usage metered');
+        return 'sent';
+      case 'retryable': {
+        const nextMs = retryAt(record, nowMs);
+        await ledger.markRetry(record.id, formatError(result.error), nextMs, result.maybeDelivered);
+        logger.warn(
+          { ...fields, code: result.error.name, attempts: record.attempts + 1, retryAt: iso(nextMs) },
+          'MeterUsage failed for now; will retry',
+        );
+        return 'retrying';
+      }
+      case 'expired':
+        return (await this.#expire(record, formatError(result.error))) ? 'carried' : 'failed';
+      case 'duplicate':
+        await ledger.markFailed(record.id, formatError(result.error), nowMs);
+        this.#count('failed', record, result.error.name);
+        logger.error(
+          { ...fields, code: result.error.name, alert: true },
+          'AWS already holds a different quantity for this dimension and hour; the record is kept as failed and never resent: reconcile by hand (see docs/operations.md)',
+        );
+        return 'failed';
+      case 'rejected':
+        await ledger.markFailed(record.id, formatError(result.error), nowMs);
+        this.#count('failed', record, result.error.name);
+        logger.error(
+          { ...fields, code: result.error.name, alert: true },
+          'AWS refused the record; it is kept as failed: fix the cause named by the code (see docs/operations.md)',
+        );
+        return 'failed';
+    }
+  }
+
+  /**
+   * A record that can no longer be sent in its window is carried into the open hour, unless an earlier attempt
+   * may have reached AWS: then carrying could bill the usage twice, so, once AWS's window has closed without
+   * any answer to its resends, it is kept as failed for a human. Returns true when carried.
+   */
+  async #expire(record: StoredRecord, reason: string): Promise<boolean> {
+    const { ledger, clock, logger } = this.#options;
+    const fields = { dimension: record.dimension, hour: iso(record.hourStartMs), quantity: record.quantity };
+    if (record.maybeDelivered) {
+      await ledger.markFailed(
+        record.id,
+        `window closed after an attempt that may have reached AWS (${reason})`,
+        clock.now(),
+        false,
+      );
+      this.#count('failed', record, CODES.sendAmbiguous);
+      logger.error(
+        { ...fields, code: CODES.sendAmbiguous, alert: true },
+        'record window closed after an attempt that may have been recorded by AWS; not carried, to avoid billing twice: check the seller report',
+      );
+      return false;
+    }
+    const toHourMs = await ledger.carry(record.id, clock.now(), reason);
+    this.#count('carried', record);
+    logger.warn(
+      { ...fields, carriedTo: toHourMs === undefined ? undefined : iso(toHourMs), reason },
+      'usage carried',
+    );
+    return true;
+  }
+
+  #count(event: 'sealed' | 'sent' | 'carried' | 'failed', record: StoredRecord, error = ''): void {
+    const metrics = this.#options.metrics;
+    if (metrics === undefined) return;
+    const dimension = metrics.dimension(record.dimension);
+    if (event === 'sealed') metrics.recordsSealed.inc({ dimension });
+    else if (event === 'sent') metrics.recordsSent.inc({ dimension });
+    else if (event === 'carried') metrics.recordsCarried.inc({ dimension });
+    else metrics.recordsFailed.inc({ dimension, error });
+  }
+}
+
+function formatError(error: SendError): string {
+  return `${error.name}: ${error.message}`;
+}
+
+function iso(ms: number): string {
+  return new Date(ms).toISOString();
+}
