@@ -16,7 +16,15 @@ import type { Logger } from '../log.js';
 import type { Metrics } from '../observe/metrics.js';
 import { listen as listenOn, sendJson } from '../http.js';
 import { isObject, parseJson } from '../json.js';
-import { ERROR_STATUS, MAX_BODY_BYTES, parseUsage, rejection, type Rejection } from './usage.js';
+import type { ProofResult } from '../entitlement/entitlement.js';
+import {
+  ERROR_STATUS,
+  MAX_BODY_BYTES,
+  parseUsage,
+  rejection,
+  type ErrorCode,
+  type Rejection,
+} from './usage.js';
 
 /**
  * Mode of the socket file: read and write for everyone. The app container usually runs as another user than
@@ -54,8 +62,8 @@ export interface IntakeOptions {
   readonly status: () => Promise<unknown>;
   /** Body of `GET /v1/entitlement`. */
   readonly entitlement: () => unknown;
-  /** `POST /v1/entitlement`: a fresh RegisterUsage with the app's nonce; answers status and body. */
-  readonly proveEntitlement: (nonce: string) => Promise<{ status: number; body: unknown }>;
+  /** `POST /v1/entitlement`: a fresh RegisterUsage with the app's nonce. */
+  readonly proveEntitlement: (nonce: string) => Promise<ProofResult>;
   readonly metrics?: Metrics;
 }
 
@@ -201,8 +209,10 @@ export class IntakeServer {
         rejection('InvalidRequest', `send {"nonce": "..."} with a nonce of 1-${MAX_NONCE_LENGTH} characters`),
       );
     }
-    const answer = await this.#options.proveEntitlement(nonce);
-    return sendJson(res, answer.status, answer.body);
+    const proof = await this.#options.proveEntitlement(nonce);
+    if (proof.kind !== 'proved') return fail(res, rejection(PROOF_ERRORS[proof.kind], proof.message));
+    const { token, claims, verified, checkedAt } = proof;
+    return sendJson(res, 200, { token, claims, verified, nonce: proof.nonce, checkedAt });
   }
 
   /** Checks the content type and reads the body up to 1 MiB; answers the error itself and resolves undefined on failure. */
@@ -285,6 +295,15 @@ export class IntakeServer {
     return sendJson(res, 202, { accepted: result.accepted, duplicates: result.duplicates });
   }
 }
+
+/** The error code of each way a proof can fail. */
+const PROOF_ERRORS: Readonly<Record<Exclude<ProofResult['kind'], 'proved'>, ErrorCode>> = {
+  notApplicable: 'EntitlementNotApplicable',
+  notEntitled: 'NotEntitled',
+  tooSoon: 'TooManyRequests',
+  unavailable: 'EntitlementUnavailable',
+  refused: 'EntitlementRefused',
+};
 
 const ROUTES: Readonly<Record<string, readonly string[]>> = {
   '/v1/usage': ['POST'],

@@ -9,13 +9,8 @@ import { createServer, type Server, type ServerResponse } from 'node:http';
 import type { ListenAddress } from '../config.js';
 import { CODES } from '../errors.js';
 import { listen, sendJson } from '../http.js';
+import type { ReadinessCheck } from './readiness.js';
 import type { Logger } from '../log.js';
-
-/** One readiness check: `ok`, or why not. */
-export interface ReadinessCheck {
-  readonly ok: boolean;
-  readonly reason?: string;
-}
 
 /** Options of {@link AdminServer}. */
 export interface AdminOptions {

@@ -82,7 +82,7 @@ export async function startPipeline(options: PipelineOptions) {
     gate: () => Promise.resolve(gate),
     status: () => shared.status(clock.now()),
     entitlement: () => ({ state: 'disabled', mode: 'none' }),
-    proveEntitlement: () => Promise.resolve({ status: 409, body: {} }),
+    proveEntitlement: () => Promise.resolve({ kind: 'notApplicable', message: 'no entitlement in tests' }),
     metrics,
   });
   await intake.start();

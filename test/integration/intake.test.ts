@@ -508,7 +508,7 @@ describe('socket file', () => {
       gate: () => Promise.resolve(undefined),
       status: () => Promise.resolve({}),
       entitlement: () => ({}),
-      proveEntitlement: () => Promise.resolve({ status: 409, body: {} }),
+      proveEntitlement: () => Promise.resolve({ kind: 'notApplicable', message: 'no entitlement in tests' }),
     });
   }
 
