@@ -134,54 +134,72 @@ export function loadConfig(env: Env, overrides: ConfigOverrides = {}): Config {
     const value = env[variable];
     return value === undefined || value.trim() === '' ? undefined : value.trim();
   };
-
   const local = overrides.local === true || parseBoolean(env, 'METERING_LOCAL', false, problem);
+  const reader: Reader = { env, local, problem, get };
+  const product = readProduct(reader);
+  const listeners = readListeners(reader);
+  const sending = readSending(reader);
+  const aws = readAws(reader);
+  if (problems.length > 0) throw new ConfigError(problems);
+  return Object.freeze({ ...product, ...listeners, ...sending, ...aws, local } as Config);
+}
 
-  const productCode = get('METERING_PRODUCT_CODE') ?? (local ? LOCAL_DEFAULTS.productCode : undefined);
+/** What the sections of {@link loadConfig} read the environment with. */
+interface Reader {
+  readonly env: Env;
+  readonly local: boolean;
+  readonly problem: Report;
+  /** The trimmed value, or undefined when unset or blank. */
+  readonly get: (variable: string) => string | undefined;
+}
+
+/** The product and its entitlement: code, mode, key, retry budget, dimensions. */
+function readProduct(r: Reader) {
+  const productCode = r.get('METERING_PRODUCT_CODE') ?? (r.local ? LOCAL_DEFAULTS.productCode : undefined);
   if (productCode === undefined)
-    problem('METERING_PRODUCT_CODE', 'the product code from the AWS Marketplace portal');
+    r.problem('METERING_PRODUCT_CODE', 'the product code from the AWS Marketplace portal');
   else if (!PRODUCT_CODE_PATTERN.test(productCode)) {
-    problem('METERING_PRODUCT_CODE', '1-255 characters of a-z A-Z 0-9 - / = : _ . @');
+    r.problem('METERING_PRODUCT_CODE', '1-255 characters of a-z A-Z 0-9 - / = : _ . @');
   }
 
-  const entitlementRaw = get('METERING_ENTITLEMENT') ?? DEFAULTS.entitlement;
+  const entitlementRaw = r.get('METERING_ENTITLEMENT') ?? DEFAULTS.entitlement;
   const entitlement = ENTITLEMENT_MODES.find((m) => m === entitlementRaw);
-  if (entitlement === undefined) problem('METERING_ENTITLEMENT', `one of ${ENTITLEMENT_MODES.join(', ')}`);
+  if (entitlement === undefined) r.problem('METERING_ENTITLEMENT', `one of ${ENTITLEMENT_MODES.join(', ')}`);
 
   const publicKeyVersion = parseInteger(
-    env,
+    r.env,
     'METERING_PUBLIC_KEY_VERSION',
     DEFAULTS.publicKeyVersion,
     1,
     2 ** 31 - 1,
-    problem,
+    r.problem,
   );
-  const publicKeyPem = readPublicKey(env, problem);
+  const publicKeyPem = readPublicKey(r.env, r.problem);
   const entitlementRetrySeconds = parseInteger(
-    env,
+    r.env,
     'METERING_ENTITLEMENT_RETRY_SECONDS',
     DEFAULTS.entitlementRetrySeconds,
     1,
     86_400,
-    problem,
+    r.problem,
   );
 
   let dimensions: string[] | undefined;
-  const dimensionsRaw = get('METERING_DIMENSIONS');
+  const dimensionsRaw = r.get('METERING_DIMENSIONS');
   if (dimensionsRaw !== undefined) {
     dimensions = [...new Set(dimensionsRaw.split(',').map((d) => d.trim()))];
     if (dimensions.some((d) => !DIMENSION_PATTERN.test(d))) {
-      problem(
+      r.problem(
         'METERING_DIMENSIONS',
         'a comma-separated list of dimension names (1-255 printable characters each)',
       );
     } else if (dimensions.length > MAX_DIMENSIONS) {
-      problem('METERING_DIMENSIONS', `at most ${MAX_DIMENSIONS} dimensions (the AWS limit per product)`);
+      r.problem('METERING_DIMENSIONS', `at most ${MAX_DIMENSIONS} dimensions (the AWS limit per product)`);
     }
   }
-  if (dimensions === undefined && (!local || entitlement === 'dry-run')) {
+  if (dimensions === undefined && (!r.local || entitlement === 'dry-run')) {
     // Without the allow-list a misspelt dimension would be acknowledged, then refused by AWS and never billed.
-    problem(
+    r.problem(
       'METERING_DIMENSIONS',
       entitlement === 'dry-run'
         ? 'the product dimensions, comma-separated (required with METERING_ENTITLEMENT=dry-run, which checks each)'
@@ -189,107 +207,113 @@ export function loadConfig(env: Env, overrides: ConfigOverrides = {}): Config {
     );
   }
 
-  const socketPath = parseSocket(env, local, problem);
-
-  const listen = parseListen(env, 'METERING_LISTEN', DEFAULTS.listen, true, problem);
-  const adminListen = parseListen(env, 'METERING_ADMIN_LISTEN', DEFAULTS.adminListen, false, problem);
-  if (socketPath === undefined && listen === undefined) {
-    problem(
-      'METERING_LISTEN',
-      'an address while METERING_SOCKET=off (the app API needs at least one listener)',
-    );
-  }
-  if (listen && adminListen && listen.port !== 0 && listen.port === adminListen.port) {
-    problem('METERING_ADMIN_LISTEN', 'a port different from METERING_LISTEN');
-  }
-
-  const stateDir = resolve(
-    get('METERING_STATE_DIR') ?? (local ? LOCAL_DEFAULTS.stateDir : DEFAULTS.stateDir),
-  );
-
-  const sendJitterSeconds = parseInteger(
-    env,
-    'METERING_SEND_JITTER_SECONDS',
-    DEFAULTS.sendJitterSeconds,
-    0,
-    3300,
-    problem,
-  );
-  const schedule = get('METERING_SCHEDULE') ?? DEFAULTS.schedule;
-  if (!validateCron(schedule)) problem('METERING_SCHEDULE', 'a cron expression such as "0 * * * *"');
-  else {
-    const gapMs = longestTickGapMs(schedule);
-    const allowedMs = maxTickGapMs(sendJitterSeconds * 1000);
-    if (gapMs > allowedMs) {
-      problem(
-        'METERING_SCHEDULE',
-        `a schedule that ticks at least every ${duration(allowedMs)} with METERING_SEND_JITTER_SECONDS=${sendJitterSeconds}, so every hour is sealed and sent inside AWS's six-hour window (${Number.isFinite(gapMs) ? `its ticks are up to ${duration(gapMs)} apart` : 'it hardly ever ticks'})`,
-      );
-    }
-  }
-  const dryRun = parseBoolean(env, 'METERING_DRY_RUN', false, problem);
-  const shutdownTimeoutSeconds = parseInteger(
-    env,
-    'METERING_SHUTDOWN_TIMEOUT_SECONDS',
-    DEFAULTS.shutdownTimeoutSeconds,
-    1,
-    3600,
-    problem,
-  );
-
-  const idempotencyKeysMax = parseInteger(
-    env,
-    'METERING_IDEMPOTENCY_KEYS_MAX',
-    DEFAULTS.idempotencyKeysMax,
-    1000,
-    10_000_000,
-    problem,
-  );
-
-  const logLevelRaw = (get('METERING_LOG_LEVEL') ?? DEFAULTS.logLevel).toLowerCase();
-  const logLevel = LOG_LEVELS.find((l) => l === logLevelRaw);
-  if (logLevel === undefined) problem('METERING_LOG_LEVEL', `one of ${LOG_LEVELS.join(', ')}`);
-
-  const region = get('AWS_REGION') ?? (local ? LOCAL_DEFAULTS.region : undefined);
-  if (region === undefined)
-    problem('AWS_REGION', "the task's or pod's own Region (ECS and the EKS webhook set it)");
-  else if (!REGION_PATTERN.test(region)) problem('AWS_REGION', 'a Region name such as us-east-1');
-
-  const endpoint = get('AWS_ENDPOINT_URL_MARKETPLACE_METERING');
-  if (endpoint !== undefined && !isHttpUrl(endpoint)) {
-    problem('AWS_ENDPOINT_URL_MARKETPLACE_METERING', 'an http:// or https:// URL');
-  }
-  if (local && endpoint !== undefined) {
-    problem(
-      'AWS_ENDPOINT_URL_MARKETPLACE_METERING',
-      'unset with METERING_LOCAL=true (local mode runs its own emulator)',
-    );
-  }
-
-  if (problems.length > 0) throw new ConfigError(problems);
-
-  return Object.freeze({
+  return {
     productCode: productCode!,
     entitlement: entitlement!,
     publicKeyVersion,
     entitlementRetrySeconds,
     publicKeyPem,
     dimensions: dimensions ? Object.freeze(dimensions) : undefined,
-    socketPath,
-    listen,
-    adminListen,
-    stateDir,
+  };
+}
+
+/** Where the sidecar listens and keeps its ledger. */
+function readListeners(r: Reader) {
+  const socketPath = parseSocket(r.env, r.local, r.problem);
+
+  const listen = parseListen(r.env, 'METERING_LISTEN', DEFAULTS.listen, true, r.problem);
+  const adminListen = parseListen(r.env, 'METERING_ADMIN_LISTEN', DEFAULTS.adminListen, false, r.problem);
+  if (socketPath === undefined && listen === undefined) {
+    r.problem(
+      'METERING_LISTEN',
+      'an address while METERING_SOCKET=off (the app API needs at least one listener)',
+    );
+  }
+  if (listen && adminListen && listen.port !== 0 && listen.port === adminListen.port) {
+    r.problem('METERING_ADMIN_LISTEN', 'a port different from METERING_LISTEN');
+  }
+
+  const stateDir = resolve(
+    r.get('METERING_STATE_DIR') ?? (r.local ? LOCAL_DEFAULTS.stateDir : DEFAULTS.stateDir),
+  );
+
+  return { socketPath, listen, adminListen, stateDir };
+}
+
+/** When and how it sends, shuts down, bounds its keys and logs. */
+function readSending(r: Reader) {
+  const sendJitterSeconds = parseInteger(
+    r.env,
+    'METERING_SEND_JITTER_SECONDS',
+    DEFAULTS.sendJitterSeconds,
+    0,
+    3300,
+    r.problem,
+  );
+  const schedule = r.get('METERING_SCHEDULE') ?? DEFAULTS.schedule;
+  if (!validateCron(schedule)) r.problem('METERING_SCHEDULE', 'a cron expression such as "0 * * * *"');
+  else {
+    const gapMs = longestTickGapMs(schedule);
+    const allowedMs = maxTickGapMs(sendJitterSeconds * 1000);
+    if (gapMs > allowedMs) {
+      r.problem(
+        'METERING_SCHEDULE',
+        `a schedule that ticks at least every ${duration(allowedMs)} with METERING_SEND_JITTER_SECONDS=${sendJitterSeconds}, so every hour is sealed and sent inside AWS's six-hour window (${Number.isFinite(gapMs) ? `its ticks are up to ${duration(gapMs)} apart` : 'it hardly ever ticks'})`,
+      );
+    }
+  }
+  const dryRun = parseBoolean(r.env, 'METERING_DRY_RUN', false, r.problem);
+  const shutdownTimeoutSeconds = parseInteger(
+    r.env,
+    'METERING_SHUTDOWN_TIMEOUT_SECONDS',
+    DEFAULTS.shutdownTimeoutSeconds,
+    1,
+    3600,
+    r.problem,
+  );
+
+  const idempotencyKeysMax = parseInteger(
+    r.env,
+    'METERING_IDEMPOTENCY_KEYS_MAX',
+    DEFAULTS.idempotencyKeysMax,
+    1000,
+    10_000_000,
+    r.problem,
+  );
+
+  const logLevelRaw = (r.get('METERING_LOG_LEVEL') ?? DEFAULTS.logLevel).toLowerCase();
+  const logLevel = LOG_LEVELS.find((l) => l === logLevelRaw);
+  if (logLevel === undefined) r.problem('METERING_LOG_LEVEL', `one of ${LOG_LEVELS.join(', ')}`);
+
+  return {
     schedule,
     sendJitterSeconds,
     dryRun,
     shutdownTimeoutSeconds,
     idempotencyKeysMax,
     logLevel: logLevel!,
-    local,
-    region: region!,
-    endpoint,
-    staticCredentials: get('AWS_ACCESS_KEY_ID') !== undefined,
-  });
+  };
+}
+
+/** The AWS side: Region, endpoint, and whether long-term keys are in the environment. */
+function readAws(r: Reader) {
+  const region = r.get('AWS_REGION') ?? (r.local ? LOCAL_DEFAULTS.region : undefined);
+  if (region === undefined)
+    r.problem('AWS_REGION', "the task's or pod's own Region (ECS and the EKS webhook set it)");
+  else if (!REGION_PATTERN.test(region)) r.problem('AWS_REGION', 'a Region name such as us-east-1');
+
+  const endpoint = r.get('AWS_ENDPOINT_URL_MARKETPLACE_METERING');
+  if (endpoint !== undefined && !isHttpUrl(endpoint)) {
+    r.problem('AWS_ENDPOINT_URL_MARKETPLACE_METERING', 'an http:// or https:// URL');
+  }
+  if (r.local && endpoint !== undefined) {
+    r.problem(
+      'AWS_ENDPOINT_URL_MARKETPLACE_METERING',
+      'unset with METERING_LOCAL=true (local mode runs its own emulator)',
+    );
+  }
+
+  return { region: region!, endpoint, staticCredentials: r.get('AWS_ACCESS_KEY_ID') !== undefined };
 }
 
 /** Where the CLI's client commands (`report`, `status`, `healthcheck`) find a running sidecar. */
