@@ -14,6 +14,7 @@ import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HOUR_MS, hourStart } from '../../src/clock.js';
 import { faketimeEnv } from '../helpers/faketime.js';
+import { testSeed } from '../helpers/seed.js';
 import { SidecarClient } from '../../src/client/client.js';
 import { MeteringEmulator } from '../../src/emulator/emulator.js';
 import { SidecarProcess, startCredentialsServer } from '../helpers/sidecarProcess.js';
@@ -97,6 +98,9 @@ async function openHours(): Promise<unknown> {
   return status.openHours;
 }
 
+/** fast-check's seed for every property of this file; printed, replayable with FUZZ_SEED. */
+const FUZZ_SEED = testSeed('fault suite (hostile intake)', 'FUZZ_SEED');
+
 /** Counters for docs/reliability.md. */
 const figures = { fuzzed: 0, rejected: 0, slowLoris: 0, opened: 0, connected: 0 };
 
@@ -151,7 +155,7 @@ describe('fault suite: hostile intake against the built sidecar', () => {
         expect(status).toBeGreaterThanOrEqual(400);
         expect(status).toBeLessThan(500);
       }),
-      { numRuns: 1500 },
+      { numRuns: 1500, seed: FUZZ_SEED },
     );
     const expected = new Map(baseline);
     for (const [d, q] of accepted) expected.set(d, (expected.get(d) ?? 0) + q);
@@ -191,7 +195,7 @@ describe('fault suite: hostile intake against the built sidecar', () => {
           );
         }
       }),
-      { numRuns: 300 },
+      { numRuns: 300, seed: FUZZ_SEED },
     );
     client.close();
     expect(await totals()).toEqual(expected);

@@ -12,6 +12,7 @@ import type { EmulatorCall, MeteredRecord } from '../../src/emulator/emulator.js
 import { LEDGER_FILE } from '../../src/ledger/database.js';
 import { SidecarClient, type UsageInput } from '../../src/client/client.js';
 import { sidecarFixture, type Cleanups } from '../helpers/fixture.js';
+import { seededRandom, testSeed } from '../helpers/seed.js';
 import type { SidecarProcess } from '../helpers/sidecarProcess.js';
 
 const DIMENSIONS = ['requests', 'gb', 'nodes'];
@@ -26,8 +27,10 @@ afterAll(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
 });
 
+const random = seededRandom(testSeed('fault suite (kills)', 'FAULT_SEED'));
+
 function randomInt(min: number, max: number): number {
-  return min + Math.floor(Math.random() * (max - min + 1));
+  return min + Math.floor(random() * (max - min + 1));
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
@@ -92,7 +95,7 @@ describe('fault suite: SIGKILL campaign over simulated hours', () => {
     const startedAtMs = Date.now();
     while (figures.kills < KILLS) {
       // Now and then AWS misbehaves.
-      if (Math.random() < 0.3) {
+      if (random() < 0.3) {
         const fault = [
           'ThrottlingException',
           'InternalServiceErrorException',
@@ -104,7 +107,7 @@ describe('fault suite: SIGKILL campaign over simulated hours', () => {
         figures.faults += count;
       }
       await sleep(randomInt(20, 300));
-      if (Math.random() < 0.1) {
+      if (random() < 0.1) {
         // A shutdown flush, killed at a random moment of its sends.
         sidecar!.child.kill('SIGTERM');
         figures.sigterms++;
@@ -113,7 +116,7 @@ describe('fault suite: SIGKILL campaign over simulated hours', () => {
       await sidecar!.stop('SIGKILL');
       figures.kills++;
       // Time moves on: a new simulated hour every few restarts (less than the six-hour window).
-      if (Math.random() < 0.25) {
+      if (random() < 0.25) {
         offsetMs += randomInt(45, 100) * 60_000;
         figures.hours++;
       }

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { SidecarClient, type UsageInput } from '../../src/client/client.js';
 import { sidecarFixture, type Cleanups } from '../helpers/fixture.js';
+import { seededRandom, testSeed } from '../helpers/seed.js';
 import type { SidecarProcess } from '../helpers/sidecarProcess.js';
 
 const DIMENSIONS = ['requests', 'gb', 'nodes'];
@@ -50,8 +51,10 @@ class Ledger {
   }
 }
 
+const random = seededRandom(testSeed('crash safety', 'CRASH_SEED'));
+
 function randomInt(min: number, max: number): number {
-  return min + Math.floor(Math.random() * (max - min + 1));
+  return min + Math.floor(random() * (max - min + 1));
 }
 
 /** A client that sends batches until told to stop, retrying each batch with the same ids until it gets 202. */
