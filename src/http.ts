@@ -1,8 +1,8 @@
 /**
- * HTTP helpers the sidecar's two servers share (the app API of ./intake and the admin listener of ./observe):
- * listening with a clear error, and JSON replies.
+ * HTTP helpers the sidecar's servers share (the app API of ./intake, the admin listener of ./observe and the
+ * emulator): listening with a clear error, reading a bounded request body, and JSON replies.
  */
-import type { Server, ServerResponse } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { ListenError } from './errors.js';
 
 /**
@@ -31,4 +31,55 @@ export function sendJson(res: ServerResponse, status: number, body: unknown): vo
   res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
   res.end(text);
   if (!res.shouldKeepAlive) res.once('finish', () => res.socket?.destroySoon());
+}
+
+/** A request body as read: whole, over the limit, or cut off by the connection closing. */
+export type Body = { kind: 'text'; text: string } | { kind: 'tooLarge' } | { kind: 'aborted' };
+
+/**
+ * Reads a request body up to `limit` bytes. Answers `tooLarge` as soon as the body (or its declared length)
+ * exceeds the limit, without buffering the rest, and `aborted` when the connection closes before the end
+ * (the client went away, or shutdown cut a stalled upload off).
+ */
+export function readBody(req: IncomingMessage, limit: number): Promise<Body> {
+  const declared = Number(req.headers['content-length']);
+  if (Number.isFinite(declared) && declared > limit) {
+    req.resume();
+    return Promise.resolve({ kind: 'tooLarge' });
+  }
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let settled = false;
+    const done = (body: Body): void => {
+      if (settled) return;
+      settled = true;
+      req.off('data', onData);
+      req.off('end', onEnd);
+      req.off('close', onClose);
+      req.off('error', onClose);
+      resolve(body);
+    };
+    const onData = (chunk: Buffer): void => {
+      size += chunk.length;
+      if (size > limit) {
+        chunks.length = 0;
+        req.resume();
+        done({ kind: 'tooLarge' });
+        return;
+      }
+      chunks.push(chunk);
+    };
+    const onEnd = (): void => done({ kind: 'text', text: Buffer.concat(chunks, size).toString('utf8') });
+    // 'close' before 'end' (or an 'error') means the body never arrived whole. A body parsed whole still emits
+    // 'end'; should it not, the request is given up unanswered (never acknowledged) rather than left hanging.
+    const onClose = (): void => {
+      if (!req.complete) done({ kind: 'aborted' });
+      else setImmediate(() => done({ kind: 'aborted' }));
+    };
+    req.on('data', onData);
+    req.on('end', onEnd);
+    req.on('close', onClose);
+    req.on('error', onClose);
+  });
 }

@@ -220,3 +220,16 @@ export function readMember(input: Readonly<Record<string, unknown>>, name: strin
 export function isErrorName(name: string): boolean {
   return /^[A-Za-z][A-Za-z0-9]{0,127}$/.test(name);
 }
+
+/**
+ * The JSON value of a request body, or `undefined` when it is not JSON (the AWS path answers
+ * `SerializationException`, the control surface 400). Plain `JSON.parse`: the emulator models the service,
+ * not the sidecar's stricter intake.
+ */
+export function decodeJson(text: string): unknown {
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    return undefined;
+  }
+}

@@ -2,14 +2,15 @@
  * MeterUsage rules as the Marketplace Metering Service enforces them, as pure functions: no I/O, no clock
  * (the caller passes `nowMs`), no state (the caller passes what it already recorded). `validateMeterUsage`
  * turns a decoded JSON body into a typed request or the AWS error for the first broken rule;
- * `decideMeterUsage` applies the ClientToken and once-per-hour rules against prior records. The emulator's
- * HTTP server (`emulator.ts`) owns the state and calls these in that order.
+ * `meterUsageIdempotency.ts` then applies the ClientToken and once-per-hour rules against prior records.
+ * The emulator's service state (`service.ts`) calls these in that order.
  *
  * References: `§` numbers are sections of docs/aws-rules.md, the AWS rules with their public sources.
  * @see docs/aws-rules.md §2.2 (MeterUsage), §2.5 (shapes), §3.1-3.4 (semantics)
  */
 import { readMember as member, validationError } from './awsJson.js';
 import type { ServiceError } from './awsJson.js';
+import { isObject } from '../json.js';
 
 /**
  * Largest `UsageQuantity` / `AllocatedUsageQuantity` (2^31-1, a Java int); the smallest is 0.
@@ -160,10 +161,6 @@ function invalidMember(
   return { ok: false, error: validationError(path, value, constraint) };
 }
 
-function isRecord(value: unknown): value is Readonly<Record<string, unknown>> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}
-
 function isQuantity(value: unknown): value is number {
   return typeof value === 'number' && Number.isInteger(value) && value >= 0 && value <= MAX_QUANTITY;
 }
@@ -186,7 +183,7 @@ function decodeTags(raw: unknown, path: string): Decoded<Tag[]> {
   const tags: Tag[] = [];
   for (const [index, tag] of (raw as unknown[]).entries()) {
     const tagPath = `${path}.${index + 1}`;
-    if (!isRecord(tag)) return invalidMember(tagPath, tag, 'Member must be a Tag object');
+    if (!isObject(tag)) return invalidMember(tagPath, tag, 'Member must be a Tag object');
     const key = decodeString(member(tag, 'Key'), `${tagPath}.key`);
     if (!key.ok) return key;
     const value = decodeString(member(tag, 'Value'), `${tagPath}.value`);
@@ -209,7 +206,7 @@ function decodeAllocations(raw: unknown): Decoded<UsageAllocation[] | undefined>
   const allocations: UsageAllocation[] = [];
   for (const [index, entry] of (raw as unknown[]).entries()) {
     const path = `usageAllocations.${index + 1}`;
-    if (!isRecord(entry)) return invalidMember(path, entry, 'Member must be a UsageAllocation object');
+    if (!isObject(entry)) return invalidMember(path, entry, 'Member must be a UsageAllocation object');
     const quantity = member(entry, 'AllocatedUsageQuantity');
     if (!isQuantity(quantity)) {
       return invalidMember(
@@ -295,7 +292,7 @@ function checkTagText(text: string, maxLength: number, path: string): ServiceErr
 }
 
 /** Canonical text of a tag set, independent of tag order; `'[]'` for the untagged bucket. */
-function tagSetKey(tags: readonly Tag[]): string {
+export function tagSetKey(tags: readonly Tag[]): string {
   const pairs = tags
     .map((tag) => [tag.key, tag.value])
     .sort(([a = ''], [b = '']) => (a < b ? -1 : a > b ? 1 : 0));
@@ -411,92 +408,7 @@ function checkRules(request: MeterUsageRequest, limits: MeterUsageLimits): Servi
 }
 
 /** ISO text for an instant, or the raw number when it is outside the range `Date` can show. */
-function describeInstant(ms: number): string {
+export function describeInstant(ms: number): string {
   const date = new Date(ms);
   return Number.isNaN(date.getTime()) ? `${ms} ms` : date.toISOString();
-}
-
-/**
- * Start of the UTC hour containing `timestampMs` (the once-per-hour bucket).
- * @see docs/aws-rules.md §3.1
- */
-export function hourStartMs(timestampMs: number): number {
-  return Math.floor(timestampMs / HOUR_MS) * HOUR_MS;
-}
-
-/**
- * Canonical text of the parameters a `ClientToken` binds: product, exact timestamp, dimension, quantity
- * and allocations (in request order; tags order-insensitive). `DryRun` and the token itself are excluded.
- * Two requests with the same token must have equal fingerprints, else `IdempotencyConflictException`.
- * @see docs/aws-rules.md §2.2 (ClientToken)
- */
-export function requestFingerprint(request: MeterUsageRequest): string {
-  return JSON.stringify([
-    request.productCode,
-    request.timestampMs,
-    request.dimension,
-    request.quantity,
-    request.allocations?.map((allocation) => [allocation.quantity, tagSetKey(allocation.tags)]) ?? null,
-  ]);
-}
-
-/** What was already recorded under the request's `ClientToken` (account-wide). */
-export interface TokenEntry {
-  readonly fingerprint: string;
-  readonly meteringRecordId: string;
-}
-
-/** What was already recorded for the request's (identity, product, dimension, hour). */
-export interface HourEntry {
-  readonly quantity: number;
-  readonly meteringRecordId: string;
-}
-
-/** Outcome of {@link decideMeterUsage}. */
-export type MeterUsageDecision =
-  | { readonly kind: 'record' }
-  | { readonly kind: 'replay'; readonly meteringRecordId: string }
-  | { readonly kind: 'reject'; readonly error: ServiceError };
-
-/**
- * Applies the idempotency rules to a valid request, given what was recorded before:
- *
- * - `byToken` (same `ClientToken`, any identity): equal fingerprint -> `replay` its record id;
- *   different -> `IdempotencyConflictException`. The token check comes first.
- * - `byHour` (same identity, product, dimension and UTC hour): same quantity -> `replay` its record id
- *   (allocation differences are ignored); different quantity -> `DuplicateRequestException`.
- * - neither -> `record`.
- *
- * `replay` and `record` mean success; the caller records only on `record` and never for a DryRun.
- * @see docs/aws-rules.md §3.1, §2.2 (ClientToken), §2.6 (DuplicateRequestException)
- */
-export function decideMeterUsage(
-  request: MeterUsageRequest,
-  byToken: TokenEntry | undefined,
-  byHour: HourEntry | undefined,
-): MeterUsageDecision {
-  if (byToken !== undefined) {
-    if (byToken.fingerprint === requestFingerprint(request)) {
-      return { kind: 'replay', meteringRecordId: byToken.meteringRecordId };
-    }
-    return {
-      kind: 'reject',
-      error: {
-        name: 'IdempotencyConflictException',
-        message: `ClientToken ${JSON.stringify(request.clientToken)} was already used with different parameters; use a new token for a new request.`,
-      },
-    };
-  }
-  if (byHour !== undefined) {
-    if (byHour.quantity === request.quantity)
-      return { kind: 'replay', meteringRecordId: byHour.meteringRecordId };
-    return {
-      kind: 'reject',
-      error: {
-        name: 'DuplicateRequestException',
-        message: `Usage for dimension ${JSON.stringify(request.dimension)} in the hour starting ${describeInstant(hourStartMs(request.timestampMs))} was already recorded with quantity ${byHour.quantity}; it cannot be changed to ${request.quantity}.`,
-      },
-    };
-  }
-  return { kind: 'record' };
 }

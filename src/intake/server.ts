@@ -14,7 +14,7 @@ import { CODES, ListenError, StorageUnavailableError } from '../errors.js';
 import type { UsageLedger } from '../ledger/ledger.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../observe/metrics.js';
-import { listen as listenOn, sendJson } from '../http.js';
+import { type Body, listen as listenOn, readBody, sendJson } from '../http.js';
 import { isObject, parseJson } from '../json.js';
 import type { ProofResult } from '../entitlement/entitlement.js';
 import {
@@ -310,57 +310,6 @@ const ROUTES: Readonly<Record<string, readonly string[]>> = {
   '/v1/status': ['GET'],
   '/v1/entitlement': ['GET', 'POST'],
 };
-
-/** A request body as read: whole, over the limit, or cut off by the connection closing. */
-type Body = { kind: 'text'; text: string } | { kind: 'tooLarge' } | { kind: 'aborted' };
-
-/**
- * Reads a request body up to `limit` bytes. Answers `tooLarge` as soon as the body (or its declared length)
- * exceeds the limit, without buffering the rest, and `aborted` when the connection closes before the end
- * (the client went away, or shutdown cut a stalled upload off).
- */
-function readBody(req: IncomingMessage, limit: number): Promise<Body> {
-  const declared = Number(req.headers['content-length']);
-  if (Number.isFinite(declared) && declared > limit) {
-    req.resume();
-    return Promise.resolve({ kind: 'tooLarge' });
-  }
-  return new Promise((resolve) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    let settled = false;
-    const done = (body: Body): void => {
-      if (settled) return;
-      settled = true;
-      req.off('data', onData);
-      req.off('end', onEnd);
-      req.off('close', onClose);
-      req.off('error', onClose);
-      resolve(body);
-    };
-    const onData = (chunk: Buffer): void => {
-      size += chunk.length;
-      if (size > limit) {
-        chunks.length = 0;
-        req.resume();
-        done({ kind: 'tooLarge' });
-        return;
-      }
-      chunks.push(chunk);
-    };
-    const onEnd = (): void => done({ kind: 'text', text: Buffer.concat(chunks, size).toString('utf8') });
-    // 'close' before 'end' (or an 'error') means the body never arrived whole. A body parsed whole still emits
-    // 'end'; should it not, the request is given up unanswered (never acknowledged) rather than left hanging.
-    const onClose = (): void => {
-      if (!req.complete) done({ kind: 'aborted' });
-      else setImmediate(() => done({ kind: 'aborted' }));
-    };
-    req.on('data', onData);
-    req.on('end', onEnd);
-    req.on('close', onClose);
-    req.on('error', onClose);
-  });
-}
 
 /**
  * Whether a Host header names a loopback host (`localhost`, `127.0.0.0/8`, `[::1]`, with or without a port).

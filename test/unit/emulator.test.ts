@@ -19,11 +19,9 @@ import {
   MAX_RECORD_AGE_MS,
   MAX_TAG_KEY_LENGTH,
   MAX_TAG_VALUE_LENGTH,
-  decideMeterUsage,
-  hourStartMs,
-  requestFingerprint,
   validateMeterUsage,
 } from '../../src/emulator/meterUsageRules.js';
+import { decideMeterUsage, hourStartMs, requestFingerprint } from '../../src/emulator/meterUsageIdempotency.js';
 import type { MeterUsageLimits, MeterUsageRequest } from '../../src/emulator/meterUsageRules.js';
 
 const NOW_MS = Date.UTC(2026, 10, 26, 10, 30);

@@ -1,0 +1,134 @@
+/**
+ * The emulator's JSON control surface under `/emulator/` on the AWS port, for standalone users (the CLI's
+ * `emulator` command, sellers' own tests in any language): read calls, records and the public key; queue
+ * faults; set the entitlement; reset. Every route goes through the emulator's public API, so the surface
+ * can do nothing a test in-process could not.
+ */
+import type { ServerResponse } from 'node:http';
+
+import { decodeJson } from './awsJson.js';
+import type { MeteringEmulator } from './emulator.js';
+import { faultProblem } from './faults.js';
+import { EMULATOR_ENTITLEMENTS, isEmulatorEntitlement } from './registerUsage.js';
+import type { Body } from '../http.js';
+import { sendJson } from '../http.js';
+import { isObject } from '../json.js';
+
+/** Path prefix of the control surface. */
+export const CONTROL_PREFIX = '/emulator/';
+
+/** Routes of the control surface, for 404 and 405 answers. */
+const CONTROL_ROUTES: readonly string[] = [
+  'GET /emulator/calls',
+  'GET /emulator/records',
+  'GET /emulator/public-key',
+  'POST /emulator/entitlement',
+  'POST /emulator/faults',
+  'POST /emulator/reset',
+];
+
+/** What the control surface may do to the emulator. */
+export type ControlTarget = Pick<
+  MeteringEmulator,
+  'calls' | 'records' | 'totals' | 'reset' | 'failNext' | 'operations' | 'publicKeyPem' | 'setEntitlement'
+>;
+
+/** Body of the whole request was read (or refused as too large). */
+type ReceivedBody = Exclude<Body, { readonly kind: 'aborted' }>;
+
+/**
+ * Answers one control request. `limitBytes` is the body limit `body` was read under, named in the 413.
+ */
+export function handleControl(
+  emulator: ControlTarget,
+  request: { method: string; path: string; body: ReceivedBody; limitBytes: number },
+  res: ServerResponse,
+): void {
+  const { method, path, body } = request;
+  const route = `${method} ${path}`;
+  if (body.kind === 'tooLarge') {
+    res.setHeader('connection', 'close');
+    sendJson(res, 413, { error: `Request body exceeds ${request.limitBytes} bytes.` });
+    return;
+  }
+  switch (route) {
+    case 'GET /emulator/calls':
+      sendJson(res, 200, { calls: emulator.calls });
+      return;
+    case 'GET /emulator/records':
+      sendJson(res, 200, { records: emulator.records, totals: Object.fromEntries(emulator.totals()) });
+      return;
+    case 'POST /emulator/reset':
+      emulator.reset();
+      sendJson(res, 200, { reset: true });
+      return;
+    case 'POST /emulator/faults':
+      controlFaults(emulator, body.text, res);
+      return;
+    case 'GET /emulator/public-key':
+      sendText(res, 200, emulator.publicKeyPem);
+      return;
+    case 'POST /emulator/entitlement':
+      controlEntitlement(emulator, body.text, res);
+      return;
+    default:
+      noRoute(route, path, res);
+  }
+}
+
+function noRoute(route: string, path: string, res: ServerResponse): void {
+  const samePath = CONTROL_ROUTES.filter((candidate) => candidate.endsWith(` ${path}`));
+  if (samePath.length > 0) {
+    res.setHeader('allow', samePath.map((candidate) => candidate.split(' ')[0]).join(', '));
+    sendJson(res, 405, { error: `${route} is not supported; use ${samePath.join(' or ')}.` });
+  } else {
+    sendJson(res, 404, { error: `Unknown control route ${route}; available: ${CONTROL_ROUTES.join(', ')}.` });
+  }
+}
+
+function controlFaults(emulator: ControlTarget, text: string, res: ServerResponse): void {
+  const input = decodeJson(text);
+  if (!isObject(input)) {
+    sendJson(res, 400, {
+      error:
+        'Body must be a JSON object like {"operation":"MeterUsage","error":"ThrottlingException","count":2}.',
+    });
+    return;
+  }
+  const { operation, error: errorName, count = 1 } = input;
+  const problem =
+    typeof operation !== 'string'
+      ? '"operation" must be a string, e.g. "MeterUsage".'
+      : typeof errorName !== 'string'
+        ? '"error" must be a string, e.g. "ThrottlingException", "ConnectionReset" or "Timeout".'
+        : typeof count !== 'number'
+          ? '"count" must be a number (default 1).'
+          : faultProblem(emulator.operations, operation, errorName, count);
+  if (problem !== undefined) {
+    sendJson(res, 400, { error: problem });
+    return;
+  }
+  emulator.failNext(operation as string, errorName as string, count as number);
+  sendJson(res, 200, { operation, error: errorName, count });
+}
+
+function controlEntitlement(emulator: ControlTarget, text: string, res: ServerResponse): void {
+  const input = decodeJson(text);
+  const state: unknown = isObject(input) ? input['state'] : undefined;
+  if (!isEmulatorEntitlement(state)) {
+    sendJson(res, 400, {
+      error: `Body must be a JSON object like {"state":"CustomerNotEntitledException"}; "state" is one of ${EMULATOR_ENTITLEMENTS.map((name) => JSON.stringify(name)).join(', ')}.`,
+    });
+    return;
+  }
+  emulator.setEntitlement(state);
+  sendJson(res, 200, { state });
+}
+
+function sendText(res: ServerResponse, status: number, text: string): void {
+  res.writeHead(status, {
+    'content-type': 'text/plain; charset=utf-8',
+    'content-length': Buffer.byteLength(text),
+  });
+  res.end(text);
+}

@@ -1,0 +1,196 @@
+/**
+ * The emulated service's state and its two operations, without any HTTP: what was billed (`records`), what
+ * each ClientToken and each (identity, product, dimension, hour) was first used for, the entitlement the
+ * next RegisterUsage gets, and the signing key. `MeteringEmulator` (emulator.ts) puts it on the wire, adds
+ * faults and the call log, and exposes it to tests and the control surface.
+ *
+ * References: `§` numbers are sections of docs/aws-rules.md, the AWS rules with their public sources.
+ * @see docs/aws-rules.md §2.1-2.2 (the operations), §3.1-3.4 (MeterUsage semantics), §3.6-3.7 (tokens)
+ */
+import { randomUUID } from 'node:crypto';
+
+import type { ServiceError } from './awsJson.js';
+import { decideMeterUsage, hourStartMs, requestFingerprint } from './meterUsageIdempotency.js';
+import type { HourEntry, TokenEntry } from './meterUsageIdempotency.js';
+import { validateMeterUsage } from './meterUsageRules.js';
+import type { MeterUsageRequest } from './meterUsageRules.js';
+import { checkEntitlement, makeSigner } from './options.js';
+import type { EmulatorSettings, Signer } from './options.js';
+import { registerUsageClaims, signJwt, validateRegisterUsage } from './registerUsage.js';
+import type { EmulatorEntitlement, RegisterUsageClaims } from './registerUsage.js';
+
+/** Message AWS gives for a DryRun that would have succeeded (EC2-style `DryRunOperation`). */
+const DRY_RUN_MESSAGE = 'Request would have succeeded, but DryRun flag is set.';
+
+/**
+ * A billable MeterUsage record: at most one per (identity, productCode, dimension, hourStartMs). Repeats
+ * that the service answers idempotently do not add records. `allocations` is `[]` when the request had
+ * none; an untagged allocation has `tags: {}`.
+ */
+export interface MeteredRecord {
+  identity: string;
+  productCode: string;
+  dimension: string;
+  hourStartMs: number;
+  timestampMs: number;
+  quantity: number;
+  allocations: { quantity: number; tags: Record<string, string> }[];
+  clientToken: string | undefined;
+  meteringRecordId: string;
+}
+
+/** What an operation answers: a 200 body, or an AWS error. */
+export type OperationOutcome =
+  | { readonly kind: 'success'; readonly body: Readonly<Record<string, unknown>> }
+  | { readonly kind: 'error'; readonly error: ServiceError };
+
+/** The emulated Marketplace Metering Service's state and operations. */
+export class MeteringService {
+  readonly #settings: EmulatorSettings;
+  /** RegisterUsage signing key and its public PEM: from the `signingKey` option, or made on first use. */
+  #signer: Signer | undefined;
+  #entitlement: EmulatorEntitlement;
+  #records: MeteredRecord[] = [];
+  /** ClientToken -> what it was first used for (account-wide). */
+  #tokens = new Map<string, TokenEntry>();
+  /** once-per-hour key -> the record it produced. */
+  #hours = new Map<string, HourEntry>();
+  /** Claims to merge into the next successful RegisterUsage tokens, consumed from the front. */
+  #tampering: RegisterUsageClaims[] = [];
+
+  constructor(settings: EmulatorSettings) {
+    this.#settings = settings;
+    this.#entitlement = settings.entitlement;
+    this.#signer = settings.signingKey === undefined ? undefined : makeSigner(settings.signingKey);
+  }
+
+  /** Billable records in recording order (a snapshot; entries are frozen). */
+  get records(): readonly MeteredRecord[] {
+    return [...this.#records];
+  }
+
+  /** Metered quantity per dimension, summed over all records (all identities and hours). */
+  totals(): Map<string, number> {
+    const totals = new Map<string, number>();
+    for (const record of this.#records) {
+      totals.set(record.dimension, (totals.get(record.dimension) ?? 0) + record.quantity);
+    }
+    return totals;
+  }
+
+  /** The public half of the signing key as SPKI PEM; the first read may generate the key. */
+  get publicKeyPem(): string {
+    return this.#signerOnce().publicKeyPem;
+  }
+
+  get entitlement(): EmulatorEntitlement {
+    return this.#entitlement;
+  }
+
+  set entitlement(state: EmulatorEntitlement) {
+    this.#entitlement = checkEntitlement(state, 'setEntitlement(state)');
+  }
+
+  /** Queues already checked `claims` for the next `count` successful RegisterUsage tokens. */
+  tamper(claims: RegisterUsageClaims, count: number): void {
+    for (let i = 0; i < count; i += 1) this.#tampering.push(claims);
+  }
+
+  /** Forgets records, ClientTokens, once-per-hour keys and queued tampering; keeps the key and entitlement. */
+  reset(): void {
+    this.#records = [];
+    this.#tokens = new Map();
+    this.#hours = new Map();
+    this.#tampering = [];
+  }
+
+  /**
+   * MeterUsage: validate (pure rules), then ClientToken and once-per-hour idempotency, then DryRun,
+   * then record.
+   * @see docs/aws-rules.md §2.2, §3.1-3.4
+   */
+  meterUsage(identity: string, input: Readonly<Record<string, unknown>>): OperationOutcome {
+    const validation = validateMeterUsage(input, {
+      productCode: this.#settings.productCode,
+      dimensions: this.#settings.dimensions,
+      nowMs: this.#settings.now(),
+    });
+    if (validation.kind === 'invalid') return { kind: 'error', error: validation.error };
+    const request = validation.request;
+    const hourKey = JSON.stringify([
+      identity,
+      request.productCode,
+      request.dimension,
+      hourStartMs(request.timestampMs),
+    ]);
+    const byToken = request.clientToken === undefined ? undefined : this.#tokens.get(request.clientToken);
+    const decision = decideMeterUsage(request, byToken, this.#hours.get(hourKey));
+    if (decision.kind === 'reject') return { kind: 'error', error: decision.error };
+    if (request.dryRun) {
+      return this.#settings.dryRunResponse === 'success'
+        ? { kind: 'success', body: {} }
+        : { kind: 'error', error: { name: 'DryRunOperation', message: DRY_RUN_MESSAGE } };
+    }
+    const meteringRecordId =
+      decision.kind === 'replay' ? decision.meteringRecordId : this.#record(identity, request, hourKey);
+    if (request.clientToken !== undefined && byToken === undefined) {
+      this.#tokens.set(request.clientToken, { fingerprint: requestFingerprint(request), meteringRecordId });
+    }
+    return { kind: 'success', body: { MeteringRecordId: meteringRecordId } };
+  }
+
+  /**
+   * RegisterUsage: validate, product code, key version and entitlement (pure rules), then a PS256 token
+   * over the request's claims (tampered if queued), plus `PublicKeyRotationTimestamp` when configured.
+   * Records nothing.
+   * @see docs/aws-rules.md §2.1, §2.6, §3.6, §3.7
+   */
+  registerUsage(input: Readonly<Record<string, unknown>>): OperationOutcome {
+    const validation = validateRegisterUsage(input, {
+      productCode: this.#settings.productCode,
+      publicKeyVersion: this.#settings.publicKeyVersion,
+      entitlement: this.#entitlement,
+    });
+    if (validation.kind === 'invalid') return { kind: 'error', error: validation.error };
+    const claims = registerUsageClaims(validation.request, this.#settings.now());
+    const tampered = this.#tampering.shift();
+    const signature = signJwt(
+      tampered === undefined ? claims : { ...claims, ...tampered },
+      this.#signerOnce().privateKey,
+    );
+    // Omitted rather than null for a current key: AWS includes it only once the version has expired (§1.4).
+    const rotatedAtMs = this.#settings.publicKeyRotatedAtMs;
+    const rotation = rotatedAtMs === undefined ? {} : { PublicKeyRotationTimestamp: rotatedAtMs / 1000 };
+    return { kind: 'success', body: { Signature: signature, ...rotation } };
+  }
+
+  /**
+   * The signing key, generated on first use when none was given. Lazy because generating a 2048-bit RSA
+   * key takes 0.1-0.5 s of CPU, and most emulators (MeterUsage tests, local mode) never sign a token.
+   */
+  #signerOnce(): Signer {
+    this.#signer ??= makeSigner(undefined);
+    return this.#signer;
+  }
+
+  #record(identity: string, request: MeterUsageRequest, hourKey: string): string {
+    const meteringRecordId = randomUUID();
+    const record: MeteredRecord = {
+      identity,
+      productCode: request.productCode,
+      dimension: request.dimension,
+      hourStartMs: hourStartMs(request.timestampMs),
+      timestampMs: request.timestampMs,
+      quantity: request.quantity,
+      allocations: (request.allocations ?? []).map((allocation) => ({
+        quantity: allocation.quantity,
+        tags: Object.fromEntries(allocation.tags.map((tag) => [tag.key, tag.value])),
+      })),
+      clientToken: request.clientToken,
+      meteringRecordId,
+    };
+    this.#records.push(Object.freeze(record));
+    this.#hours.set(hourKey, { quantity: request.quantity, meteringRecordId });
+    return meteringRecordId;
+  }
+}
