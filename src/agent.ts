@@ -8,11 +8,12 @@
  *  startup: entitlement check                  │        scheduler (node-cron, hourly + jitter; final flush on SIGTERM)
  * ```
  *
- * Lifecycle. `start()`: (1) in local mode, the embedded emulator; (2) the ledger, refusing a corrupt one;
- * (3) the SDK client and sender; (4) intake, answering 503 NotEntitled until (5) the entitlement check passes;
- * (6) the scheduler, whose first run sends what a previous run left pending. `stop()` runs in reverse: intake
- * stops accepting and drains in-flight requests, the scheduler seals everything including the open hour and
- * sends until the shutdown deadline, then the ledger and the client close. `stop()` is idempotent.
+ * Lifecycle. `start()`: (1) in local mode, the embedded emulator; (2) the SDK clients and the entitlement
+ * policy; (3) the ledger, refusing a corrupt one, and the pipeline over it (pipeline.ts); (4) intake, answering
+ * 503 NotEntitled until (5) the entitlement check passes; (6) the scheduler, whose first run sends what a
+ * previous run left pending. `stop()` runs in reverse: intake stops accepting and drains in-flight requests,
+ * the scheduler seals everything including the open hour and sends until the shutdown deadline, then the
+ * ledger and the clients close. `stop()` is idempotent.
  */
 import { hostname } from 'node:os';
 import type { MarketplaceMeteringClient } from '@aws-sdk/client-marketplace-metering';
@@ -22,20 +23,17 @@ import { MeteringEmulator } from './emulator/emulator.js';
 import { Entitlement } from './entitlement/entitlement.js';
 import { CODES } from './errors.js';
 import { EXIT } from './exitCodes.js';
-import { IntakeServer, MAX_DRAIN_MS } from './intake/server.js';
-import { rejection, type Rejection } from './intake/usage.js';
-import { InProcessLedger } from './ledger/inProcessLedger.js';
+import { MAX_DRAIN_MS } from './intake/server.js';
 import type { Ledger } from './ledger/ledger.js';
 import { SqliteLedger } from './ledger/sqliteLedger.js';
 import type { Logger } from './log.js';
 import { AdminServer } from './observe/adminServer.js';
 import { keyEvictionReporter } from './observe/keyEvictions.js';
-import { Metrics } from './observe/metrics.js';
+import type { Metrics } from './observe/metrics.js';
 import { Readiness, type ReadinessCheck } from './observe/readiness.js';
 import { statusBody } from './observe/status.js';
-import { Scheduler } from './schedule/scheduler.js';
+import { admissionGate, buildPipeline, leftInLedger, pipelineMetrics, type Pipeline } from './pipeline.js';
 import { createMeteringClient, createSendClient, observeClient } from './send/client.js';
-import { MeteringSender } from './send/sender.js';
 
 /** Share of the shutdown budget that draining requests in flight may take (at most MAX_DRAIN_MS). */
 const DRAIN_SHARE = 0.2;
@@ -65,13 +63,11 @@ export class Agent {
   readonly #readiness: Readiness;
   readonly #abort = new AbortController();
   #emulator: MeteringEmulator | undefined;
-  #ledger: Ledger | undefined;
   #client: MarketplaceMeteringClient | undefined;
   #sendClient: MarketplaceMeteringClient | undefined;
   #entitlement: Entitlement | undefined;
-  #intake: IntakeServer | undefined;
+  #pipeline: Pipeline | undefined;
   #admin: AdminServer | undefined;
-  #scheduler: Scheduler | undefined;
   #starting: Promise<void> | undefined;
   #stopping: Promise<StopOutcome> | undefined;
 
@@ -81,20 +77,11 @@ export class Agent {
     this.#clock = deps.clock;
     // The ledger as the observers see it: none before it opens, and none once shutdown has begun.
     const ledger = (): Ledger | undefined => (this.#stopping === undefined ? this.#ledger : undefined);
-    this.#metrics = new Metrics({
-      ledger: async () => ledger()?.status(this.#clock.now()),
+    this.#metrics = pipelineMetrics({
+      ledger,
+      files: () => this.#ledger?.files ?? [],
       entitlementState: () => this.#entitlement?.state ?? 'pending',
-      ledgerFiles: () => this.#ledger?.files ?? [],
-      idempotencyKeys: async () => {
-        const stats = await ledger()?.keyStats();
-        if (stats === undefined) return undefined;
-        const { count, oldestAtMs } = stats;
-        const ageMs = oldestAtMs === undefined ? undefined : this.#clock.now() - oldestAtMs;
-        return {
-          count,
-          oldestAgeSeconds: ageMs === undefined ? null : Math.max(0, Math.floor(ageMs / 1000)),
-        };
-      },
+      clock: this.#clock,
     });
     this.#readiness = new Readiness({
       ledger,
@@ -103,7 +90,7 @@ export class Agent {
           ok: false,
           reason: 'pending: the entitlement check has not started',
         },
-      intakeListening: () => this.#intake?.listening === true,
+      intakeListening: () => this.#pipeline?.intake.listening === true,
       clock: this.#clock,
       logger: this.#logger,
       metrics: this.#metrics,
@@ -117,7 +104,7 @@ export class Agent {
 
   /** The app API's TCP address once started (its port resolved when configured as 0). */
   get tcpAddress(): { host: string; port: number } | undefined {
-    return this.#intake?.tcpAddress;
+    return this.#pipeline?.intake.tcpAddress;
   }
 
   /** The admin listener's port once started. */
@@ -128,6 +115,10 @@ export class Agent {
   /** The embedded emulator in local mode. */
   get emulator(): MeteringEmulator | undefined {
     return this.#emulator;
+  }
+
+  get #ledger(): Ledger | undefined {
+    return this.#pipeline?.ledger;
   }
 
   /**
@@ -143,9 +134,8 @@ export class Agent {
     const config = this.#config;
     try {
       const endpoint = await this.#startEmulator();
-      this.#openLedger();
       this.#buildClients(endpoint);
-      const scheduler = this.#buildScheduler();
+      const { scheduler } = this.#openPipeline();
       await this.#startListeners();
       try {
         await this.#entitlement!.establish(this.#abort.signal);
@@ -195,28 +185,7 @@ export class Agent {
     return endpoint;
   }
 
-  /** (2) The ledger, refusing a corrupt one and a state directory another sidecar holds. */
-  #openLedger(): void {
-    const config = this.#config;
-    this.#ledger = new InProcessLedger(
-      SqliteLedger.open({
-        stateDir: config.stateDir,
-        productCode: config.productCode,
-        dryRun: config.dryRun,
-        clock: this.#clock,
-        idempotencyKeysMax: config.idempotencyKeysMax,
-        onKeysEvicted: keyEvictionReporter({
-          metrics: this.#metrics,
-          logger: this.#logger,
-          clock: this.#clock,
-          keysMax: config.idempotencyKeysMax,
-        }),
-      }),
-    );
-    this.#logger.info({ stateDir: config.stateDir, ledgerId: this.#ledger.ledgerId }, 'ledger open');
-  }
-
-  /** (3) The SDK clients and the entitlement built on them. */
+  /** (2) The SDK clients and the entitlement built on them. */
   #buildClients(endpoint: string | undefined): void {
     const config = this.#config;
     const clientOptions = {
@@ -228,8 +197,8 @@ export class Agent {
     // a record an earlier attempt may have delivered is never mistaken for one AWS refused.
     this.#client = createMeteringClient(clientOptions);
     this.#sendClient = createSendClient(clientOptions);
-    observeClient(this.#client, this.#metrics);
-    observeClient(this.#sendClient, this.#metrics);
+    observeClient(this.#client, this.#metrics, this.#clock);
+    observeClient(this.#sendClient, this.#metrics, this.#clock);
     this.#entitlement = new Entitlement({
       config,
       client: this.#client,
@@ -239,43 +208,51 @@ export class Agent {
     });
   }
 
-  /** (4) The scheduler over the sender; started once entitlement is established. */
-  #buildScheduler(): Scheduler {
+  /**
+   * (3) The ledger, refusing a corrupt one and a state directory another sidecar holds, and the pipeline over
+   * it (intake, scheduler, sender); intake and the scheduler start later.
+   */
+  #openPipeline(): Pipeline {
     const config = this.#config;
-    this.#scheduler = new Scheduler({
-      ledger: this.#ledger!,
-      sender: new MeteringSender(this.#sendClient!, () =>
-        this.#logger.error(
-          { code: CODES.sendEvidence },
-          'MeterUsage succeeded without a reported connection; failed sends are now all treated as possibly delivered',
-        ),
-      ),
+    const store = SqliteLedger.open({
+      stateDir: config.stateDir,
+      productCode: config.productCode,
+      dryRun: config.dryRun,
       clock: this.#clock,
-      logger: this.#logger.child({ component: 'scheduler' }),
-      schedule: config.schedule,
-      jitterSeconds: config.sendJitterSeconds,
+      idempotencyKeysMax: config.idempotencyKeysMax,
+      onKeysEvicted: keyEvictionReporter({
+        metrics: this.#metrics,
+        logger: this.#logger,
+        clock: this.#clock,
+        keysMax: config.idempotencyKeysMax,
+      }),
+    });
+    this.#logger.info({ stateDir: config.stateDir, ledgerId: store.ledgerId }, 'ledger open');
+    const entitlement = this.#entitlement!;
+    this.#pipeline = buildPipeline({
+      config,
+      store,
+      sendClient: this.#sendClient!,
+      access: {
+        gate: admissionGate(
+          () => this.#entitlement?.admission(),
+          () => this.#readiness.storage(),
+        ),
+        status: () => this.status(),
+        entitlement: () => entitlement.view(),
+        proveEntitlement: (nonce) => entitlement.prove(nonce, this.#abort.signal),
+      },
+      clock: this.#clock,
+      logger: this.#logger,
       metrics: this.#metrics,
     });
-    return this.#scheduler;
+    return this.#pipeline;
   }
 
-  /** (5) Intake, answering 503 NotEntitled until entitlement is established, and the admin listener. */
+  /** (4) Intake, answering 503 NotEntitled until (5) entitlement is established, and the admin listener. */
   async #startListeners(): Promise<void> {
     const config = this.#config;
-    const entitlement = this.#entitlement!;
-    this.#intake = new IntakeServer({
-      socketPath: config.socketPath,
-      listen: config.listen,
-      dimensions: config.dimensions,
-      ledger: this.#ledger!,
-      logger: this.#logger.child({ component: 'intake' }),
-      gate: () => this.#gate(),
-      status: () => this.status(),
-      entitlement: () => entitlement.view(),
-      proveEntitlement: (nonce) => entitlement.prove(nonce, this.#abort.signal),
-      metrics: this.#metrics,
-    });
-    await this.#intake.start();
+    await this.#pipeline!.intake.start();
     if (config.adminListen !== undefined) {
       this.#admin = new AdminServer({
         listen: config.adminListen,
@@ -292,7 +269,8 @@ export class Agent {
    * ledger: send it (AWS keeps accepting a running task's records) before exiting, within the shutdown timeout.
    */
   async #flushBeforeExit(): Promise<void> {
-    if (this.#stopping !== undefined || this.#scheduler === undefined) return;
+    const scheduler = this.#pipeline?.scheduler;
+    if (this.#stopping !== undefined || scheduler === undefined) return;
     const status = await this.#ledger?.status(this.#clock.now());
     if (status === undefined || (status.records.pending === 0 && status.open.length === 0)) return;
     this.#logger.warn(
@@ -300,9 +278,7 @@ export class Agent {
       'startup failed with usage of a previous run in the ledger; sending it before exiting',
     );
     try {
-      const summary = await this.#scheduler.flush(
-        this.#clock.now() + this.#config.shutdownTimeoutSeconds * 1000,
-      );
+      const summary = await scheduler.flush(this.#clock.now() + this.#config.shutdownTimeoutSeconds * 1000);
       this.#logger.info(summary, 'flush before exit finished');
     } catch (err) {
       this.#logger.error(
@@ -315,21 +291,6 @@ export class Agent {
   /** The readiness checks of `/readyz`: entitlement established, the ledger writable, the app API listening. */
   readiness(): Promise<Record<string, ReadinessCheck>> {
     return this.#readiness.checks();
-  }
-
-  /** Whether intake may accept usage now: entitlement established and the ledger writable. */
-  async #gate(): Promise<Rejection | undefined> {
-    const admission = this.#entitlement?.admission() ?? {
-      admitted: false,
-      message: 'the entitlement check has not finished; retry shortly',
-    };
-    if (!admission.admitted) return rejection('NotEntitled', admission.message);
-    const storage = await this.#readiness.storage();
-    if (storage.ok) return undefined;
-    return rejection(
-      'StorageUnavailable',
-      `the sidecar cannot store usage right now (${storage.reason}); retry later`,
-    );
   }
 
   /** The body of `GET /v1/status`. */
@@ -359,11 +320,11 @@ export class Agent {
     );
     try {
       // Draining gets a bounded share of the budget, so a stalled upload cannot eat the final send's time.
-      await this.#intake?.stop(
+      await this.#pipeline?.intake.stop(
         Math.min(MAX_DRAIN_MS, this.#config.shutdownTimeoutSeconds * 1000 * DRAIN_SHARE),
       );
-      if (this.#scheduler !== undefined) {
-        const summary = await this.#scheduler.flush(deadlineMs);
+      if (this.#pipeline !== undefined) {
+        const summary = await this.#pipeline.scheduler.flush(deadlineMs);
         this.#logger.info(summary, 'final flush finished');
       }
     } catch (err) {
@@ -375,18 +336,9 @@ export class Agent {
     let outcome: StopOutcome = { exitCode: EXIT.leftInLedger, unsentRecords: 0, unsealedHours: 0 };
     try {
       const status = await this.#ledger?.status(this.#clock.now());
-      if (status !== undefined) {
-        const unsentRecords = status.records.pending;
-        // An hour whose usage adds up to zero sends nothing, so it does not count as left behind.
-        const unsealedHours = status.open.filter((o) => o.quantity > 0).length;
-        outcome = {
-          exitCode: unsentRecords + unsealedHours === 0 ? EXIT.ok : EXIT.leftInLedger,
-          unsentRecords,
-          unsealedHours,
-        };
-      } else {
-        outcome = { exitCode: EXIT.ok, unsentRecords: 0, unsealedHours: 0 };
-      }
+      const left = status === undefined ? { unsentRecords: 0, unsealedHours: 0 } : leftInLedger(status);
+      const exitCode = left.unsentRecords + left.unsealedHours === 0 ? EXIT.ok : EXIT.leftInLedger;
+      outcome = { exitCode, ...left };
     } catch (err) {
       this.#logger.error(
         { err, code: (err as { code?: string }).code },
@@ -405,8 +357,8 @@ export class Agent {
 
   /** Closes whatever was opened, in reverse order. Safe to call on a partly started agent. */
   async #release(): Promise<void> {
-    await this.#scheduler?.stop();
-    await this.#intake?.stop();
+    await this.#pipeline?.scheduler.stop();
+    await this.#pipeline?.intake.stop();
     await this.#admin?.stop();
     await this.#ledger?.close();
     this.#client?.destroy();

@@ -8,7 +8,7 @@
 import { statSync } from 'node:fs';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { MAX_DIMENSIONS } from '../awsLimits.js';
-import type { CallObserver } from '../send/client.js';
+import type { CallObserver, CallReport } from '../send/client.js';
 
 /** What the scrape-time gauges read. */
 export interface MetricsSources {
@@ -188,13 +188,7 @@ export class Metrics implements CallObserver {
   }
 
   /** Counts one MeterUsage or RegisterUsage call (the {@link CallObserver} of `observeClient`). */
-  call(
-    operation: string,
-    outcome: 'success' | 'error',
-    error: string,
-    seconds: number,
-    dryRun: boolean,
-  ): void {
+  call({ operation, outcome, error, seconds, dryRun }: CallReport): void {
     this.awsCalls.inc({ operation, outcome, error });
     this.awsCallDuration.observe({ operation }, seconds);
     if (operation === 'MeterUsage' && outcome === 'success' && !dryRun) this.lastSuccess.setToCurrentTime();

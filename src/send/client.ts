@@ -5,6 +5,7 @@
  */
 import { MarketplaceMeteringClient } from '@aws-sdk/client-marketplace-metering';
 import { defaultProvider } from '@aws-sdk/credential-provider-node';
+import type { Clock } from '../clock.js';
 import { errorName } from './awsErrors.js';
 import { addConnectionEvidence, connectionAgents } from './connection.js';
 
@@ -72,33 +73,43 @@ function buildClient(
   });
 }
 
-/** What {@link observeClient} reports for each call (SDK retries included). */
+/** One MeterUsage or RegisterUsage call as {@link observeClient} reports it (SDK retries included). */
+export interface CallReport {
+  readonly operation: string;
+  readonly outcome: 'success' | 'error';
+  /** The AWS error name or error code; `''` on success. */
+  readonly error: string;
+  readonly seconds: number;
+  readonly dryRun: boolean;
+}
+
+/** What {@link observeClient} reports each call to. */
 export interface CallObserver {
-  call(
-    operation: string,
-    outcome: 'success' | 'error',
-    error: string,
-    seconds: number,
-    dryRun: boolean,
-  ): void;
+  call(report: CallReport): void;
 }
 
 /**
  * Observes every MeterUsage and RegisterUsage call of `client`, SDK retries included, for metrics: the
- * operation, its outcome, the AWS error name and the duration. Adds one middleware at the initialize step.
+ * operation, its outcome, the AWS error name and the duration on `clock`. Adds one middleware at the initialize
+ * step.
  */
-export function observeClient(client: MarketplaceMeteringClient, observer: CallObserver): void {
+export function observeClient(
+  client: MarketplaceMeteringClient,
+  observer: CallObserver,
+  clock: Pick<Clock, 'monotonicMs'>,
+): void {
   client.middlewareStack.add(
     (next, context) => async (args) => {
       const operation = (context.commandName ?? 'Unknown').replace(/Command$/, '');
       const dryRun = (args.input as { DryRun?: unknown }).DryRun === true;
-      const started = performance.now();
+      const started = clock.monotonicMs();
+      const seconds = (): number => (clock.monotonicMs() - started) / 1000;
       try {
         const output = await next(args);
-        observer.call(operation, 'success', '', (performance.now() - started) / 1000, dryRun);
+        observer.call({ operation, outcome: 'success', error: '', seconds: seconds(), dryRun });
         return output;
       } catch (err) {
-        observer.call(operation, 'error', errorName(err), (performance.now() - started) / 1000, dryRun);
+        observer.call({ operation, outcome: 'error', error: errorName(err), seconds: seconds(), dryRun });
         throw err;
       }
     },

@@ -2,14 +2,10 @@ import { join } from 'node:path';
 import type { MarketplaceMeteringClient } from '@aws-sdk/client-marketplace-metering';
 import { SidecarClient } from '../../src/client/client.js';
 import { MeteringEmulator } from '../../src/emulator/emulator.js';
-import { IntakeServer } from '../../src/intake/server.js';
 import type { Rejection } from '../../src/intake/usage.js';
-import { InProcessLedger } from '../../src/ledger/inProcessLedger.js';
 import { SqliteLedger } from '../../src/ledger/sqliteLedger.js';
-import { Scheduler } from '../../src/schedule/scheduler.js';
-import { Metrics } from '../../src/observe/metrics.js';
+import { buildPipeline, pipelineMetrics } from '../../src/pipeline.js';
 import { createSendClient, observeClient } from '../../src/send/client.js';
-import { MeteringSender } from '../../src/send/sender.js';
 import { memoryLogger } from './logger.js';
 import { ManualClock } from './manualClock.js';
 
@@ -25,8 +21,9 @@ export interface PipelineOptions {
 }
 
 /**
- * The real pipeline, wired as the agent wires it, with an injected clock: intake on a unix socket and loopback
- * TCP, the SQLite ledger, the real SDK client against the emulator, and the scheduler driven by runOnce().
+ * The real pipeline, wired by the agent's own buildPipeline(), with an injected clock: intake on a unix socket
+ * and loopback TCP, the SQLite ledger, the real SDK client against the emulator, and the scheduler driven by
+ * runOnce().
  */
 export async function startPipeline(options: PipelineOptions) {
   const clock = options.clock ?? new ManualClock(options.start ?? '2026-03-01T10:05:00Z');
@@ -39,51 +36,53 @@ export async function startPipeline(options: PipelineOptions) {
     });
   const endpoint = options.emulator ? emulator.url : await emulator.start();
   const { logger, lines } = memoryLogger();
+  // The SQLite ledger itself, for tests to read synchronously; the components hold it as the agent gives it.
   const ledger = SqliteLedger.open({
     stateDir: options.stateDir,
     productCode: 'prod',
     dryRun: options.dryRun ?? false,
     clock,
   });
-  // What the components hold, as the agent gives it to them; `ledger` below stays the SQLite ledger itself,
-  // for tests to read synchronously.
-  const shared = new InProcessLedger(ledger);
   const client: MarketplaceMeteringClient = createSendClient({
     region: 'us-east-1',
     endpoint,
     credentials: { accessKeyId: 'TASK1', secretAccessKey: 'secret' },
     requestTimeoutMs: options.requestTimeoutMs ?? 2_000,
   });
-  const metrics = new Metrics({
-    ledger: () => shared.status(clock.now()),
+  const metrics = pipelineMetrics({
+    // Read on scrape only, once `wired` below exists.
+    ledger: () => wired,
+    files: () => ledger.files,
     entitlementState: () => 'disabled',
-    ledgerFiles: () => shared.files,
-    idempotencyKeys: async () => ({ count: (await shared.keyStats()).count, oldestAgeSeconds: null }),
-  });
-  observeClient(client, metrics);
-  const scheduler = new Scheduler({
-    metrics,
-    ledger: shared,
-    sender: new MeteringSender(client),
     clock,
-    logger,
-    schedule: undefined,
-    jitterSeconds: 0,
-    random: () => 0.5,
   });
+  observeClient(client, metrics, clock);
   let gate: Rejection | undefined;
   const socketPath = join(options.stateDir, 'app.sock');
-  const intake = new IntakeServer({
-    socketPath,
-    listen: { host: '127.0.0.1', port: 0 },
-    dimensions: options.dimensions,
-    ledger: shared,
+  const {
+    ledger: wired,
+    scheduler,
+    intake,
+  } = buildPipeline({
+    config: {
+      schedule: undefined,
+      sendJitterSeconds: 0,
+      socketPath,
+      listen: { host: '127.0.0.1', port: 0 },
+      dimensions: options.dimensions,
+    },
+    store: ledger,
+    sendClient: client,
+    access: {
+      gate: () => Promise.resolve(gate),
+      status: () => wired.status(clock.now()),
+      entitlement: () => ({ state: 'disabled', mode: 'none' }),
+      proveEntitlement: () => Promise.resolve({ kind: 'notApplicable', message: 'no entitlement in tests' }),
+    },
+    clock,
     logger,
-    gate: () => Promise.resolve(gate),
-    status: () => shared.status(clock.now()),
-    entitlement: () => ({ state: 'disabled', mode: 'none' }),
-    proveEntitlement: () => Promise.resolve({ kind: 'notApplicable', message: 'no entitlement in tests' }),
     metrics,
+    random: () => 0.5,
   });
   await intake.start();
   const api = new SidecarClient({ socketPath });
