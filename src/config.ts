@@ -4,23 +4,19 @@
  * variable, the value received and what was expected. The table in docs/configuration.md mirrors this file.
  */
 import { readFileSync } from 'node:fs';
-import { isIP } from 'node:net';
 import { resolve } from 'node:path';
 import { validate as validateCron } from 'node-cron';
+import { type ListenAddress, parseListenAddress } from './address.js';
 import { DIMENSION_PATTERN, MAX_DIMENSIONS, PRODUCT_CODE_PATTERN } from './awsLimits.js';
 import { ConfigError, type ConfigProblem } from './errors.js';
 import { maxTickGapMs } from './ledger/hours.js';
 import { DEFAULT_IDEMPOTENCY_KEYS_MAX } from './ledger/keys.js';
 import { longestTickGapMs } from './schedule/cadence.js';
 
+export type { ListenAddress } from './address.js';
+
 /** How entitlement is checked at startup. */
 export type EntitlementMode = 'register-usage' | 'dry-run' | 'none';
-
-/** A TCP address to listen on. */
-export interface ListenAddress {
-  readonly host: string;
-  readonly port: number;
-}
 
 /** The sidecar's configuration. Frozen; created only by {@link loadConfig}. */
 export interface Config {
@@ -389,31 +385,10 @@ function parseListen(
   loopbackOnly: boolean,
   problem: Report,
 ): ListenAddress | undefined {
-  const raw = env[variable]?.trim() || fallback;
-  if (raw === 'off') return undefined;
-  const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(raw);
-  const host = match?.[1] ?? match?.[2];
-  const port = match ? Number(match[3]) : NaN;
-  if (!match || host === undefined || port > 65535 || (host !== 'localhost' && isIP(host) === 0)) {
-    problem(variable, 'HOST:PORT with an IP address (e.g. 127.0.0.1:8181, [::1]:8181), or off');
-    return undefined;
-  }
-  if (loopbackOnly && !isLoopback(host)) {
-    problem(
-      variable,
-      'a loopback address (127.0.0.0/8, ::1 or localhost): the app API is never exposed off the host',
-    );
-    return undefined;
-  }
-  return Object.freeze({ host, port });
-}
-
-/** True for 127.0.0.0/8, ::1 and localhost. */
-export function isLoopback(host: string): boolean {
-  if (host === 'localhost' || host === '::1') return true;
-  if (isIP(host) === 4) return host.startsWith('127.');
-  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(host);
-  return mapped !== null && mapped[1].startsWith('127.');
+  const parsed = parseListenAddress(env[variable]?.trim() || fallback, loopbackOnly);
+  if (parsed.ok) return parsed.address;
+  problem(variable, parsed.expected);
+  return undefined;
 }
 
 /** A duration for a message: `3 h 40 min`, `8 h`, `15 min`. */

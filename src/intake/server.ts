@@ -9,7 +9,7 @@ import { connect } from 'node:net';
 import { chmodSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { MAX_NONCE_LENGTH } from '../awsLimits.js';
-import { isLoopback, type ListenAddress } from '../config.js';
+import { isLoopbackHost, type ListenAddress } from '../address.js';
 import { CODES, ListenError, StorageUnavailableError } from '../errors.js';
 import type { UsageLedger } from '../ledger/ledger.js';
 import type { Logger } from '../log.js';
@@ -310,18 +310,6 @@ const ROUTES: Readonly<Record<string, readonly string[]>> = {
   '/v1/status': ['GET'],
   '/v1/entitlement': ['GET', 'POST'],
 };
-
-/**
- * Whether a Host header names a loopback host (`localhost`, `127.0.0.0/8`, `[::1]`, with or without a port).
- * The loopback listener refuses any other: a web page in a browser on the same machine can reach 127.0.0.1
- * under a name of its own through DNS rebinding, and its requests then carry that name.
- */
-export function isLoopbackHost(host: string | undefined): boolean {
-  if (host === undefined) return false;
-  const match = /^(?:\[([^\]]+)\]|([^:[\]]+))(?::\d{1,5})?$/.exec(host.trim());
-  const name = match?.[1] ?? match?.[2];
-  return name !== undefined && isLoopback(name.toLowerCase());
-}
 
 function discardAndFail(req: IncomingMessage, res: ServerResponse, problem: Rejection): void {
   req.resume();

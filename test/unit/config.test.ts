@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { generateKeyPairSync } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { isLoopback, loadClientConfig, loadConfig } from '../../src/config.js';
+import { loadClientConfig, loadConfig } from '../../src/config.js';
 import { ConfigError } from '../../src/errors.js';
 
 const REQUIRED = {
@@ -287,22 +287,6 @@ describe('loadConfig', () => {
     expect(problemsOf({ ...REQUIRED, METERING_SOCKET: `/tmp/${'x'.repeat(120)}.sock` })[0].variable).toBe(
       'METERING_SOCKET',
     );
-  });
-});
-
-describe('isLoopback', () => {
-  it.each([
-    ['127.0.0.1', true],
-    ['127.255.0.9', true],
-    ['::1', true],
-    ['localhost', true],
-    ['::ffff:127.0.0.1', true],
-    ['0.0.0.0', false],
-    ['::', false],
-    ['10.1.2.3', false],
-    ['::ffff:10.0.0.1', false],
-  ])('%s → %s', (host, expected) => {
-    expect(isLoopback(host)).toBe(expected);
   });
 });
 

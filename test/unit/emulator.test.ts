@@ -21,7 +21,11 @@ import {
   MAX_TAG_VALUE_LENGTH,
   validateMeterUsage,
 } from '../../src/emulator/meterUsageRules.js';
-import { decideMeterUsage, hourStartMs, requestFingerprint } from '../../src/emulator/meterUsageIdempotency.js';
+import {
+  decideMeterUsage,
+  hourStartMs,
+  requestFingerprint,
+} from '../../src/emulator/meterUsageIdempotency.js';
 import type { MeterUsageLimits, MeterUsageRequest } from '../../src/emulator/meterUsageRules.js';
 
 const NOW_MS = Date.UTC(2026, 10, 26, 10, 30);
