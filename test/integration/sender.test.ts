@@ -4,11 +4,8 @@
  * connection (refused, TLS handshake or certificate) is "never delivered"; every failure after one is "maybe
  * delivered", so such a record is never carried.
  */
-import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import { createServer as createNetServer, type AddressInfo, type Server as NetServer } from 'node:net';
-import { join } from 'node:path';
 import type { MarketplaceMeteringClient } from '@aws-sdk/client-marketplace-metering';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { MeteringEmulator } from '../../src/emulator/emulator.js';
@@ -16,6 +13,7 @@ import type { MeterUsageRequest } from '../../src/ledger/hours.js';
 import { createMeteringClient, createSendClient } from '../../src/send/client.js';
 import type { SendResult } from '../../src/send/awsErrors.js';
 import { MeteringSender } from '../../src/send/sender.js';
+import { selfSignedCertificate } from '../helpers/tls.js';
 import { TempDirs } from '../helpers/tmp.js';
 
 const NOW_MS = Date.parse('2026-03-01T10:30:00Z');
@@ -28,27 +26,7 @@ afterEach(async () => {
 let tls: { key: Buffer; cert: Buffer };
 beforeAll(() => {
   // A self-signed certificate the client does not trust, as a TLS-intercepting proxy or a wrong endpoint gives.
-  const dir = dirs.make();
-  execFileSync(
-    'openssl',
-    [
-      'req',
-      '-x509',
-      '-newkey',
-      'rsa:2048',
-      '-nodes',
-      '-days',
-      '1',
-      '-subj',
-      '/CN=localhost',
-      '-keyout',
-      join(dir, 'key.pem'),
-      '-out',
-      join(dir, 'cert.pem'),
-    ],
-    { stdio: 'ignore' },
-  );
-  tls = { key: readFileSync(join(dir, 'key.pem')), cert: readFileSync(join(dir, 'cert.pem')) };
+  tls = selfSignedCertificate(dirs.make());
   return () => dirs.cleanup();
 });
 

@@ -6,13 +6,16 @@
  */
 import { writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { connect, type AddressInfo } from 'node:net';
+import { createServer as createTlsServer } from 'node:tls';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { SidecarClient } from '../../src/client/client.js';
 import { HOUR_MS } from '../../src/clock.js';
+import { CODES } from '../../src/errors.js';
 import { sidecarFixture, type Cleanups } from '../helpers/fixture.js';
 import { startStsServer } from '../helpers/sts.js';
+import { selfSignedCertificate } from '../helpers/tls.js';
 
 const cleanups: Cleanups = [];
 afterEach(async () => {
@@ -168,4 +171,47 @@ describe('sends that never reached AWS (built CLI)', () => {
     expect(stopped.code, third.stdout).toBe(0);
     expect(fixture.emulator.records.map((r) => [r.dimension, r.quantity])).toEqual([['gb', 7]]);
   }, 60_000);
+});
+
+describe('sends over TLS (built CLI)', () => {
+  // AWS is only reached over HTTPS: the send client's TLS agent must report its connections too, or a send
+  // that succeeds looks like one without evidence, and from then on every failure counts as possibly delivered.
+  it('delivers over HTTPS through a trusted certificate, with the connection reported', async () => {
+    // Prepare: the emulator behind a TLS terminator whose certificate the sidecar trusts (NODE_EXTRA_CA_CERTS).
+    const fixture = await sidecarFixture(cleanups, {
+      name: 'delivery',
+      emulator: { dimensions: ['gb'] },
+      env: { METERING_ENTITLEMENT: 'none', METERING_DIMENSIONS: 'gb' },
+    });
+    const tls = selfSignedCertificate(fixture.dir);
+    const upstreamPort = Number(new URL(fixture.url).port);
+    let tlsConnections = 0;
+    const terminator = createTlsServer({ key: tls.key, cert: tls.cert }, (socket) => {
+      tlsConnections++;
+      const upstream = connect(upstreamPort, '127.0.0.1');
+      socket.pipe(upstream).pipe(socket);
+      socket.on('error', () => upstream.destroy());
+      upstream.on('error', () => socket.destroy());
+    });
+    await new Promise<void>((resolve) => terminator.listen(0, '127.0.0.1', resolve));
+    cleanups.push(() => new Promise<void>((resolve) => terminator.close(() => resolve())));
+    const port = (terminator.address() as AddressInfo).port;
+    const sidecar = fixture.spawn({
+      AWS_ENDPOINT_URL_MARKETPLACE_METERING: `https://localhost:${port}`,
+      NODE_EXTRA_CA_CERTS: tls.certPath,
+    });
+    await sidecar.ready();
+    const client = new SidecarClient({ socketPath: fixture.socketPath });
+    expect((await client.report({ dimension: 'gb', quantity: 7 })).status).toBe(202);
+    client.close();
+
+    // Act
+    const exit = await sidecar.stop('SIGTERM');
+
+    // Assess: billed once, over TLS, and no send succeeded without a reported connection.
+    expect(exit.code, sidecar.stdout).toBe(0);
+    expect(tlsConnections).toBeGreaterThan(0);
+    expect(fixture.emulator.records.map((r) => [r.dimension, r.quantity])).toEqual([['gb', 7]]);
+    expect(sidecar.logLines().filter((l) => l['code'] === CODES.sendEvidence)).toEqual([]);
+  }, 30_000);
 });
