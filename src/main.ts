@@ -15,6 +15,7 @@ import { SidecarClient, type ApiAddress } from './client/client.js';
 import { systemClock } from './clock.js';
 import { loadClientConfig, loadConfig } from './config.js';
 import { MeteringEmulator } from './emulator/emulator.js';
+import { parseQuota } from './emulator/quota.js';
 import {
   AgentError,
   AwsUnavailableError,
@@ -31,7 +32,7 @@ const HELP = `metering-sidecar — AWS Marketplace metering for container produc
 
 Usage:
   metering-sidecar [run] [--local]                 run the sidecar (--local: with the embedded emulator)
-  metering-sidecar emulator [--port N] [--host H] [--product-code C] [--dimensions a,b]
+  metering-sidecar emulator [--port N] [--host H] [--product-code C] [--dimensions a,b] [--quota aws|off|Op=rate,...]
                                                    run the Marketplace Metering emulator standalone
   metering-sidecar report DIMENSION QUANTITY [--tag k=v]... [--id KEY]
                                                    report usage through the app API
@@ -116,6 +117,7 @@ async function emulator(args: readonly string[]): Promise<number> {
     host: { type: 'string', default: '127.0.0.1' },
     'product-code': { type: 'string', default: 'local-product' },
     dimensions: { type: 'string' },
+    quota: { type: 'string', default: 'off' },
   });
   const port = Number(values.port);
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new UsageError('--port must be 0-65535');
@@ -123,9 +125,12 @@ async function emulator(args: readonly string[]): Promise<number> {
     ?.split(',')
     .map((d) => d.trim())
     .filter((d) => d !== '');
+  const quota = parseQuota(values.quota ?? 'off');
+  if ('problem' in quota) throw new UsageError(quota.problem);
   const server = new MeteringEmulator({
     productCode: values['product-code'] ?? 'local-product',
     ...(dimensions ? { dimensions } : {}),
+    quota: quota.rates,
     onCall: (call) =>
       process.stdout.write(`${JSON.stringify({ time: new Date(call.atMs).toISOString(), ...call })}\n`),
   });
@@ -134,6 +139,7 @@ async function emulator(args: readonly string[]): Promise<number> {
     `Marketplace Metering emulator listening on ${url}\n` +
       `Point the sidecar at it with AWS_ENDPOINT_URL_MARKETPLACE_METERING=${url}\n` +
       `Inspect: GET ${url}/emulator/records, GET ${url}/emulator/calls; inject faults: POST ${url}/emulator/faults\n` +
+      `Account quota: ${JSON.stringify(server.quota)} calls/s (POST ${url}/emulator/quota)\n` +
       `Entitlement: POST ${url}/emulator/entitlement; tokens are signed with this key (GET ${url}/emulator/public-key):\n` +
       `${server.publicKeyPem}\n`,
   );

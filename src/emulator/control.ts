@@ -9,6 +9,7 @@ import type { ServerResponse } from 'node:http';
 import { decodeJson } from './awsJson.js';
 import type { MeteringEmulator } from './emulator.js';
 import { faultProblem } from './faults.js';
+import { AWS_QUOTAS, quotaProblem, type QuotaRates } from './quota.js';
 import { EMULATOR_ENTITLEMENTS, isEmulatorEntitlement } from './registerUsage.js';
 import type { Body } from '../http.js';
 import { sendJson } from '../http.js';
@@ -24,13 +25,24 @@ const CONTROL_ROUTES: readonly string[] = [
   'GET /emulator/public-key',
   'POST /emulator/entitlement',
   'POST /emulator/faults',
+  'GET /emulator/quota',
+  'POST /emulator/quota',
   'POST /emulator/reset',
 ];
 
 /** What the control surface may do to the emulator. */
 export type ControlTarget = Pick<
   MeteringEmulator,
-  'calls' | 'records' | 'totals' | 'reset' | 'failNext' | 'operations' | 'publicKeyPem' | 'setEntitlement'
+  | 'calls'
+  | 'records'
+  | 'totals'
+  | 'reset'
+  | 'failNext'
+  | 'operations'
+  | 'publicKeyPem'
+  | 'setEntitlement'
+  | 'quota'
+  | 'setQuota'
 >;
 
 /** Body of the whole request was read (or refused as too large). */
@@ -70,6 +82,12 @@ export function handleControl(
       return;
     case 'POST /emulator/entitlement':
       controlEntitlement(emulator, body.text, res);
+      return;
+    case 'GET /emulator/quota':
+      sendJson(res, 200, { quota: emulator.quota });
+      return;
+    case 'POST /emulator/quota':
+      controlQuota(emulator, body.text, res);
       return;
     default:
       noRoute(route, path, res);
@@ -123,6 +141,20 @@ function controlEntitlement(emulator: ControlTarget, text: string, res: ServerRe
   }
   emulator.setEntitlement(state);
   sendJson(res, 200, { state });
+}
+
+function controlQuota(emulator: ControlTarget, text: string, res: ServerResponse): void {
+  const input = decodeJson(text);
+  const rates: unknown = isObject(input) ? input['quota'] : undefined;
+  const problem = rates === 'aws' ? undefined : quotaProblem(rates, Object.keys(AWS_QUOTAS));
+  if (problem !== undefined) {
+    sendJson(res, 400, {
+      error: `Body must be a JSON object like {"quota":{"MeterUsage":1}}, {"quota":"aws"} or {"quota":{}} (none). ${problem}`,
+    });
+    return;
+  }
+  emulator.setQuota(rates === 'aws' ? AWS_QUOTAS : (rates as QuotaRates));
+  sendJson(res, 200, { quota: emulator.quota });
 }
 
 function sendText(res: ServerResponse, status: number, text: string): void {

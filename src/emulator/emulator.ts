@@ -26,10 +26,11 @@ import type { AddressInfo } from 'node:net';
 
 import { authenticate, decodeJson, identityForLog, parseTarget, unknownOperation } from './awsJson.js';
 import { CONTROL_PREFIX, handleControl } from './control.js';
-import { FaultQueues, countProblem, faultProblem } from './faults.js';
-import { emulatorSettings } from './options.js';
+import { FaultQueues, faultProblem } from './faults.js';
+import { checkQuota, emulatorSettings } from './options.js';
+import { AccountQuota, THROTTLED_MESSAGE, type QuotaRates } from './quota.js';
 import type { EmulatorOptions, EmulatorSettings } from './options.js';
-import type { EmulatorEntitlement, RegisterUsageClaims } from './registerUsage.js';
+import type { EmulatorEntitlement } from './registerUsage.js';
 import { MeteringService } from './service.js';
 import type { MeteredRecord, OperationOutcome } from './service.js';
 import { header, sendAws, sendAwsError } from './wire.js';
@@ -93,6 +94,8 @@ export class MeteringEmulator {
   /** Dispatch table: one entry per operation. */
   readonly #operations: ReadonlyMap<string, OperationHandler>;
   readonly #faults = new FaultQueues();
+  /** The account's quota; real time, whatever the emulator's clock, since it paces real requests. */
+  readonly #quota = new AccountQuota(() => performance.now());
 
   #server: Server | undefined;
   #url: string | undefined;
@@ -112,6 +115,7 @@ export class MeteringEmulator {
       ['MeterUsage', (identity, input) => service.meterUsage(identity, input)],
       ['RegisterUsage', (_identity, input) => service.registerUsage(input)],
     ]);
+    this.#quota.set(this.#settings.quota);
   }
 
   /**
@@ -217,18 +221,23 @@ export class MeteringEmulator {
    * not a plain object that serializes as JSON, or `count` is not an integer 1..`MAX_FAULT_COUNT`.
    */
   tamperNextToken(claims: Record<string, unknown>, count = 1): void {
-    if (!isObject(claims)) {
-      throw new TypeError('tamperNextToken(claims) needs an object of claims, e.g. { Nonce: "other" }');
-    }
-    const copy: RegisterUsageClaims = Object.freeze({ ...claims });
-    try {
-      JSON.stringify(copy);
-    } catch (error) {
-      throw new TypeError('tamperNextToken(claims) needs claims that serialize as JSON', { cause: error });
-    }
-    const problem = countProblem('tamperNextToken count', count);
-    if (problem !== undefined) throw new TypeError(problem);
-    this.#service.tamper(copy, count);
+    this.#service.tamper(claims, count);
+  }
+
+  /** The account's quota in force, in calls per second per operation; `{}` when nothing is limited. */
+  get quota(): QuotaRates {
+    return this.#quota.rates;
+  }
+
+  /**
+   * Sets the account's quota (e.g. `AWS_QUOTAS`, `{ MeterUsage: 1 }`, or `{}` for none); every bucket starts
+   * full. A throttled call is answered `ThrottlingException` (400) after authentication, before any
+   * validation, is logged in `calls` and takes no effect. Kept by `reset()`. Throws `TypeError` for an
+   * operation AWS does not have or a rate that is not a positive number.
+   * @see docs/aws-rules.md §3.5
+   */
+  setQuota(rates: QuotaRates): void {
+    this.#quota.set(checkQuota(rates, 'setQuota(rates)'));
   }
 
   /** Drops every queued fault, keeping calls, records and tokens: AWS recovers from an outage. */
@@ -355,6 +364,11 @@ export class MeteringEmulator {
         { kind: 'error', error: unknownOperation(header(req, 'x-amz-target') ?? '') },
         lose,
       );
+      return;
+    }
+    if (!this.#quota.admit(operation)) {
+      const throttled = { name: 'ThrottlingException', message: THROTTLED_MESSAGE };
+      this.#answer(res, base, { kind: 'error', error: throttled }, lose);
       return;
     }
     if (!isObject(input)) {

@@ -8,6 +8,7 @@
 import { KeyObject, createPublicKey, generateKeyPairSync } from 'node:crypto';
 
 import type { EmulatorCall } from './emulator.js';
+import { AWS_QUOTAS, quotaProblem, type QuotaRates } from './quota.js';
 import {
   EMULATOR_ENTITLEMENTS,
   MAX_PUBLIC_KEY_VERSION,
@@ -71,6 +72,13 @@ export interface EmulatorOptions {
    * @see docs/aws-rules.md §3.7
    */
   signingKey?: KeyObject;
+  /**
+   * The account's request quota in calls per second per operation (e.g. `AWS_QUOTAS`, or `{ MeterUsage: 1 }`
+   * to put a small fleet under a large fleet's pressure); default none. Change it at run time with
+   * {@link MeteringEmulator.setQuota} or `POST /emulator/quota`.
+   * @see docs/aws-rules.md §3.5
+   */
+  quota?: QuotaRates;
 }
 
 /** The options after their checks, with defaults applied. */
@@ -84,6 +92,7 @@ export interface EmulatorSettings {
   readonly publicKeyRotatedAtMs: number | undefined;
   readonly entitlement: EmulatorEntitlement;
   readonly signingKey: KeyObject | undefined;
+  readonly quota: QuotaRates;
 }
 
 /** The RegisterUsage signing key with its public half as SPKI PEM. */
@@ -96,7 +105,7 @@ export interface Signer {
  * Checks `options` and applies the defaults. Throws `TypeError` when `productCode` is not a string,
  * `dimensions` is given but empty (no call could ever succeed), `publicKeyVersion` is not an integer
  * 1..2^31-1, `entitlement` is not an {@link EmulatorEntitlement}, `publicKeyRotatedAtMs` is not a finite
- * number, or `signingKey` is not a private RSA key that can sign PS256.
+ * number, `signingKey` is not a private RSA key that can sign PS256, or `quota` is not a quota.
  */
 export function emulatorSettings(options: EmulatorOptions): EmulatorSettings {
   if (typeof options.productCode !== 'string')
@@ -121,6 +130,7 @@ export function emulatorSettings(options: EmulatorOptions): EmulatorSettings {
     publicKeyRotatedAtMs: options.publicKeyRotatedAtMs,
     entitlement,
     signingKey: options.signingKey === undefined ? undefined : checkSigningKey(options.signingKey),
+    quota: checkQuota(options.quota ?? {}, 'EmulatorOptions.quota'),
   };
 }
 
@@ -132,6 +142,13 @@ export function checkEntitlement(state: unknown, where: string): EmulatorEntitle
     );
   }
   return state;
+}
+
+/** Refuses anything but a quota of AWS operations (see `quotaProblem`), naming `where` in the `TypeError`. */
+export function checkQuota(rates: unknown, where: string): QuotaRates {
+  const problem = quotaProblem(rates, Object.keys(AWS_QUOTAS));
+  if (problem !== undefined) throw new TypeError(`${where}: ${problem}`);
+  return Object.freeze({ ...(rates as QuotaRates) });
 }
 
 /**

@@ -10,6 +10,7 @@
 import { randomUUID } from 'node:crypto';
 
 import type { ServiceError } from './awsJson.js';
+import { countProblem } from './faults.js';
 import { decideMeterUsage, hourStartMs, requestFingerprint } from './meterUsageIdempotency.js';
 import type { HourEntry, TokenEntry } from './meterUsageIdempotency.js';
 import { validateMeterUsage } from './meterUsageRules.js';
@@ -18,6 +19,7 @@ import { checkEntitlement, makeSigner } from './options.js';
 import type { EmulatorSettings, Signer } from './options.js';
 import { registerUsageClaims, signJwt, validateRegisterUsage } from './registerUsage.js';
 import type { EmulatorEntitlement, RegisterUsageClaims } from './registerUsage.js';
+import { isObject } from '../json.js';
 
 /** Message AWS gives for a DryRun that would have succeeded (EC2-style `DryRunOperation`). */
 const DRY_RUN_MESSAGE = 'Request would have succeeded, but DryRun flag is set.';
@@ -91,9 +93,24 @@ export class MeteringService {
     this.#entitlement = checkEntitlement(state, 'setEntitlement(state)');
   }
 
-  /** Queues already checked `claims` for the next `count` successful RegisterUsage tokens. */
-  tamper(claims: RegisterUsageClaims, count: number): void {
-    for (let i = 0; i < count; i += 1) this.#tampering.push(claims);
+  /**
+   * Queues `claims` for the next `count` successful RegisterUsage tokens (see
+   * `MeteringEmulator.tamperNextToken`). Throws `TypeError` for claims that are not a JSON object or a count
+   * outside 1..`MAX_FAULT_COUNT`.
+   */
+  tamper(claims: Record<string, unknown>, count: number): void {
+    if (!isObject(claims)) {
+      throw new TypeError('tamperNextToken(claims) needs an object of claims, e.g. { Nonce: "other" }');
+    }
+    const copy: RegisterUsageClaims = Object.freeze({ ...claims });
+    try {
+      JSON.stringify(copy);
+    } catch (error) {
+      throw new TypeError('tamperNextToken(claims) needs claims that serialize as JSON', { cause: error });
+    }
+    const problem = countProblem('tamperNextToken count', count);
+    if (problem !== undefined) throw new TypeError(problem);
+    for (let i = 0; i < count; i += 1) this.#tampering.push(copy);
   }
 
   /** Forgets records, ClientTokens, once-per-hour keys and queued tampering; keeps the key and entitlement. */

@@ -1052,6 +1052,102 @@ describe('MeteringEmulator control surface', () => {
   });
 });
 
+describe('MeteringEmulator account quota', () => {
+  it('throttles the account as a whole: the calls over the bucket get ThrottlingException and record nothing', async () => {
+    // Prepare: two calls a second for the account; five tasks call at once.
+    const emulator = await startEmulator({ quota: { MeterUsage: 2 } });
+    const tasks = ['TASK1', 'TASK2', 'TASK3', 'TASK4', 'TASK5'].map((id) => sdkClient(emulator, id));
+
+    // Act
+    const outcomes = await Promise.allSettled(tasks.map((client) => client.send(meterUsage())));
+
+    // Assess
+    const rejected = outcomes.flatMap((o) => (o.status === 'rejected' ? [o.reason as Error] : []));
+    expect(outcomes.filter((o) => o.status === 'fulfilled')).toHaveLength(2);
+    expect(rejected).toHaveLength(3);
+    for (const error of rejected) {
+      expect(error).toBeInstanceOf(ThrottlingException);
+      expect((error as ThrottlingException).$metadata.httpStatusCode).toBe(400);
+      expect(error.message).toBe('Rate exceeded');
+    }
+    expect(emulator.records).toHaveLength(2);
+    expect(emulator.calls.filter((c) => c.error === 'ThrottlingException')).toHaveLength(3);
+    expect(emulator.calls.filter((c) => c.error === 'ThrottlingException').map((c) => c.status)).toEqual([
+      400, 400, 400,
+    ]);
+  });
+
+  it('refills at its rate in real time', async () => {
+    const emulator = await startEmulator({ quota: { MeterUsage: 10 } });
+    const client = sdkClient(emulator);
+    await Promise.allSettled(
+      Array.from({ length: 12 }, (_, i) => client.send(meterUsage({ UsageDimension: `d${i}` }))),
+    );
+
+    await new Promise((resolve) => setTimeout(resolve, 250));
+    const later = await client.send(meterUsage({ UsageDimension: 'later' }));
+
+    expect(later.MeteringRecordId).toMatch(UUID);
+    expect(emulator.records.length).toBeGreaterThanOrEqual(11);
+  });
+
+  it('throttles before validating, and limits RegisterUsage on its own bucket', async () => {
+    const emulator = await startEmulator({
+      quota: { MeterUsage: 1, RegisterUsage: 1 },
+      signingKey: SIGNING_KEY,
+    });
+    const client = sdkClient(emulator);
+    await client.send(meterUsage());
+
+    const invalid = await rejectionOf(client.send(meterUsage({ ProductCode: 'other-product' })));
+    const register = await client.send(registerUsage());
+    const registerAgain = await rejectionOf(client.send(registerUsage()));
+
+    expect(invalid).toBeInstanceOf(ThrottlingException);
+    expect(register.Signature).toBeDefined();
+    expect(registerAgain).toBeInstanceOf(ThrottlingException);
+  });
+
+  it('is off by default, and refuses a quota it cannot apply', async () => {
+    const emulator = await startEmulator();
+    const client = sdkClient(emulator);
+
+    await Promise.all(
+      Array.from({ length: 30 }, (_, i) => client.send(meterUsage({ UsageDimension: `d${i}` }))),
+    );
+
+    expect(emulator.quota).toEqual({});
+    expect(emulator.records).toHaveLength(30);
+    expect(() => emulator.setQuota({ MeterUsage: 0 })).toThrow(/above 0/);
+    expect(() => emulator.setQuota({ GetObject: 1 })).toThrow(/Unknown operation/);
+    expect(() => new MeteringEmulator({ productCode: PRODUCT_CODE, quota: { MeterUsage: -1 } })).toThrow(
+      TypeError,
+    );
+  });
+
+  it('is set and read on /emulator/quota, refuses a bad body with 400, and survives reset', async () => {
+    const emulator = await startEmulator();
+    const post = (body: string): Promise<Response> =>
+      fetch(`${emulator.url}/emulator/quota`, { method: 'POST', body });
+
+    const set = await post(JSON.stringify({ quota: { MeterUsage: 1 } }));
+    const read = await (await fetch(`${emulator.url}/emulator/quota`)).json();
+    const bad = await post(JSON.stringify({ quota: { MeterUsage: 'fast' } }));
+    await fetch(`${emulator.url}/emulator/reset`, { method: 'POST' });
+    const afterReset = emulator.quota;
+    const aws = await post(JSON.stringify({ quota: 'aws' }));
+    const off = await post(JSON.stringify({ quota: {} }));
+
+    expect(set.status).toBe(200);
+    expect(read).toEqual({ quota: { MeterUsage: 1 } });
+    expect(bad.status).toBe(400);
+    expect(((await bad.json()) as { error: string }).error).toContain('calls per second');
+    expect(afterReset).toEqual({ MeterUsage: 1 });
+    expect(await aws.json()).toEqual({ quota: { MeterUsage: 10, RegisterUsage: 5, BatchMeterUsage: 10 } });
+    expect(await off.json()).toEqual({ quota: {} });
+  });
+});
+
 describe('MeteringEmulator lifecycle', () => {
   it('stop() resolves while a Timeout fault holds a request open, and the client sees the socket close', async () => {
     // Prepare

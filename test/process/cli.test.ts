@@ -155,6 +155,23 @@ describe('metering-sidecar CLI', () => {
     expect(result.stdout + result.stderr).toMatch(/ENOENT|ECONNREFUSED/);
   });
 
+  it('runs the emulator under an account quota given by --quota, and refuses a bad one with exit 64', async () => {
+    const bad = await cli(['emulator', '--port', '0', '--quota', 'MeterUsage=fast'], {});
+    expect(bad.code).toBe(64);
+    expect(bad.stderr).toContain('--quota');
+
+    const emulator = SidecarProcess.spawn({}, ['emulator', '--port', '0', '--quota', 'MeterUsage=1']);
+    cleanups.push(() => {
+      emulator.child.kill('SIGKILL');
+    });
+    while (!/listening on (http:\/\/\S+)/.test(emulator.stdout)) await new Promise((r) => setTimeout(r, 10));
+    const url = /listening on (http:\/\/\S+)/.exec(emulator.stdout)![1];
+    const quota = await (await fetch(`${url}/emulator/quota`)).json();
+    expect(quota).toEqual({ quota: { MeterUsage: 1 } });
+    expect(emulator.stdout).toContain('Account quota: {"MeterUsage":1}');
+    expect((await emulator.stop('SIGTERM')).code).toBe(0);
+  });
+
   it('runs the emulator standalone, printing each call it receives', async () => {
     const emulator = SidecarProcess.spawn({}, [
       'emulator',
