@@ -20,8 +20,8 @@ import type { MarketplaceMeteringClient } from '@aws-sdk/client-marketplace-mete
 import type { Clock } from './clock.js';
 import type { Config } from './config.js';
 import { MeteringEmulator } from './emulator/emulator.js';
-import { Entitlement } from './entitlement/entitlement.js';
-import { CODES } from './errors.js';
+import { Entitlement, NOT_STARTED } from './entitlement/entitlement.js';
+import { CODES, errorCode } from './errors.js';
 import { EXIT } from './exitCodes.js';
 import { MAX_DRAIN_MS } from './intake/server.js';
 import type { Ledger } from './ledger/ledger.js';
@@ -80,16 +80,12 @@ export class Agent {
     this.#metrics = pipelineMetrics({
       ledger,
       files: () => this.#ledger?.files ?? [],
-      entitlementState: () => this.#entitlement?.state ?? 'pending',
+      entitlementState: () => this.#entitlement?.state ?? NOT_STARTED.state,
       clock: this.#clock,
     });
     this.#readiness = new Readiness({
       ledger,
-      entitlement: () =>
-        this.#entitlement?.readiness() ?? {
-          ok: false,
-          reason: 'pending: the entitlement check has not started',
-        },
+      entitlement: () => this.#entitlement?.readiness() ?? NOT_STARTED.readiness,
       intakeListening: () => this.#pipeline?.intake.listening === true,
       clock: this.#clock,
       logger: this.#logger,
@@ -282,7 +278,7 @@ export class Agent {
       this.#logger.info(summary, 'flush before exit finished');
     } catch (err) {
       this.#logger.error(
-        { err, code: (err as { code?: string }).code },
+        { err, code: errorCode(err) },
         'flush before exit failed; usage stays in the ledger',
       );
     }
@@ -296,7 +292,7 @@ export class Agent {
   /** The body of `GET /v1/status`. */
   async status(): Promise<unknown> {
     const checks = await this.readiness();
-    const entitlement = this.#entitlement?.view() ?? { state: 'pending', mode: this.#config.entitlement };
+    const entitlement = this.#entitlement?.view() ?? NOT_STARTED.view(this.#config.entitlement);
     return statusBody(checks, entitlement, await this.#ledger?.status(this.#clock.now()), this.#config);
   }
 
@@ -328,10 +324,7 @@ export class Agent {
         this.#logger.info(summary, 'final flush finished');
       }
     } catch (err) {
-      this.#logger.error(
-        { err, code: (err as { code?: string }).code },
-        'final flush failed; records stay in the ledger',
-      );
+      this.#logger.error({ err, code: errorCode(err) }, 'final flush failed; records stay in the ledger');
     }
     let outcome: StopOutcome = { exitCode: EXIT.leftInLedger, unsentRecords: 0, unsealedHours: 0 };
     try {
@@ -340,10 +333,7 @@ export class Agent {
       const exitCode = left.unsentRecords + left.unsealedHours === 0 ? EXIT.ok : EXIT.leftInLedger;
       outcome = { exitCode, ...left };
     } catch (err) {
-      this.#logger.error(
-        { err, code: (err as { code?: string }).code },
-        'could not read the ledger at shutdown',
-      );
+      this.#logger.error({ err, code: errorCode(err) }, 'could not read the ledger at shutdown');
     }
     await this.#release();
     if (outcome.exitCode === EXIT.leftInLedger) {

@@ -8,6 +8,12 @@ import { HOUR_MS } from './clock.js';
 /** Largest UsageQuantity / AllocatedUsageQuantity AWS accepts (2^31-1). @see docs/aws-rules.md §2.2, §2.5 */
 export const MAX_QUANTITY = 2_147_483_647;
 
+/**
+ * Largest PublicKeyVersion the sidecar takes. AWS documents a minimum of 1 and no maximum; the API types the
+ * member as a 32-bit Integer, so 2^31-1 is the largest any client can send. @see docs/aws-rules.md §2.1
+ */
+export const MAX_PUBLIC_KEY_VERSION = 2_147_483_647;
+
 /** AWS accepts MeterUsage records up to six hours after their Timestamp. @see docs/aws-rules.md §3.2 */
 export const MAX_RECORD_AGE_MS = 6 * HOUR_MS;
 

@@ -7,7 +7,12 @@ import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { validate as validateCron } from 'node-cron';
 import { type ListenAddress, parseListenAddress } from './address.js';
-import { DIMENSION_PATTERN, MAX_DIMENSIONS, PRODUCT_CODE_PATTERN } from './awsLimits.js';
+import {
+  DIMENSION_PATTERN,
+  MAX_DIMENSIONS,
+  MAX_PUBLIC_KEY_VERSION,
+  PRODUCT_CODE_PATTERN,
+} from './awsLimits.js';
 import { ConfigError, type ConfigProblem } from './errors.js';
 import { maxTickGapMs } from './ledger/hours.js';
 import { DEFAULT_IDEMPOTENCY_KEYS_MAX } from './ledger/keys.js';
@@ -167,7 +172,7 @@ function readProduct(r: Reader) {
     'METERING_PUBLIC_KEY_VERSION',
     DEFAULTS.publicKeyVersion,
     1,
-    2 ** 31 - 1,
+    MAX_PUBLIC_KEY_VERSION,
     r.problem,
   );
   const publicKeyPem = readPublicKey(r.env, r.problem);

@@ -128,3 +128,16 @@ export class UsageError extends AgentError {
     this.name = 'UsageError';
   }
 }
+
+/** The `code` of a thrown value (an Error with a string `code`, as Node and SQLite set), or `undefined`. */
+export function errorCode(err: unknown): string | undefined {
+  const code = (err as { code?: unknown } | null | undefined)?.code;
+  return typeof code === 'string' ? code : undefined;
+}
+
+/** A thrown value for a message: `CODE: message` when it has a code, else its message. */
+export function describeError(err: unknown): string {
+  const code = errorCode(err);
+  const message = err instanceof Error ? err.message : String(err);
+  return code !== undefined ? `${code}: ${message}` : message;
+}

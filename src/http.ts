@@ -1,6 +1,6 @@
 /**
- * HTTP helpers the sidecar's servers share (the app API of ./intake, the admin listener of ./observe and the
- * emulator): listening with a clear error, reading a bounded request body, and JSON replies.
+ * HTTP helpers the servers share: listening with a clear error (the app API of ./intake and the admin listener
+ * of ./observe), and reading a bounded request body, JSON replies and closing (those two and the emulator).
  */
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { ListenError } from './errors.js';
@@ -81,5 +81,17 @@ export function readBody(req: IncomingMessage, limit: number): Promise<Body> {
     req.on('end', onEnd);
     req.on('close', onClose);
     req.on('error', onClose);
+  });
+}
+
+/**
+ * Stops `server` accepting and destroys every connection, idle or busy (a request held open included); resolves
+ * once the server has closed.
+ */
+export function closeServer(server: Server): Promise<void> {
+  return new Promise<void>((resolve) => {
+    // close() only stops accepting; it resolves once the connections destroyed below are gone.
+    server.close(() => resolve());
+    server.closeAllConnections();
   });
 }

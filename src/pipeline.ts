@@ -14,7 +14,7 @@ import type { MarketplaceMeteringClient } from '@aws-sdk/client-marketplace-mete
 import type { Clock } from './clock.js';
 import type { Config } from './config.js';
 import { CODES } from './errors.js';
-import type { Admission } from './entitlement/entitlement.js';
+import { NOT_STARTED, type Admission } from './entitlement/entitlement.js';
 import { IntakeServer, type IntakeOptions } from './intake/server.js';
 import { rejection, type Rejection } from './intake/usage.js';
 import { InProcessLedger } from './ledger/inProcessLedger.js';
@@ -140,10 +140,7 @@ export function admissionGate(
   storage: () => Promise<ReadinessCheck>,
 ): () => Promise<Rejection | undefined> {
   return async () => {
-    const admitted = admission() ?? {
-      admitted: false,
-      message: 'the entitlement check has not finished; retry shortly',
-    };
+    const admitted = admission() ?? NOT_STARTED.admission;
     if (!admitted.admitted) return rejection('NotEntitled', admitted.message);
     const writable = await storage();
     if (writable.ok) return undefined;

@@ -35,7 +35,7 @@ import { MeteringService } from './service.js';
 import type { MeteredRecord, OperationOutcome } from './service.js';
 import { header, sendAws, sendAwsError } from './wire.js';
 import { CODES } from '../errors.js';
-import { type Body, readBody, sendJson } from '../http.js';
+import { type Body, closeServer, readBody, sendJson } from '../http.js';
 import { isObject } from '../json.js';
 
 export type { EmulatorEntitlement } from './registerUsage.js';
@@ -264,11 +264,7 @@ export class MeteringEmulator {
     if (server === undefined) return;
     this.#server = undefined;
     this.#url = undefined;
-    await new Promise<void>((resolve) => {
-      // close() only stops accepting; it resolves once the connections destroyed below are gone.
-      server.close(() => resolve());
-      server.closeAllConnections();
-    });
+    await closeServer(server);
   }
 
   // ---- HTTP ----------------------------------------------------------------------------------------
@@ -418,7 +414,7 @@ export class MeteringEmulator {
       req.socket.resetAndDestroy();
       this.#log({ ...base, status: 0, error: fault });
     } else if (fault === 'Timeout') {
-      // Deliberately never answered: the client's timeout or stop() (closeAllConnections) ends the socket.
+      // Deliberately never answered: the client's timeout or stop() (which closes every connection) ends the socket.
       this.#log({ ...base, status: 0, error: fault });
     } else {
       this.#answer(res, base, {

@@ -26,6 +26,17 @@ export type EntitlementState = 'pending' | 'entitled' | 'not-entitled' | 'disabl
 /** Whether usage may be accepted now. */
 export type Admission = { readonly admitted: true } | { readonly admitted: false; readonly message: string };
 
+/** The pending admission's message, before the check has started and while it runs. */
+const PENDING_MESSAGE = 'the entitlement check has not finished; retry shortly';
+
+/** What entitlement answers before its policy is built (the agent builds it once the SDK clients exist). */
+export const NOT_STARTED = Object.freeze({
+  state: 'pending',
+  readiness: Object.freeze({ ok: false, reason: 'pending: the entitlement check has not started' }),
+  admission: Object.freeze({ admitted: false, message: PENDING_MESSAGE }),
+  view: (mode: string): Record<string, unknown> => ({ state: 'pending', mode }),
+});
+
 /** The answer to an app's request for proof (`POST /v1/entitlement`). */
 export type ProofResult =
   | {
@@ -101,10 +112,7 @@ export class Entitlement {
     if (this.established) return { admitted: true };
     return {
       admitted: false,
-      message:
-        this.#state === 'pending'
-          ? 'the entitlement check has not finished; retry shortly'
-          : 'the buyer is not entitled to this product',
+      message: this.#state === 'pending' ? PENDING_MESSAGE : 'the buyer is not entitled to this product',
     };
   }
 

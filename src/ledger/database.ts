@@ -6,7 +6,7 @@
 import { closeSync, fsyncSync, mkdirSync, openSync, unlinkSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { LedgerCorruptError, StorageUnavailableError } from '../errors.js';
+import { LedgerCorruptError, StorageUnavailableError, describeError } from '../errors.js';
 import { migrate } from './schema.js';
 import { lockStateDir, type StateLock } from './stateLock.js';
 
@@ -32,7 +32,7 @@ export function openDatabase(
     mkdirSync(stateDir, { recursive: true });
   } catch (err) {
     throw new StorageUnavailableError(
-      `cannot create the state directory ${stateDir} (${describe(err)}): check that METERING_STATE_DIR is a writable volume`,
+      `cannot create the state directory ${stateDir} (${describeError(err)}): check that METERING_STATE_DIR is a writable volume`,
       { cause: err },
     );
   }
@@ -43,7 +43,7 @@ export function openDatabase(
   } catch (err) {
     lock.release();
     throw new StorageUnavailableError(
-      `cannot open the ledger at ${path} (${describe(err)}): check that METERING_STATE_DIR is a writable volume`,
+      `cannot open the ledger at ${path} (${describeError(err)}): check that METERING_STATE_DIR is a writable volume`,
       { cause: err },
     );
   }
@@ -66,11 +66,11 @@ export function openDatabase(
     if (err instanceof LedgerCorruptError) throw err;
     if (isCorruption(err)) {
       throw new LedgerCorruptError(
-        `the ledger at ${path} is not a readable database (${describe(err)}); it is kept as it is: restore it or move it aside only after checking what it held`,
+        `the ledger at ${path} is not a readable database (${describeError(err)}); it is kept as it is: restore it or move it aside only after checking what it held`,
         { cause: err },
       );
     }
-    throw new StorageUnavailableError(`cannot open the ledger at ${path} (${describe(err)})`, {
+    throw new StorageUnavailableError(`cannot open the ledger at ${path} (${describeError(err)})`, {
       cause: err,
     });
   }
@@ -79,12 +79,6 @@ export function openDatabase(
 function isCorruption(err: unknown): boolean {
   const code = (err as { code?: unknown }).code;
   return code === 'SQLITE_NOTADB' || code === 'SQLITE_CORRUPT' || code === 'SQLITE_CORRUPT_VTAB';
-}
-
-function describe(err: unknown): string {
-  const code = (err as { code?: unknown }).code;
-  const message = err instanceof Error ? err.message : String(err);
-  return typeof code === 'string' ? `${code}: ${message}` : message;
 }
 
 /**
@@ -111,6 +105,6 @@ export function probeWritable(
     commit();
     return { ok: true };
   } catch (err) {
-    return { ok: false, reason: `the state directory or ledger cannot be written (${describe(err)})` };
+    return { ok: false, reason: `the state directory or ledger cannot be written (${describeError(err)})` };
   }
 }

@@ -14,7 +14,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import type Database from 'better-sqlite3';
-import { LedgerCorruptError, StorageUnavailableError } from '../errors.js';
+import { LedgerCorruptError, StorageUnavailableError, describeError, errorCode } from '../errors.js';
 
 /** The version this build writes. */
 export const SCHEMA_VERSION = 2;
@@ -105,11 +105,11 @@ export function migrate(db: Database.Database, path: string, creation: Creation)
         db.pragma(`user_version = ${step.to}`);
       })();
     } catch (err) {
-      const code = (err as { code?: unknown }).code;
-      const detail = `${typeof code === 'string' ? `${code}: ` : ''}${err instanceof Error ? err.message : String(err)}`;
+      const code = errorCode(err);
+      const detail = describeError(err);
       // A volume that cannot take the write is a storage problem; anything else means the file does not hold
       // what its version says. Either way the step was rolled back and the file is as it was.
-      if (typeof code === 'string' && STORAGE_CODES.test(code)) {
+      if (code !== undefined && STORAGE_CODES.test(code)) {
         throw new StorageUnavailableError(
           `the ledger at ${path} could not be migrated from schema ${step.to - 1} to ${step.to} (${detail}); it is unchanged: check that METERING_STATE_DIR is a writable volume with free space`,
           { cause: err },

@@ -11,7 +11,7 @@
  */
 import Database from 'better-sqlite3';
 import { HOUR_MS } from '../clock.js';
-import { StorageUnavailableError } from '../errors.js';
+import { StorageUnavailableError, describeError } from '../errors.js';
 import {
   type LedgerOptions,
   type LedgerRejection,
@@ -170,7 +170,7 @@ export class SqliteLedger {
       this.#commits++;
     } catch (err) {
       this.#keys.restore(keysBefore);
-      const failure = new StorageUnavailableError(`the ledger could not commit (${describe(err)})`, {
+      const failure = new StorageUnavailableError(`the ledger could not commit (${describeError(err)})`, {
         cause: err,
       });
       for (const item of queue) item.reject(failure);
@@ -270,7 +270,7 @@ export class SqliteLedger {
       for (const { dimension, hourMs } of sealedNow) this.#markSealed(dimension, hourMs);
       return records;
     } catch (err) {
-      throw new StorageUnavailableError(`the ledger could not seal (${describe(err)})`, { cause: err });
+      throw new StorageUnavailableError(`the ledger could not seal (${describeError(err)})`, { cause: err });
     }
   }
 
@@ -350,7 +350,7 @@ export class SqliteLedger {
 
   /**
    * Records past their carry deadline at `clockMs`: carried, or, for one that may have been delivered, resent
-   * until AWS's window closes (see the scheduler).
+   * until AWS's window closes (see `Dispatcher.pass` in ../schedule/dispatcher.ts).
    */
   expiring(clockMs: number): StoredRecord[] {
     // By the clock itself: AWS judges the window by its own clock, not by the ledger's stamping time.
@@ -401,7 +401,9 @@ export class SqliteLedger {
     try {
       return fn();
     } catch (err) {
-      throw new StorageUnavailableError(`the ledger could not commit (${describe(err)})`, { cause: err });
+      throw new StorageUnavailableError(`the ledger could not commit (${describeError(err)})`, {
+        cause: err,
+      });
     }
   }
 
@@ -429,10 +431,4 @@ export class SqliteLedger {
     }
     hours.add(hourMs);
   }
-}
-
-function describe(err: unknown): string {
-  const code = (err as { code?: unknown }).code;
-  const message = err instanceof Error ? err.message : String(err);
-  return typeof code === 'string' ? `${code}: ${message}` : message;
 }

@@ -8,7 +8,7 @@
 import { createServer, type Server, type ServerResponse } from 'node:http';
 import type { ListenAddress } from '../config.js';
 import { CODES } from '../errors.js';
-import { listen, sendJson } from '../http.js';
+import { closeServer, listen, sendJson } from '../http.js';
 import type { ReadinessCheck } from './readiness.js';
 import type { Logger } from '../log.js';
 
@@ -94,10 +94,7 @@ export class AdminServer {
     const server = this.#server;
     this.#server = undefined;
     if (server === undefined) return;
-    await new Promise<void>((resolve) => {
-      server.close(() => resolve());
-      server.closeAllConnections();
-    });
+    await closeServer(server);
   }
 }
 

@@ -6,7 +6,7 @@
  */
 import { createTask, type ScheduledTask } from 'node-cron';
 import { sleepUntil, type CancelTimer, type Clock } from '../clock.js';
-import { CODES } from '../errors.js';
+import { CODES, errorCode } from '../errors.js';
 import type { SendLedger } from '../ledger/ledger.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../observe/metrics.js';
@@ -113,9 +113,9 @@ export class Scheduler {
     run.then(
       (summary) => this.#options.logger.debug({ reason, ...summary }, 'run finished'),
       (err: unknown) => {
-        this.#options.metrics?.errors.inc({ code: codeOf(err) ?? CODES.unexpected });
+        this.#options.metrics?.errors.inc({ code: errorCode(err) ?? CODES.unexpected });
         this.#options.logger.error(
-          { err, code: codeOf(err), reason },
+          { err, code: errorCode(err), reason },
           'run failed; retrying at the next tick',
         );
       },
@@ -167,7 +167,7 @@ export class Scheduler {
     try {
       nextMs = await this.#options.ledger.nextAttemptMs();
     } catch (err) {
-      this.#options.logger.error({ err, code: codeOf(err) }, 'could not read the ledger to plan retries');
+      this.#options.logger.error({ err, code: errorCode(err) }, 'could not read the ledger to plan retries');
       return;
     }
     if (nextMs === undefined || this.#stopped) return;
@@ -241,9 +241,4 @@ export class Scheduler {
       this.#task = undefined;
     }
   }
-}
-
-function codeOf(err: unknown): string | undefined {
-  const code = (err as { code?: unknown } | undefined)?.code;
-  return typeof code === 'string' ? code : undefined;
 }

@@ -1,7 +1,7 @@
 /**
  * Sending sealed records with MeterUsage. {@link MeteringSender} turns every outcome into a `SendResult` value
- * through `classify` (./awsErrors.ts, the one place that knows AWS error names), so the scheduler decides what
- * happens to the record (sent, retried, carried or failed) without ever seeing an exception for a service error.
+ * through `classify` (./awsErrors.ts, the one place that knows AWS error names), so the dispatcher (../schedule/dispatcher.ts) decides
+ * what happens to the record (sent, retried, carried or failed) without ever seeing an exception for a service error.
  */
 import { MeterUsageCommand, type MarketplaceMeteringClient } from '@aws-sdk/client-marketplace-metering';
 import type { MeterUsageRequest } from '../ledger/hours.js';
@@ -14,7 +14,7 @@ export interface SendOptions {
   /**
    * Called once the request is about to leave for AWS (credentials resolved, request signed); the request
    * waits for it, so what it stores is durable before any byte can reach AWS. Not called when the send fails
-   * earlier. The scheduler marks the record in flight here. What it throws ends the send and is rethrown.
+   * earlier. The dispatcher marks the record in flight here. What it throws ends the send and is rethrown.
    */
   readonly onRequest?: () => void | Promise<void>;
 }
