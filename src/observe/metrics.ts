@@ -8,6 +8,7 @@
 import { statSync } from 'node:fs';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { MAX_DIMENSIONS } from '../awsLimits.js';
+import type { RecordEvent, SendObserver } from '../schedule/dispatcher.js';
 import type { CallObserver, CallReport } from '../send/client.js';
 
 /** What the scrape-time gauges read. */
@@ -32,7 +33,7 @@ export interface MetricsSources {
 const ENTITLEMENT_STATES = ['pending', 'entitled', 'not-entitled', 'disabled'];
 
 /** The sidecar's metrics. One instance per agent. */
-export class Metrics implements CallObserver {
+export class Metrics implements CallObserver, SendObserver {
   readonly registry = new Registry();
   readonly #dimensions = new Set<string>();
 
@@ -185,6 +186,20 @@ export class Metrics implements CallObserver {
       },
     });
     collectDefaultMetrics({ register: this.registry, prefix: 'metering_' });
+  }
+
+  /** Counts a record's transition (the {@link SendObserver} of the dispatcher). */
+  recordEvent(event: RecordEvent, dimension: string, error: string): void {
+    const label = this.dimension(dimension);
+    if (event === 'sealed') this.recordsSealed.inc({ dimension: label });
+    else if (event === 'sent') this.recordsSent.inc({ dimension: label });
+    else if (event === 'carried') this.recordsCarried.inc({ dimension: label });
+    else this.recordsFailed.inc({ dimension: label, error });
+  }
+
+  /** Counts a failed background run by its error code. */
+  backgroundError(code: string): void {
+    this.errors.inc({ code });
   }
 
   /** Counts one MeterUsage or RegisterUsage call (the {@link CallObserver} of `observeClient`). */

@@ -8,7 +8,6 @@ import { CODES } from '../errors.js';
 import { windowEnd } from '../ledger/hours.js';
 import type { SendLedger, StoredRecord } from '../ledger/ledger.js';
 import type { Logger } from '../log.js';
-import type { Metrics } from '../observe/metrics.js';
 import type { SendError, SendResult } from '../send/awsErrors.js';
 import type { Sender } from '../send/sender.js';
 
@@ -24,13 +23,24 @@ export interface RunSummary {
 /** When a record that failed for now is tried again: the hourly backoff, or the shutdown flush's. */
 export type RetryPolicy = (record: StoredRecord, nowMs: number) => number;
 
+/** What happens to a record in a pass. */
+export type RecordEvent = 'sealed' | 'sent' | 'carried' | 'failed';
+
+/** What sending reports, for metrics (the sidecar's `Metrics` implements it). */
+export interface SendObserver {
+  /** A record was sealed, sent, carried or failed; `error` names the AWS error of a failed one. */
+  recordEvent(event: RecordEvent, dimension: string, error: string): void;
+  /** A send pass failed as a whole (the ledger could not be read or written), with the error's code. */
+  backgroundError(code: string): void;
+}
+
 /** Options of {@link Dispatcher}. */
 export interface DispatcherOptions {
   readonly ledger: SendLedger;
   readonly sender: Sender;
   readonly clock: Clock;
   readonly logger: Logger;
-  readonly metrics?: Metrics;
+  readonly metrics?: SendObserver;
 }
 
 /** Runs passes of the send loop; see the module comment. */
@@ -174,14 +184,8 @@ export class Dispatcher {
     return true;
   }
 
-  #count(event: 'sealed' | 'sent' | 'carried' | 'failed', record: StoredRecord, error = ''): void {
-    const metrics = this.#options.metrics;
-    if (metrics === undefined) return;
-    const dimension = metrics.dimension(record.dimension);
-    if (event === 'sealed') metrics.recordsSealed.inc({ dimension });
-    else if (event === 'sent') metrics.recordsSent.inc({ dimension });
-    else if (event === 'carried') metrics.recordsCarried.inc({ dimension });
-    else metrics.recordsFailed.inc({ dimension, error });
+  #count(event: RecordEvent, record: StoredRecord, error = ''): void {
+    this.#options.metrics?.recordEvent(event, record.dimension, error);
   }
 }
 

@@ -9,9 +9,8 @@ import { sleepUntil, type CancelTimer, type Clock } from '../clock.js';
 import { CODES, errorCode } from '../errors.js';
 import type { SendLedger } from '../ledger/ledger.js';
 import type { Logger } from '../log.js';
-import type { Metrics } from '../observe/metrics.js';
 import type { Sender } from '../send/sender.js';
-import { Dispatcher, type RetryPolicy, type RunSummary } from './dispatcher.js';
+import { Dispatcher, type RetryPolicy, type RunSummary, type SendObserver } from './dispatcher.js';
 
 /** First retry delay after a transient failure. */
 export const RETRY_BASE_MS = 5_000;
@@ -39,7 +38,7 @@ export interface SchedulerOptions {
   readonly jitterSeconds: number;
   /** Random source in [0, 1) for jitter; injectable for tests. */
   readonly random?: () => number;
-  readonly metrics?: Metrics;
+  readonly metrics?: SendObserver;
 }
 
 /** Delay before retry number `attempts` (1-based): exponential from 5 s to 15 min, with jitter. */
@@ -113,7 +112,7 @@ export class Scheduler {
     run.then(
       (summary) => this.#options.logger.debug({ reason, ...summary }, 'run finished'),
       (err: unknown) => {
-        this.#options.metrics?.errors.inc({ code: errorCode(err) ?? CODES.unexpected });
+        this.#options.metrics?.backgroundError(errorCode(err) ?? CODES.unexpected);
         this.#options.logger.error(
           { err, code: errorCode(err), reason },
           'run failed; retrying at the next tick',
