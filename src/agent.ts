@@ -23,6 +23,8 @@ import { MeteringEmulator } from './emulator/emulator.js';
 import { Entitlement, NOT_STARTED } from './entitlement/entitlement.js';
 import { CODES, errorCode } from './errors.js';
 import { EXIT } from './exitCodes.js';
+import { HandoffDirectory } from './handoff/directory.js';
+import { Handoffs } from './handoff/handoffs.js';
 import { MAX_DRAIN_MS } from './intake/server.js';
 import type { Ledger } from './ledger/ledger.js';
 import { SqliteLedger } from './ledger/sqliteLedger.js';
@@ -37,6 +39,10 @@ import { createMeteringClient, createSendClient, observeClient } from './send/cl
 
 /** Share of the shutdown budget that draining requests in flight may take (at most MAX_DRAIN_MS). */
 const DRAIN_SHARE = 0.2;
+
+/** Share of the shutdown budget kept for handing off what the flush could not send (at most 3 s). */
+const HANDOFF_SHARE = 0.2;
+const MAX_HANDOFF_RESERVE_MS = 3_000;
 
 /** Credentials the client signs with in local mode; the embedded emulator takes them as the task identity. */
 const LOCAL_CREDENTIALS = { accessKeyId: 'LOCALTASK', secretAccessKey: 'local-only' } as const;
@@ -67,6 +73,7 @@ export class Agent {
   #sendClient: MarketplaceMeteringClient | undefined;
   #entitlement: Entitlement | undefined;
   #pipeline: Pipeline | undefined;
+  #handoffs: Handoffs | undefined;
   #admin: AdminServer | undefined;
   #starting: Promise<void> | undefined;
   #stopping: Promise<StopOutcome> | undefined;
@@ -81,6 +88,7 @@ export class Agent {
       ledger,
       files: () => this.#ledger?.files ?? [],
       entitlementState: () => this.#entitlement?.state ?? NOT_STARTED.state,
+      handoffDirectory: () => this.#handoffs?.view,
       clock: this.#clock,
     });
     this.#readiness = new Readiness({
@@ -132,6 +140,7 @@ export class Agent {
       const endpoint = await this.#startEmulator();
       this.#buildClients(endpoint);
       const { scheduler } = this.#openPipeline();
+      await this.#handoffs?.recover();
       await this.#startListeners();
       try {
         await this.#entitlement!.establish(this.#abort.signal);
@@ -140,6 +149,10 @@ export class Agent {
         throw err;
       }
       await scheduler.start();
+      if (this.#handoffs !== undefined) {
+        await this.#handoffs.adoptAll();
+        this.#handoffs.start(config.handoffScanSeconds * 1000);
+      }
       this.#logger.info(
         { host: hostname(), dryRun: config.dryRun, local: config.local, schedule: config.schedule },
         'metering sidecar ready',
@@ -242,6 +255,18 @@ export class Agent {
       logger: this.#logger,
       metrics: this.#metrics,
     });
+    if (config.handoffDir !== undefined) {
+      this.#handoffs = new Handoffs({
+        directory: new HandoffDirectory(config.handoffDir),
+        ledger: this.#pipeline.ledger,
+        productCode: config.productCode,
+        dimensions: config.dimensions,
+        host: hostname(),
+        clock: this.#clock,
+        logger: this.#logger.child({ component: 'handoff' }),
+        observer: this.#metrics,
+      });
+    }
     return this.#pipeline;
   }
 
@@ -274,8 +299,9 @@ export class Agent {
       'startup failed with usage of a previous run in the ledger; sending it before exiting',
     );
     try {
-      const summary = await scheduler.flush(this.#clock.now() + this.#config.shutdownTimeoutSeconds * 1000);
+      const summary = await scheduler.flush(this.#flushDeadline(this.#clock.now()));
       this.#logger.info(summary, 'flush before exit finished');
+      await this.#handoffs?.handOff();
     } catch (err) {
       this.#logger.error(
         { err, code: errorCode(err) },
@@ -293,7 +319,8 @@ export class Agent {
   async status(): Promise<unknown> {
     const checks = await this.readiness();
     const entitlement = this.#entitlement?.view() ?? NOT_STARTED.view(this.#config.entitlement);
-    return statusBody(checks, entitlement, await this.#ledger?.status(this.#clock.now()), this.#config);
+    const context = { ...this.#config, handoffDirectory: this.#handoffs?.view };
+    return statusBody(checks, entitlement, await this.#ledger?.status(this.#clock.now()), context);
   }
 
   /**
@@ -306,7 +333,7 @@ export class Agent {
   }
 
   async #stop(): Promise<StopOutcome> {
-    const deadlineMs = this.#clock.now() + this.#config.shutdownTimeoutSeconds * 1000;
+    const startMs = this.#clock.now();
     // A signal during startup ends the entitlement retries; wait for start() to give up.
     this.#abort.abort();
     await this.#starting?.catch(() => undefined);
@@ -320,9 +347,11 @@ export class Agent {
         Math.min(MAX_DRAIN_MS, this.#config.shutdownTimeoutSeconds * 1000 * DRAIN_SHARE),
       );
       if (this.#pipeline !== undefined) {
-        const summary = await this.#pipeline.scheduler.flush(deadlineMs);
+        const summary = await this.#pipeline.scheduler.flush(this.#flushDeadline(startMs));
         this.#logger.info(summary, 'final flush finished');
       }
+      await this.#handoffs?.stop();
+      await this.#handoffs?.handOff();
     } catch (err) {
       this.#logger.error({ err, code: errorCode(err) }, 'final flush failed; records stay in the ledger');
     }
@@ -345,8 +374,20 @@ export class Agent {
     return outcome;
   }
 
+  /**
+   * Until when the flush at `startMs` may send: the shutdown timeout, less the time a handoff needs when there
+   * is a handoff directory for what is left.
+   */
+  #flushDeadline(startMs: number): number {
+    const budgetMs = this.#config.shutdownTimeoutSeconds * 1000;
+    const reserveMs =
+      this.#handoffs === undefined ? 0 : Math.min(MAX_HANDOFF_RESERVE_MS, budgetMs * HANDOFF_SHARE);
+    return startMs + budgetMs - reserveMs;
+  }
+
   /** Closes whatever was opened, in reverse order. Safe to call on a partly started agent. */
   async #release(): Promise<void> {
+    await this.#handoffs?.stop();
     await this.#pipeline?.scheduler.stop();
     await this.#pipeline?.intake.stop();
     await this.#admin?.stop();

@@ -41,6 +41,13 @@ export interface Config {
   /** Admin listener address; undefined when `off`. */
   readonly adminListen: ListenAddress | undefined;
   readonly stateDir: string;
+  /**
+   * Directory shared by the product's sidecars (METERING_HANDOFF_DIR) where usage that cannot be delivered at
+   * shutdown is handed off to another sidecar; undefined: no handoff, usage stays in the state directory.
+   */
+  readonly handoffDir: string | undefined;
+  /** How often running sidecars look for handoffs to adopt (METERING_HANDOFF_SCAN_SECONDS), besides at start. */
+  readonly handoffScanSeconds: number;
   readonly schedule: string;
   readonly sendJitterSeconds: number;
   readonly dryRun: boolean;
@@ -80,6 +87,7 @@ const DEFAULTS = {
   listen: '127.0.0.1:8181',
   adminListen: '0.0.0.0:9181',
   stateDir: '/var/lib/metering',
+  handoffScanSeconds: '300',
   schedule: '0 * * * *',
   sendJitterSeconds: '300',
   shutdownTimeoutSeconds: '20',
@@ -103,6 +111,8 @@ export const ENVIRONMENT_VARIABLES: readonly string[] = Object.freeze([
   'METERING_LISTEN',
   'METERING_ADMIN_LISTEN',
   'METERING_STATE_DIR',
+  'METERING_HANDOFF_DIR',
+  'METERING_HANDOFF_SCAN_SECONDS',
   'METERING_SCHEDULE',
   'METERING_SEND_JITTER_SECONDS',
   'METERING_DRY_RUN',
@@ -238,7 +248,25 @@ function readListeners(r: Reader) {
     r.get('METERING_STATE_DIR') ?? (r.local ? LOCAL_DEFAULTS.stateDir : DEFAULTS.stateDir),
   );
 
-  return { socketPath, listen, adminListen, stateDir };
+  const handoffRaw = r.get('METERING_HANDOFF_DIR');
+  const handoffDir = handoffRaw === undefined ? undefined : resolve(handoffRaw);
+  if (handoffDir !== undefined && handoffDir === stateDir) {
+    r.problem(
+      'METERING_HANDOFF_DIR',
+      'a directory shared by the sidecars, other than METERING_STATE_DIR (which belongs to one sidecar)',
+    );
+  }
+
+  const handoffScanSeconds = parseInteger(
+    r.env,
+    'METERING_HANDOFF_SCAN_SECONDS',
+    DEFAULTS.handoffScanSeconds,
+    1,
+    3600,
+    r.problem,
+  );
+
+  return { socketPath, listen, adminListen, stateDir, handoffDir, handoffScanSeconds };
 }
 
 /** When and how it sends, shuts down, bounds its keys and logs. */

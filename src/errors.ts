@@ -29,6 +29,12 @@ export const CODES = Object.freeze({
   tokenMissing: 'ERR_TOKEN_MISSING',
   /** The ledger cannot be written (also the code of StorageUnavailableError). */
   stateUnavailable: 'ERR_STATE_UNAVAILABLE',
+  /** Handing off at shutdown, or adopting handoffs, failed (the usage stays where it was). */
+  handoffFailed: 'ERR_HANDOFF_FAILED',
+  /** An adopted handoff holds records that may already be billed; they are not billed again (a warning). */
+  handoffUncertain: 'ERR_HANDOFF_UNCERTAIN',
+  /** A handoff of another product or version, or not readable, is left in the directory (a warning). */
+  handoffIgnored: 'ERR_HANDOFF_IGNORED',
   /** A bug in the emulator behind a request. */
   emulatorInternal: 'ERR_EMULATOR_INTERNAL',
   /** The emulator's onCall callback threw. */

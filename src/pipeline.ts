@@ -101,12 +101,20 @@ export function pipelineMetrics(sources: {
   readonly files: () => readonly string[];
   readonly entitlementState: () => string;
   readonly clock: Clock;
+  /** What the handoff directory holds at the last scan; undefined without one. */
+  readonly handoffDirectory?: () => { pending: number; ignored: number } | undefined;
 }): Metrics {
   const { ledger, clock } = sources;
   return new Metrics({
     ledger: async () => ledger()?.status(clock.now()),
     entitlementState: sources.entitlementState,
     ledgerFiles: sources.files,
+    handoffs: async () => {
+      const directory = sources.handoffDirectory?.();
+      if (directory === undefined) return undefined;
+      const status = await ledger()?.status(clock.now());
+      return { ...directory, uncertain: status?.handoffs.uncertain.length ?? 0 };
+    },
     idempotencyKeys: async () => {
       const stats = await ledger()?.keyStats();
       if (stats === undefined) return undefined;

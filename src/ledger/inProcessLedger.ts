@@ -3,6 +3,7 @@
  * so each answer is ready when the promise is made; the interfaces are Promise-returning so that the storage
  * can move off the event loop (to a worker thread) without touching a caller.
  */
+import type { HandoffEntry, HandoffSnapshot } from './handoffStore.js';
 import type {
   Ledger,
   LedgerRejection,
@@ -51,6 +52,22 @@ export class InProcessLedger implements Ledger {
 
   pendingCount(): Promise<number> {
     return settle(() => this.#ledger.pending().length);
+  }
+
+  handoffSnapshot(): Promise<HandoffSnapshot> {
+    return settle(() => this.#ledger.handoffs.snapshot());
+  }
+
+  completeHandoff(entry: HandoffEntry, clockMs: number): Promise<boolean> {
+    return settle(() => this.#ledger.handoffs.complete(entry, clockMs));
+  }
+
+  adoptHandoff(entry: HandoffEntry, clockMs: number): Promise<boolean> {
+    return settle(() => this.#ledger.handoffs.adopt(entry, clockMs));
+  }
+
+  handoffIds(): Promise<{ written: Set<string>; adopted: Set<string> }> {
+    return settle(() => this.#ledger.handoffs.ids());
   }
 
   retryNow(id: number, nowMs: number): Promise<void> {

@@ -5,6 +5,7 @@
  */
 import type { Clock } from '../clock.js';
 import type { MeterUsageRequest } from './hours.js';
+import type { HandoffEntry, HandoffSnapshot, HandoffSummary } from './handoffStore.js';
 
 /** One validated usage report, as intake hands it to the ledger. */
 export interface UsageReport {
@@ -91,6 +92,8 @@ export interface LedgerStatus {
     quantity: number;
     error: string | undefined;
   }[];
+  /** Handoffs written and adopted, and the uncertain records adopted handoffs brought. */
+  readonly handoffs: HandoffSummary;
 }
 
 /** Options of opening a ledger (`SqliteLedger.open`). */
@@ -166,8 +169,23 @@ export interface LedgerReader {
   keyStats(): Promise<{ count: number; oldestAtMs: number | undefined }>;
 }
 
+/**
+ * What handing off needs of the ledger (docs/design.md, "Handoff"). Each call is one durable transaction,
+ * idempotent by handoff id.
+ */
+export interface HandoffLedger {
+  /** Everything the ledger still holds: billable usage, uncertain records, and what to take out. */
+  handoffSnapshot(): Promise<HandoffSnapshot>;
+  /** Takes a published handoff's records and buckets out of this ledger. `false`: already done. */
+  completeHandoff(entry: HandoffEntry, clockMs: number): Promise<boolean>;
+  /** Carries an adopted handoff's usage into the open hour. `false`: already adopted. */
+  adoptHandoff(entry: HandoffEntry, clockMs: number): Promise<boolean>;
+  /** Ids of the handoffs this ledger wrote and adopted. */
+  handoffIds(): Promise<{ written: Set<string>; adopted: Set<string> }>;
+}
+
 /** The whole ledger, as the agent holds it. */
-export interface Ledger extends UsageLedger, SendLedger, LedgerReader {
+export interface Ledger extends UsageLedger, SendLedger, LedgerReader, HandoffLedger {
   /** Commits what is queued, then closes. Idempotent. */
   close(): Promise<void>;
 }

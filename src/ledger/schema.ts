@@ -11,13 +11,17 @@
  *   an earlier hour, which intake may fold into the untagged allocation (docs/metering.md, "Carry");
  *   `idempotency_keys.seq`, the order keys arrived in, so the oldest are forgotten first even when their
  *   arrival times tie (after the clock stepped back, keys are stamped with the same high-water mark).
+ * - 3: handoffs (./handoffStore.ts): `records.handoff_id`, set on a record handed off to another sidecar (its
+ *   status is then `carried`); `handoffs`, the handoffs this ledger wrote or adopted, by id; and
+ *   `uncertain_records`, records that arrived with an adopted handoff and may already be billed: kept for
+ *   status and alerts, never sent.
  */
 import { randomUUID } from 'node:crypto';
 import type Database from 'better-sqlite3';
 import { LedgerCorruptError, StorageUnavailableError, describeError, errorCode } from '../errors.js';
 
 /** The version this build writes. */
-export const SCHEMA_VERSION = 2;
+export const SCHEMA_VERSION = 3;
 
 /** What the first step needs to create a ledger. */
 interface Creation {
@@ -82,6 +86,34 @@ const STEPS: readonly Step[] = [
       db.exec('ALTER TABLE buckets ADD COLUMN carried_quantity INTEGER NOT NULL DEFAULT 0');
       db.exec('ALTER TABLE idempotency_keys ADD COLUMN seq INTEGER NOT NULL DEFAULT 0');
       db.exec('CREATE INDEX idempotency_keys_seq ON idempotency_keys (seq)');
+    },
+  },
+  {
+    to: 3,
+    up(db) {
+      db.exec(`
+        ALTER TABLE records ADD COLUMN handoff_id TEXT;
+        CREATE TABLE handoffs (
+          id TEXT PRIMARY KEY,
+          direction TEXT NOT NULL CHECK (direction IN ('written', 'adopted')),
+          origin_ledger_id TEXT NOT NULL,
+          origin_host TEXT NOT NULL,
+          written_at_ms INTEGER NOT NULL,
+          at_ms INTEGER NOT NULL,
+          quantity INTEGER NOT NULL,
+          uncertain INTEGER NOT NULL
+        ) STRICT;
+        CREATE TABLE uncertain_records (
+          handoff_id TEXT NOT NULL,
+          origin_ledger_id TEXT NOT NULL,
+          dimension TEXT NOT NULL,
+          hour_ms INTEGER NOT NULL,
+          quantity INTEGER NOT NULL,
+          client_token TEXT NOT NULL,
+          error TEXT,
+          PRIMARY KEY (handoff_id, client_token)
+        ) STRICT;
+      `);
     },
   },
 ];

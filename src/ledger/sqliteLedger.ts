@@ -30,6 +30,7 @@ import {
   recordTimestamp,
   seal,
 } from './hours.js';
+import { HandoffStore } from './handoffStore.js';
 import { KeyStore } from './keyStore.js';
 import { DEFAULT_IDEMPOTENCY_KEYS_MAX } from './keys.js';
 import { prepareStatements, readStatus, toRecord, type RecordRow, type Statements } from './statements.js';
@@ -62,6 +63,7 @@ export class SqliteLedger {
   readonly #stmt: Statements;
   readonly #keys: KeyStore;
   readonly #buckets: Buckets;
+  readonly #handoffs: HandoffStore;
   readonly #transactions: {
     queue: (items: readonly Queued[]) => { results: (RecordResult | LedgerRejection)[]; evicted: number };
   };
@@ -82,6 +84,7 @@ export class SqliteLedger {
       options.idempotencyKeysMax ?? DEFAULT_IDEMPOTENCY_KEYS_MAX,
     );
     this.#buckets = new Buckets(this.#stmt, (dimension, hourMs) => this.#isSealed(dimension, hourMs));
+    this.#handoffs = new HandoffStore(db, this.#buckets, (clockMs) => this.#timeNow(clockMs));
     this.#transactions = this.#transactionsOf(db);
     this.#highWaterMs = Math.max(
       ...(
@@ -274,6 +277,11 @@ export class SqliteLedger {
     }
   }
 
+  /** Handing what is left to another sidecar, and adopting what others left (./handoffStore.ts). */
+  get handoffs(): HandoffStore {
+    return this.#handoffs;
+  }
+
   /** Pending records whose next attempt is due at `nowMs`, oldest first. */
   due(nowMs: number): StoredRecord[] {
     return (this.#stmt.due.all(nowMs) as RecordRow[]).map(toRecord);
@@ -359,7 +367,7 @@ export class SqliteLedger {
 
   /** A summary for status and for the exit code at shutdown. */
   status(nowMs: number): LedgerStatus {
-    return readStatus(this.#stmt, this.#ledgerId, nowMs);
+    return { ...readStatus(this.#stmt, this.#ledgerId, nowMs), handoffs: this.#handoffs.summary() };
   }
 
   /**

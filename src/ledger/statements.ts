@@ -163,7 +163,11 @@ export function toRecord(row: RecordRow): StoredRecord {
 }
 
 /** The summary of the ledger behind `stmt` at `nowMs`, for status and for the exit code at shutdown. */
-export function readStatus(stmt: Statements, ledgerId: string, nowMs: number): LedgerStatus {
+export function readStatus(
+  stmt: Statements,
+  ledgerId: string,
+  nowMs: number,
+): Omit<LedgerStatus, 'handoffs'> {
   const records: Record<RecordStatus, number> = { pending: 0, sent: 0, carried: 0, failed: 0 };
   for (const row of stmt.statusCounts.all() as { status: RecordStatus; n: number }[])
     records[row.status] = row.n;

@@ -8,6 +8,7 @@
 import { statSync } from 'node:fs';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { MAX_DIMENSIONS } from '../awsLimits.js';
+import type { HandoffObserver } from '../handoff/handoffs.js';
 import type { RecordEvent, SendObserver } from '../schedule/dispatcher.js';
 import type { CallObserver, CallReport } from '../send/client.js';
 
@@ -27,13 +28,18 @@ export interface MetricsSources {
   readonly ledgerFiles: () => readonly string[];
   /** Idempotency keys kept, and the age of the oldest in seconds (null when none). */
   readonly idempotencyKeys: () => Promise<{ count: number; oldestAgeSeconds: number | null } | undefined>;
+  /**
+   * Handoffs waiting in METERING_HANDOFF_DIR, left in place there, and uncertain records adopted handoffs
+   * brought; undefined without a handoff directory.
+   */
+  readonly handoffs?: () => Promise<{ pending: number; ignored: number; uncertain: number } | undefined>;
 }
 
 /** Entitlement states exported as an enum-style gauge. */
 const ENTITLEMENT_STATES = ['pending', 'entitled', 'not-entitled', 'disabled'];
 
 /** The sidecar's metrics. One instance per agent. */
-export class Metrics implements CallObserver, SendObserver {
+export class Metrics implements CallObserver, SendObserver, HandoffObserver {
   readonly registry = new Registry();
   readonly #dimensions = new Set<string>();
 
@@ -103,6 +109,20 @@ export class Metrics implements CallObserver, SendObserver {
   readonly idempotencyKeysEvicted = new Counter({
     name: 'metering_idempotency_keys_evicted_total',
     help: 'Idempotency keys forgotten before 24 hours to keep the store within METERING_IDEMPOTENCY_KEYS_MAX.',
+    registers: [this.registry],
+  });
+
+  readonly handoffs = new Counter({
+    name: 'metering_handoffs_total',
+    help: 'Handoffs written at shutdown (usage taken out of this ledger) and adopted (usage carried into it).',
+    labelNames: ['direction'] as const,
+    registers: [this.registry],
+  });
+
+  readonly handoffQuantity = new Counter({
+    name: 'metering_handoff_quantity_total',
+    help: 'Billable quantity in handoffs written and adopted.',
+    labelNames: ['direction'] as const,
     registers: [this.registry],
   });
 
@@ -185,7 +205,44 @@ export class Metrics implements CallObserver, SendObserver {
         this.set((await sources.idempotencyKeys())?.oldestAgeSeconds ?? 0);
       },
     });
+    this.#handoffGauges(sources);
     collectDefaultMetrics({ register: this.registry, prefix: 'metering_' });
+  }
+
+  #handoffGauges(sources: MetricsSources): void {
+    const gauges = [
+      [
+        'metering_handoffs_pending',
+        'Handoffs waiting in METERING_HANDOFF_DIR for an adopter, at the last scan.',
+        'pending',
+      ],
+      [
+        'metering_handoffs_ignored',
+        'Handoffs left in METERING_HANDOFF_DIR: another product or format version, or unreadable.',
+        'ignored',
+      ],
+      [
+        'metering_handoff_uncertain_records',
+        'Records adopted handoffs brought that may already be billed under their writer; never billed again.',
+        'uncertain',
+      ],
+    ] as const;
+    for (const [name, help, field] of gauges) {
+      new Gauge({
+        name,
+        help,
+        registers: [this.registry],
+        async collect() {
+          this.set((await sources.handoffs?.())?.[field] ?? 0);
+        },
+      });
+    }
+  }
+
+  /** Counts a handoff written or adopted (the `HandoffObserver` of ../handoff/handoffs.ts). */
+  handoff(direction: 'written' | 'adopted', quantity: number): void {
+    this.handoffs.inc({ direction });
+    this.handoffQuantity.inc({ direction }, quantity);
   }
 
   /** Counts a record's transition (the {@link SendObserver} of the dispatcher). */

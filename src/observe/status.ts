@@ -9,6 +9,8 @@ import type { ReadinessCheck } from './readiness.js';
 export interface StatusContext {
   readonly productCode: string;
   readonly dryRun: boolean;
+  /** What the handoff directory held at the last scan; undefined without METERING_HANDOFF_DIR. */
+  readonly handoffDirectory?: { readonly pending: number; readonly ignored: number } | undefined;
 }
 
 /** The status body. `ledger` is undefined before the ledger opens. */
@@ -35,6 +37,24 @@ export function statusBody(
     })),
     records: ledger.records,
     oldestUnsentAgeSeconds: ledger.oldestUnsentAgeSeconds,
+    ...(context.handoffDirectory === undefined
+      ? {}
+      : {
+          handoffs: {
+            written: ledger.handoffs.written,
+            adopted: ledger.handoffs.adopted,
+            pending: context.handoffDirectory.pending,
+            ignored: context.handoffDirectory.ignored,
+            uncertain: ledger.handoffs.uncertain.map((u) => ({
+              hourStart: new Date(u.hourMs).toISOString(),
+              dimension: u.dimension,
+              quantity: u.quantity,
+              clientToken: u.clientToken,
+              from: u.originLedgerId,
+              error: u.error,
+            })),
+          },
+        }),
     failed: ledger.failed.map((f) => ({
       hourStart: new Date(f.hourStartMs).toISOString(),
       dimension: f.dimension,
