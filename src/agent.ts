@@ -299,7 +299,8 @@ export class Agent {
       'startup failed with usage of a previous run in the ledger; sending it before exiting',
     );
     try {
-      const summary = await scheduler.flush(this.#flushDeadline(this.#clock.now()));
+      const { sendUntilMs, abortAtMs } = this.#flushDeadlines(this.#clock.now());
+      const summary = await scheduler.flush(sendUntilMs, abortAtMs);
       this.#logger.info(summary, 'flush before exit finished');
       await this.#handoffs?.handOff();
     } catch (err) {
@@ -347,7 +348,8 @@ export class Agent {
         Math.min(MAX_DRAIN_MS, this.#config.shutdownTimeoutSeconds * 1000 * DRAIN_SHARE),
       );
       if (this.#pipeline !== undefined) {
-        const summary = await this.#pipeline.scheduler.flush(this.#flushDeadline(startMs));
+        const { sendUntilMs, abortAtMs } = this.#flushDeadlines(startMs);
+        const summary = await this.#pipeline.scheduler.flush(sendUntilMs, abortAtMs);
         this.#logger.info(summary, 'final flush finished');
       }
       await this.#handoffs?.stop();
@@ -375,14 +377,16 @@ export class Agent {
   }
 
   /**
-   * Until when the flush at `startMs` may send: the shutdown timeout, less the time a handoff needs when there
-   * is a handoff directory for what is left.
+   * Until when the flush at `startMs` may start sends, and when one still in flight is aborted: the shutdown
+   * timeout, less the time a handoff needs when there is a handoff directory for what is left. A send started
+   * just before the first is given most of the reserve to end with a known outcome, because one aborted after
+   * its connection was made may have been delivered and could then only travel as uncertain.
    */
-  #flushDeadline(startMs: number): number {
-    const budgetMs = this.#config.shutdownTimeoutSeconds * 1000;
-    const reserveMs =
-      this.#handoffs === undefined ? 0 : Math.min(MAX_HANDOFF_RESERVE_MS, budgetMs * HANDOFF_SHARE);
-    return startMs + budgetMs - reserveMs;
+  #flushDeadlines(startMs: number): { sendUntilMs: number; abortAtMs: number } {
+    const deadlineMs = startMs + this.#config.shutdownTimeoutSeconds * 1000;
+    if (this.#handoffs === undefined) return { sendUntilMs: deadlineMs, abortAtMs: deadlineMs };
+    const reserveMs = Math.min(MAX_HANDOFF_RESERVE_MS, (deadlineMs - startMs) * HANDOFF_SHARE);
+    return { sendUntilMs: deadlineMs - reserveMs, abortAtMs: deadlineMs - reserveMs / 3 };
   }
 
   /** Closes whatever was opened, in reverse order. Safe to call on a partly started agent. */

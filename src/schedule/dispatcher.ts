@@ -54,9 +54,15 @@ export class Dispatcher {
   /**
    * One pass: carries the records whose window is closing (resending the possibly delivered ones until it
    * closes), seals what may be sealed (the open hour too with `includeOpen`), prunes, then sends every due
-   * record, stopping at `signal`, and settles each outcome. Rejects only when the ledger cannot be written.
+   * record, starting none once `signal` is aborted, and settles each outcome. A send in flight is aborted by
+   * `sendSignal` (by default `signal`). Rejects only when the ledger cannot be written.
    */
-  async pass(includeOpen: boolean, signal: AbortSignal, retryAt: RetryPolicy): Promise<RunSummary> {
+  async pass(
+    includeOpen: boolean,
+    signal: AbortSignal,
+    retryAt: RetryPolicy,
+    sendSignal: AbortSignal = signal,
+  ): Promise<RunSummary> {
     const { ledger, clock, logger } = this.#options;
     let sent = 0;
     let retrying = 0;
@@ -87,7 +93,7 @@ export class Dispatcher {
       // In flight (durably) only once the request is on its way: a crash while credentials are still being
       // fetched leaves the record plainly pending, so its usage can still be carried if its window closes.
       const result = await this.#options.sender.send(record.request, {
-        signal,
+        signal: sendSignal,
         onRequest: () => ledger.markInFlight(record.id),
       });
       switch (await this.#settle(record, result, retryAt)) {

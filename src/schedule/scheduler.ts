@@ -134,11 +134,16 @@ export class Scheduler {
     );
   }
 
-  #runSerialised(includeOpen: boolean, signal: AbortSignal, retryAt: RetryPolicy): Promise<RunSummary> {
+  #runSerialised(
+    includeOpen: boolean,
+    signal: AbortSignal,
+    retryAt: RetryPolicy,
+    sendSignal: AbortSignal = signal,
+  ): Promise<RunSummary> {
     const previous = this.#current ?? Promise.resolve(undefined);
     const run = previous
       .catch(() => undefined)
-      .then(() => this.#dispatcher.pass(includeOpen, signal, retryAt));
+      .then(() => this.#dispatcher.pass(includeOpen, signal, retryAt, sendSignal));
     const tracked = run
       .then(
         (summary) => {
@@ -189,14 +194,18 @@ export class Scheduler {
    * including the open hour and try every unsent record at once, whatever backoff it was waiting out: on ECS
    * and EKS the state volume usually dies with the task or pod, so these seconds are the last chance. Transient
    * failures are retried with {@link shutdownRetryDelayMs} until nothing is pending or `deadlineMs` is reached.
+   * No send starts after `deadlineMs`; one in flight then is aborted at `abortAtMs` (default `deadlineMs`), so
+   * that a send close to the deadline can still end with a known outcome instead of a possible delivery.
    * Resolves with the totals of the final runs.
    */
-  async flush(deadlineMs: number): Promise<RunSummary> {
+  async flush(deadlineMs: number, abortAtMs: number = deadlineMs): Promise<RunSummary> {
     await this.stop();
     const { clock, ledger } = this.#options;
     const controller = new AbortController();
-    const cancelDeadline = clock.setTimer(deadlineMs, () => {
-      controller.abort();
+    const sends = new AbortController();
+    const cancelDeadline = clock.setTimer(deadlineMs, () => controller.abort());
+    const cancelAbort = clock.setTimer(Math.max(deadlineMs, abortAtMs), () => {
+      sends.abort();
       this.#controller.abort();
     });
     const total = { sealed: 0, sent: 0, retrying: 0, carried: 0, failed: 0 };
@@ -212,7 +221,7 @@ export class Scheduler {
       await (this.#current ?? Promise.resolve()).catch(() => undefined);
       await ledger.retryAllNow(clock.now());
       for (;;) {
-        const summary = await this.#runSerialised(true, controller.signal, retryAt);
+        const summary = await this.#runSerialised(true, controller.signal, retryAt, sends.signal);
         total.sealed += summary.sealed;
         total.sent += summary.sent;
         total.carried += summary.carried;
@@ -227,6 +236,7 @@ export class Scheduler {
       }
     } finally {
       cancelDeadline();
+      cancelAbort();
     }
   }
 
