@@ -13,7 +13,7 @@
  *   its volume resumes its own claims.
  */
 import { canonicalTags } from '../ledger/hours.js';
-import type { HandoffEntry } from '../ledger/handoffStore.js';
+import type { HandoffEntry, HandoffSnapshot } from '../ledger/handoffStore.js';
 import type { HandoffLedger, LedgerReader } from '../ledger/ledger.js';
 import type { Clock } from '../clock.js';
 import { CODES, StorageUnavailableError, describeError } from '../errors.js';
@@ -147,24 +147,11 @@ export class Handoffs {
     const { directory, ledger, clock } = this.#options;
     const snapshot = await ledger.handoffSnapshot();
     if (snapshot.recordIds.length === 0 && snapshot.bucketHours.length === 0) return undefined;
-    const handoff: Handoff = {
-      format: HANDOFF_FORMAT,
-      version: HANDOFF_VERSION,
+    const handoff = toHandoff(snapshot, {
       id: HandoffDirectory.newId(ledger.ledgerId),
       productCode: this.#options.productCode,
       origin: { ledgerId: ledger.ledgerId, host: this.#options.host, writtenAtMs: clock.now() },
-      usage: snapshot.usage.map((u) => ({
-        dimension: u.dimension,
-        hourMs: u.hourMs,
-        allocations: u.allocations.map((a) => ({
-          tags: JSON.parse(a.tagsKey) as Record<string, string>,
-          quantity: a.quantity,
-        })),
-      })),
-      uncertain: snapshot.uncertain,
-      recordIds: snapshot.recordIds,
-      bucketHours: snapshot.bucketHours,
-    };
+    });
     await directory.publish(handoff);
     await ledger.completeHandoff(toEntry(handoff), clock.now());
     const quantity = quantityOf(handoff);
@@ -302,8 +289,31 @@ export class Handoffs {
   }
 }
 
-/** The ledger's view of a handoff. */
-function toEntry(handoff: Handoff): HandoffEntry {
+/** The file a ledger's snapshot becomes: tag sets as tag objects, with the handoff's id and origin. */
+export function toHandoff(
+  snapshot: HandoffSnapshot,
+  identity: Pick<Handoff, 'id' | 'productCode' | 'origin'>,
+): Handoff {
+  return {
+    format: HANDOFF_FORMAT,
+    version: HANDOFF_VERSION,
+    ...identity,
+    usage: snapshot.usage.map((u) => ({
+      dimension: u.dimension,
+      hourMs: u.hourMs,
+      allocations: u.allocations.map((a) => ({
+        tags: JSON.parse(a.tagsKey) as Record<string, string>,
+        quantity: a.quantity,
+      })),
+    })),
+    uncertain: snapshot.uncertain,
+    recordIds: snapshot.recordIds,
+    bucketHours: snapshot.bucketHours,
+  };
+}
+
+/** The ledger's view of a handoff file: tag objects as canonical tag-set text. */
+export function toEntry(handoff: Handoff): HandoffEntry {
   return {
     id: handoff.id,
     originLedgerId: handoff.origin.ledgerId,

@@ -14,10 +14,9 @@ import {
   encodeHandoff,
   type Handoff,
 } from '../../src/handoff/format.js';
-import { Handoffs, type HandoffsOptions } from '../../src/handoff/handoffs.js';
+import { Handoffs, toEntry, toHandoff, type HandoffsOptions } from '../../src/handoff/handoffs.js';
 import { canonicalTags } from '../../src/ledger/hours.js';
 import { InProcessLedger } from '../../src/ledger/inProcessLedger.js';
-import type { HandoffEntry } from '../../src/ledger/handoffStore.js';
 import type { UsageReport } from '../../src/ledger/ledger.js';
 import { SqliteLedger } from '../../src/ledger/sqliteLedger.js';
 import { memoryLogger } from '../helpers/logger.js';
@@ -321,23 +320,13 @@ describe('Handoffs across a crash at every step', () => {
     const snapshot = writer.store.handoffs.snapshot();
     const directory = new HandoffDirectory(shared);
     const id = HandoffDirectory.newId(writer.store.ledgerId);
-    await directory.publish({
-      format: HANDOFF_FORMAT,
-      version: HANDOFF_VERSION,
-      id,
-      productCode: 'prod',
-      origin: { ledgerId: writer.store.ledgerId, host: 'h', writtenAtMs: clock.now() },
-      usage: snapshot.usage.map((u) => ({
-        ...u,
-        allocations: u.allocations.map((a) => ({
-          tags: JSON.parse(a.tagsKey) as Record<string, string>,
-          quantity: a.quantity,
-        })),
-      })),
-      uncertain: [],
-      recordIds: [...snapshot.recordIds],
-      bucketHours: [...snapshot.bucketHours],
-    });
+    await directory.publish(
+      toHandoff(snapshot, {
+        id,
+        productCode: 'prod',
+        origin: { ledgerId: writer.store.ledgerId, host: 'h', writtenAtMs: clock.now() },
+      }),
+    );
     const adopter = sidecar(shared, clock);
     await adopter.handoffs.adoptAll();
 
@@ -376,19 +365,7 @@ describe('Handoffs across a crash at every step', () => {
     await directory.claim(id, adopter.store.ledgerId);
     const decoded = decodeHandoff(text!, 'prod');
     if (decoded.kind !== 'handoff') throw new Error('expected a handoff');
-    const entry: HandoffEntry = {
-      id,
-      originLedgerId: decoded.handoff.origin.ledgerId,
-      originHost: decoded.handoff.origin.host,
-      writtenAtMs: decoded.handoff.origin.writtenAtMs,
-      usage: decoded.handoff.usage.map((u) => ({
-        ...u,
-        allocations: u.allocations.map((a) => ({ tagsKey: canonicalTags(a.tags), quantity: a.quantity })),
-      })),
-      uncertain: [],
-      recordIds: decoded.handoff.recordIds,
-      bucketHours: decoded.handoff.bucketHours,
-    };
+    const entry = toEntry(decoded.handoff);
     adopter.store.handoffs.adopt(entry, clock.now());
 
     const resumed = await adopter.make().recover();
