@@ -299,8 +299,8 @@ export class Agent {
       'startup failed with usage of a previous run in the ledger; sending it before exiting',
     );
     try {
-      const { sendUntilMs, abortAtMs } = this.#flushDeadlines(this.#clock.now());
-      const summary = await scheduler.flush(sendUntilMs, abortAtMs);
+      const { sendUntilMs, options } = this.#flushPlan(this.#clock.now());
+      const summary = await scheduler.flush(sendUntilMs, options);
       this.#logger.info(summary, 'flush before exit finished');
       await this.#handoffs?.handOff();
     } catch (err) {
@@ -348,8 +348,8 @@ export class Agent {
         Math.min(MAX_DRAIN_MS, this.#config.shutdownTimeoutSeconds * 1000 * DRAIN_SHARE),
       );
       if (this.#pipeline !== undefined) {
-        const { sendUntilMs, abortAtMs } = this.#flushDeadlines(startMs);
-        const summary = await this.#pipeline.scheduler.flush(sendUntilMs, abortAtMs);
+        const { sendUntilMs, options } = this.#flushPlan(startMs);
+        const summary = await this.#pipeline.scheduler.flush(sendUntilMs, options);
         this.#logger.info(summary, 'final flush finished');
       }
       await this.#handoffs?.stop();
@@ -380,13 +380,23 @@ export class Agent {
    * Until when the flush at `startMs` may start sends, and when one still in flight is aborted: the shutdown
    * timeout, less the time a handoff needs when there is a handoff directory for what is left. A send started
    * just before the first is given most of the reserve to end with a known outcome, because one aborted after
-   * its connection was made may have been delivered and could then only travel as uncertain.
+   * its connection was made may have been delivered and could then only travel as uncertain. With a handoff
+   * directory the flush is paced and a throttle ends it: the fleet is over the account's quota, and a sidecar
+   * that keeps running sends what is handed off at a pace the quota allows.
    */
-  #flushDeadlines(startMs: number): { sendUntilMs: number; abortAtMs: number } {
+  #flushPlan(startMs: number): {
+    sendUntilMs: number;
+    options: { abortAtMs: number; paced: boolean };
+  } {
     const deadlineMs = startMs + this.#config.shutdownTimeoutSeconds * 1000;
-    if (this.#handoffs === undefined) return { sendUntilMs: deadlineMs, abortAtMs: deadlineMs };
+    if (this.#handoffs === undefined) {
+      return { sendUntilMs: deadlineMs, options: { abortAtMs: deadlineMs, paced: false } };
+    }
     const reserveMs = Math.min(MAX_HANDOFF_RESERVE_MS, (deadlineMs - startMs) * HANDOFF_SHARE);
-    return { sendUntilMs: deadlineMs - reserveMs, abortAtMs: deadlineMs - reserveMs / 3 };
+    return {
+      sendUntilMs: deadlineMs - reserveMs,
+      options: { abortAtMs: deadlineMs - reserveMs / 3, paced: true },
+    };
   }
 
   /** Closes whatever was opened, in reverse order. Safe to call on a partly started agent. */

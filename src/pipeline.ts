@@ -24,6 +24,7 @@ import type { Logger } from './log.js';
 import { Metrics } from './observe/metrics.js';
 import type { ReadinessCheck } from './observe/readiness.js';
 import { Scheduler } from './schedule/scheduler.js';
+import { SendPacer } from './send/pacing.js';
 import { MeteringSender } from './send/sender.js';
 
 /** The configuration the pipeline reads. */
@@ -70,6 +71,7 @@ export function buildPipeline(options: PipelineOptions): Pipeline {
       'MeterUsage succeeded without a reported connection; failed sends are now all treated as possibly delivered',
     ),
   );
+  const pacer = new SendPacer(clock, options.random);
   const scheduler = new Scheduler({
     ledger,
     sender,
@@ -78,6 +80,7 @@ export function buildPipeline(options: PipelineOptions): Pipeline {
     schedule: config.schedule,
     jitterSeconds: config.sendJitterSeconds,
     metrics,
+    pacer,
     ...(options.random ? { random: options.random } : {}),
   });
   const intake = new IntakeServer({

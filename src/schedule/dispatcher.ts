@@ -3,12 +3,13 @@
  * does to the record (sent, retried, carried, failed). The {@link Scheduler} (./scheduler.ts) decides when a pass
  * runs; this module decides what it does.
  */
-import type { Clock } from '../clock.js';
+import { sleepUntil, type Clock } from '../clock.js';
 import { CODES } from '../errors.js';
 import { windowEnd } from '../ledger/hours.js';
 import type { SendLedger, StoredRecord } from '../ledger/ledger.js';
 import type { Logger } from '../log.js';
-import type { SendError, SendResult } from '../send/awsErrors.js';
+import { isThrottling, type SendError, type SendResult } from '../send/awsErrors.js';
+import type { SendPacer } from '../send/pacing.js';
 import type { Sender } from '../send/sender.js';
 
 /** What one pass did. */
@@ -18,6 +19,44 @@ export interface RunSummary {
   readonly retrying: number;
   readonly carried: number;
   readonly failed: number;
+  /**
+   * The pass stopped sending before its last due record because of the account's quota: the pacer holds the
+   * next send back (until `resumeAtMs`), or AWS throttled a pass that {@link Pacing} `wait` ends there. What was
+   * not tried stays due.
+   */
+  readonly paced: boolean;
+  /** With `paced` by the pacer: the epoch ms from which it lets the next send go. */
+  readonly resumeAtMs?: number;
+}
+
+/**
+ * How a pass follows the process-wide pacer (src/send/pacing.ts):
+ * - `defer` (the hourly sends): a send the pacer holds back ends the pass; the scheduler runs again when the
+ *   pacer lets it go.
+ * - `wait` (the shutdown flush with a handoff directory): the due records are spread, each at a random instant
+ *   of its own share of the time until `spreadUntilMs` (a fleet stopped at once does not send in one burst, nor
+ *   does one sidecar); the pacer is waited for until `untilMs`; the first ThrottlingException ends the pass: the
+ *   fleet has used up the account's quota, and what is left is handed off to a sidecar that can send it at a
+ *   pace the quota allows. So a stopping sidecar makes at most one throttled call.
+ * - `ignore` (the shutdown flush without one): these seconds are the usage's last chance, so nothing holds a
+ *   send back; the pacer is still told the answers.
+ */
+export type Pacing =
+  | { readonly kind: 'defer' }
+  | { readonly kind: 'wait'; readonly untilMs: number; readonly spreadUntilMs: number }
+  | { readonly kind: 'ignore' };
+
+/** What one {@link Dispatcher.pass} does. */
+export interface PassOptions {
+  /** Seal the open hour too (the shutdown flush). */
+  readonly includeOpen: boolean;
+  /** No send starts once it aborts. */
+  readonly signal: AbortSignal;
+  readonly retryAt: RetryPolicy;
+  /** Aborts a send in flight; by default `signal`. */
+  readonly sendSignal?: AbortSignal;
+  /** By default `defer`. */
+  readonly pacing?: Pacing;
 }
 
 /** When a record that failed for now is tried again: the hourly backoff, or the shutdown flush's. */
@@ -41,6 +80,10 @@ export interface DispatcherOptions {
   readonly clock: Clock;
   readonly logger: Logger;
   readonly metrics?: SendObserver;
+  /** The process-wide pacer of sends under the account's quota; none sends at once. */
+  readonly pacer?: SendPacer;
+  /** Random source in [0, 1) for the spread of {@link Pacing} `wait`. */
+  readonly random?: () => number;
 }
 
 /** Runs passes of the send loop; see the module comment. */
@@ -54,20 +97,13 @@ export class Dispatcher {
   /**
    * One pass: carries the records whose window is closing (resending the possibly delivered ones until it
    * closes), seals what may be sealed (the open hour too with `includeOpen`), prunes, then sends every due
-   * record, starting none once `signal` is aborted, and settles each outcome. A send in flight is aborted by
-   * `sendSignal` (by default `signal`). Rejects only when the ledger cannot be written.
+   * record, starting none once `signal` is aborted or the pacer says no (see {@link PassOptions}), and settles
+   * each outcome. Rejects only when the ledger cannot be written.
    */
-  async pass(
-    includeOpen: boolean,
-    signal: AbortSignal,
-    retryAt: RetryPolicy,
-    sendSignal: AbortSignal = signal,
-  ): Promise<RunSummary> {
-    const { ledger, clock, logger } = this.#options;
-    let sent = 0;
-    let retrying = 0;
-    let carried = 0;
-    let failed = 0;
+  async pass(options: PassOptions): Promise<RunSummary> {
+    const { includeOpen, signal, retryAt, sendSignal = signal, pacing = { kind: 'defer' } } = options;
+    const { ledger, clock, logger, pacer } = this.#options;
+    const counts = { sent: 0, retrying: 0, carried: 0, failed: 0 };
     for (const record of await ledger.expiring(clock.now())) {
       if (record.maybeDelivered && clock.now() < windowEnd(record.timestampMs)) {
         // Never carried (AWS may have it), but a resend with its ClientToken is safe while AWS still takes the
@@ -76,8 +112,8 @@ export class Dispatcher {
           await ledger.retryNow(record.id, clock.now());
         continue;
       }
-      if (await this.#expire(record, 'window closing before the record could be sent')) carried++;
-      else failed++;
+      if (await this.#expire(record, 'window closing before the record could be sent')) counts.carried++;
+      else counts.failed++;
     }
     const sealedRecords = await ledger.seal(clock.now(), includeOpen);
     for (const record of sealedRecords) {
@@ -88,37 +124,49 @@ export class Dispatcher {
       );
     }
     await ledger.prune(clock.now());
-    for (const record of await ledger.due(clock.now())) {
+    const due = await ledger.due(clock.now());
+    const spreadFromMs = clock.now();
+    for (const [index, record] of due.entries()) {
       if (signal.aborted) break;
+      if (pacing.kind === 'wait' && pacing.spreadUntilMs > spreadFromMs) {
+        const shareMs = (pacing.spreadUntilMs - spreadFromMs) / due.length;
+        const random = this.#options.random ?? Math.random;
+        await sleepUntil(clock, Math.round(spreadFromMs + (index + random()) * shareMs), signal);
+        if (signal.aborted) break;
+      }
+      if (pacer !== undefined && pacing.kind !== 'ignore') {
+        const readyAtMs = pacer.readyAtMs();
+        if (readyAtMs > clock.now()) {
+          if (pacing.kind === 'defer' || readyAtMs > pacing.untilMs) {
+            return { sealed: sealedRecords.length, ...counts, paced: true, resumeAtMs: readyAtMs };
+          }
+          await sleepUntil(clock, readyAtMs, signal);
+          if (signal.aborted) break;
+        }
+        await pacer.take();
+      }
       // In flight (durably) only once the request is on its way: a crash while credentials are still being
       // fetched leaves the record plainly pending, so its usage can still be carried if its window closes.
       const result = await this.#options.sender.send(record.request, {
         signal: sendSignal,
         onRequest: () => ledger.markInFlight(record.id),
       });
-      switch (await this.#settle(record, result, retryAt)) {
-        case 'sent':
-          sent++;
-          break;
-        case 'retrying':
-          retrying++;
-          break;
-        case 'carried':
-          carried++;
-          break;
-        case 'failed':
-          failed++;
-          break;
-      }
+      const throttled = isThrottling(result);
+      if (throttled || result.status === 'accepted') pacer?.answered(throttled);
+      const followed = pacing.kind === 'ignore' ? undefined : pacer;
+      counts[await this.#settle(record, result, retryAt, followed)]++;
+      if (throttled && pacing.kind === 'wait')
+        return { sealed: sealedRecords.length, ...counts, paced: true };
     }
-    return { sealed: sealedRecords.length, sent, retrying, carried, failed };
+    return { sealed: sealedRecords.length, ...counts, paced: false };
   }
 
-  /** Applies a send result to the record's state in the ledger. */
+  /** Applies a send result to the record's state in the ledger; a throttled one also waits for `pacer`. */
   async #settle(
     record: StoredRecord,
     result: SendResult,
     retryAt: RetryPolicy,
+    pacer: SendPacer | undefined,
   ): Promise<'sent' | 'retrying' | 'carried' | 'failed'> {
     const { ledger, clock, logger } = this.#options;
     const fields = { dimension: record.dimension, hour: iso(record.hourStartMs), quantity: record.quantity };
@@ -130,7 +178,12 @@ export class Dispatcher {
         logger.info({ ...fields, meteringRecordId: result.meteringRecordId }, 'usage metered');
         return 'sent';
       case 'retryable': {
-        const nextMs = retryAt(record, nowMs);
+        // A throttled record waits for the pacer too, so that it is not due before a send may start.
+        const backoffMs = retryAt(record, nowMs);
+        const nextMs =
+          isThrottling(result) && pacer !== undefined
+            ? Math.max(backoffMs, pacer.throttledRetryAtMs())
+            : backoffMs;
         await ledger.markRetry(record.id, formatError(result.error), nextMs, result.maybeDelivered);
         logger.warn(
           { ...fields, code: result.error.name, attempts: record.attempts + 1, retryAt: iso(nextMs) },

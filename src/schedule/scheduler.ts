@@ -9,8 +9,16 @@ import { sleepUntil, type CancelTimer, type Clock } from '../clock.js';
 import { CODES, errorCode } from '../errors.js';
 import type { SendLedger } from '../ledger/ledger.js';
 import type { Logger } from '../log.js';
+import type { SendPacer } from '../send/pacing.js';
 import type { Sender } from '../send/sender.js';
-import { Dispatcher, type RetryPolicy, type RunSummary, type SendObserver } from './dispatcher.js';
+import {
+  Dispatcher,
+  type Pacing,
+  type PassOptions,
+  type RetryPolicy,
+  type RunSummary,
+  type SendObserver,
+} from './dispatcher.js';
 
 /** First retry delay after a transient failure. */
 export const RETRY_BASE_MS = 5_000;
@@ -27,6 +35,13 @@ export const SHUTDOWN_RETRY_BASE_MS = 250;
 /** Longest retry delay during the shutdown flush. */
 export const SHUTDOWN_RETRY_MAX_MS = 2_000;
 
+/**
+ * Share of a paced shutdown flush (one with a handoff directory) over which its sends are spread: a fleet
+ * stopped at once sends over the first half of its shutdown time instead of in one burst, and the rest of it
+ * leaves room for retries and the answers of late sends.
+ */
+export const FLUSH_SPREAD_SHARE = 0.5;
+
 /** Options of {@link Scheduler}. */
 export interface SchedulerOptions {
   readonly ledger: SendLedger;
@@ -39,6 +54,8 @@ export interface SchedulerOptions {
   /** Random source in [0, 1) for jitter; injectable for tests. */
   readonly random?: () => number;
   readonly metrics?: SendObserver;
+  /** The process-wide pacer of sends (src/send/pacing.ts); none sends at once. */
+  readonly pacer?: SendPacer;
 }
 
 /** Delay before retry number `attempts` (1-based): exponential from 5 s to 15 min, with jitter. */
@@ -71,6 +88,8 @@ export class Scheduler {
   #retryTimer: CancelTimer | undefined;
   #jitterTimer: CancelTimer | undefined;
   #stopped = false;
+  /** Epoch ms from which the pacer lets the next send go, after a run it ended early. */
+  #resumeAtMs: number | undefined;
   /** Consecutive runs that failed; they space out the retries. */
   #failedRuns = 0;
   readonly #dispatcher: Dispatcher;
@@ -127,27 +146,21 @@ export class Scheduler {
    * flight waits for it. Rejects only when the ledger cannot be written.
    */
   runOnce(options: { includeOpen: boolean; signal?: AbortSignal }): Promise<RunSummary> {
-    return this.#runSerialised(
-      options.includeOpen,
-      options.signal ?? this.#controller.signal,
-      (record, nowMs) => nowMs + retryDelayMs(record.attempts + 1, this.#random),
-    );
+    return this.#runSerialised({
+      includeOpen: options.includeOpen,
+      signal: options.signal ?? this.#controller.signal,
+      retryAt: (record, nowMs) => nowMs + retryDelayMs(record.attempts + 1, this.#random),
+    });
   }
 
-  #runSerialised(
-    includeOpen: boolean,
-    signal: AbortSignal,
-    retryAt: RetryPolicy,
-    sendSignal: AbortSignal = signal,
-  ): Promise<RunSummary> {
+  #runSerialised(pass: PassOptions): Promise<RunSummary> {
     const previous = this.#current ?? Promise.resolve(undefined);
-    const run = previous
-      .catch(() => undefined)
-      .then(() => this.#dispatcher.pass(includeOpen, signal, retryAt, sendSignal));
+    const run = previous.catch(() => undefined).then(() => this.#dispatcher.pass(pass));
     const tracked = run
       .then(
         (summary) => {
           this.#failedRuns = 0;
+          this.#resumeAtMs = summary.resumeAtMs;
           return summary;
         },
         (err: unknown) => {
@@ -163,7 +176,7 @@ export class Scheduler {
     return tracked;
   }
 
-  /** Arms one timer for the earliest pending retry. Never rejects. */
+  /** Arms one timer for the earliest pending retry the pacer lets go. Never rejects. */
   async #armRetry(): Promise<void> {
     this.#cancelRetry();
     if (this.#stopped) return;
@@ -175,6 +188,8 @@ export class Scheduler {
       return;
     }
     if (nextMs === undefined || this.#stopped) return;
+    // The pacer held back the due records: run again when it lets the next send go.
+    if (this.#resumeAtMs !== undefined) nextMs = Math.max(nextMs, this.#resumeAtMs);
     // After a run that failed (the ledger could not be written), back off instead of retrying at once.
     if (this.#failedRuns > 0) {
       nextMs = Math.max(nextMs, this.#options.clock.now() + retryDelayMs(this.#failedRuns, this.#random));
@@ -195,10 +210,24 @@ export class Scheduler {
    * and EKS the state volume usually dies with the task or pod, so these seconds are the last chance. Transient
    * failures are retried with {@link shutdownRetryDelayMs} until nothing is pending or `deadlineMs` is reached.
    * No send starts after `deadlineMs`; one in flight then is aborted at `abortAtMs` (default `deadlineMs`), so
-   * that a send close to the deadline can still end with a known outcome instead of a possible delivery.
-   * Resolves with the totals of the final runs.
+   * that a send close to the deadline can still end with a known outcome instead of a possible delivery. With
+   * `paced` (there is a handoff directory for what is left), sends are spread over {@link FLUSH_SPREAD_SHARE} of
+   * the time, follow the pacer until `deadlineMs`, and the first ThrottlingException ends the flush; without it, these seconds are the usage's last chance and nothing
+   * holds a send back ({@link Pacing}). Resolves with the totals of the final runs.
    */
-  async flush(deadlineMs: number, abortAtMs: number = deadlineMs): Promise<RunSummary> {
+  async flush(
+    deadlineMs: number,
+    options: { readonly abortAtMs?: number; readonly paced?: boolean } = {},
+  ): Promise<RunSummary> {
+    const { abortAtMs = deadlineMs, paced = false } = options;
+    const startMs = this.#options.clock.now();
+    const pacing: Pacing = paced
+      ? {
+          kind: 'wait',
+          untilMs: deadlineMs,
+          spreadUntilMs: startMs + (deadlineMs - startMs) * FLUSH_SPREAD_SHARE,
+        }
+      : { kind: 'ignore' };
     await this.stop();
     const { clock, ledger } = this.#options;
     const controller = new AbortController();
@@ -208,7 +237,7 @@ export class Scheduler {
       sends.abort();
       this.#controller.abort();
     });
-    const total = { sealed: 0, sent: 0, retrying: 0, carried: 0, failed: 0 };
+    const total = { sealed: 0, sent: 0, retrying: 0, carried: 0, failed: 0, paced: false };
     // Retries of each record within this flush, for its shutdown backoff.
     const retries = new Map<number, number>();
     const retryAt: RetryPolicy = (record, nowMs) => {
@@ -221,13 +250,20 @@ export class Scheduler {
       await (this.#current ?? Promise.resolve()).catch(() => undefined);
       await ledger.retryAllNow(clock.now());
       for (;;) {
-        const summary = await this.#runSerialised(true, controller.signal, retryAt, sends.signal);
+        const summary = await this.#runSerialised({
+          includeOpen: true,
+          signal: controller.signal,
+          retryAt,
+          sendSignal: sends.signal,
+          pacing,
+        });
         total.sealed += summary.sealed;
         total.sent += summary.sent;
         total.carried += summary.carried;
         total.failed += summary.failed;
+        total.paced ||= summary.paced;
         const nextMs = await ledger.nextAttemptMs();
-        if (nextMs === undefined || nextMs >= deadlineMs || controller.signal.aborted) {
+        if (summary.paced || nextMs === undefined || nextMs >= deadlineMs || controller.signal.aborted) {
           // What is still waiting for a retry when the flush ends, whatever the last run found due.
           total.retrying = await ledger.pendingCount();
           return total;

@@ -52,6 +52,11 @@ export type SendResult =
   /** AWS refused the record for good: keep it as failed with the error for a human. */
   | { readonly status: 'rejected'; readonly error: SendError };
 
+/** AWS answered that the account's quota is used up (the fleet, not this record, is the cause). */
+export function isThrottling(result: SendResult): boolean {
+  return result.status === 'retryable' && result.error.name === 'ThrottlingException';
+}
+
 /** Metering record id reported for a DryRun send, which AWS answers without recording anything. */
 export const DRY_RUN_RECORD_ID = 'dry-run';
 

@@ -27,7 +27,9 @@ describe('a fleet replaced at once under a shared quota (built CLI)', () => {
     // Prepare: ten minutes into an hour on every clock, so the whole test stays inside one hour.
     const dir = mkdtempSync(join(tmpdir(), 'metering-fleet-'));
     cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
-    const offsetMs = hourStart(Date.now()) + HOUR_MS + 10 * 60_000 - Date.now();
+    const hourMs = hourStart(Date.now()) + HOUR_MS;
+    // The emulator's clock follows the sidecars' (it moves once, when the replacements start).
+    let offsetMs = hourMs + 10 * 60_000 - Date.now();
     const emulator = new MeteringEmulator({
       productCode: 'prod-fleet',
       dimensions: DIMENSIONS,
@@ -41,6 +43,7 @@ describe('a fleet replaced at once under a shared quota (built CLI)', () => {
     let spawned = 0;
     const spawn = async (
       shutdownSeconds: number,
+      jitterSeconds: number,
     ): Promise<{ sidecar: SidecarProcess; socketPath: string }> => {
       const n = spawned++;
       const creds = await startCredentialsServer(`ASIAFLEETPOD${n}`);
@@ -56,7 +59,7 @@ describe('a fleet replaced at once under a shared quota (built CLI)', () => {
         METERING_STATE_DIR: join(dir, `state${n}`),
         METERING_HANDOFF_DIR: handoffDir,
         METERING_SHUTDOWN_TIMEOUT_SECONDS: String(shutdownSeconds),
-        METERING_SEND_JITTER_SECONDS: '0',
+        METERING_SEND_JITTER_SECONDS: String(jitterSeconds),
         AWS_REGION: 'us-east-1',
         AWS_ENDPOINT_URL_MARKETPLACE_METERING: url,
         AWS_CONTAINER_CREDENTIALS_FULL_URI: creds.url,
@@ -67,7 +70,7 @@ describe('a fleet replaced at once under a shared quota (built CLI)', () => {
       });
       return { sidecar, socketPath };
     };
-    const fleet = await Promise.all(Array.from({ length: 12 }, () => spawn(15)));
+    const fleet = await Promise.all(Array.from({ length: 12 }, () => spawn(15, 0)));
     await Promise.all(fleet.map((p) => p.sidecar.ready(60_000)));
     for (const pod of fleet) {
       const client = new SidecarClient({ socketPath: pod.socketPath });
@@ -85,9 +88,15 @@ describe('a fleet replaced at once under a shared quota (built CLI)', () => {
     const deliveredByFleet = emulator.records.length;
     const handedOff = readdirSync(handoffDir).filter((f) => f.startsWith('handoff-')).length;
 
-    // Act 2: replacements on fresh volumes adopt what was handed off, and deliver it when they stop.
-    const replacements = await Promise.all(Array.from({ length: 3 }, () => spawn(60)));
+    // Act 2: replacements on fresh volumes, started just before the hour ends (the test skips the rest of the
+    // hour), adopt what was handed off and deliver it with the hourly send, as a running fleet does.
+    offsetMs = hourMs + HOUR_MS - 15_000 - Date.now();
+    const replacements = await Promise.all(Array.from({ length: 3 }, () => spawn(15, 10)));
     await Promise.all(replacements.map((p) => p.sidecar.ready(60_000)));
+    const billed = (): boolean => DIMENSIONS.every((d) => emulator.totals().get(d) === acknowledged);
+    for (const until = Date.now() + 120_000; !billed() && Date.now() < until;) {
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
     const replaced = await Promise.all(replacements.map((p) => p.sidecar.stop('SIGTERM')));
 
     // Assess
@@ -95,7 +104,8 @@ describe('a fleet replaced at once under a shared quota (built CLI)', () => {
     const throttled = calls.filter((c) => c.error === 'ThrottlingException').length;
     console.log(
       `fleet rollout: 12 sidecars stopped in ${stopSeconds.toFixed(1)} s; ${deliveredByFleet} records delivered, ` +
-        `${handedOff} handoffs written; replacements delivered ${emulator.records.length - deliveredByFleet} more; ` +
+        `${handedOff} handoffs written; replacements delivered ${emulator.records.length - deliveredByFleet} more ` +
+        `with the hourly send; ` +
         `${throttled} throttled calls for ${emulator.records.length} delivered records`,
     );
     expect(
