@@ -70,8 +70,8 @@ export class InProcessLedger implements Ledger {
     return settle(() => this.#ledger.handoffs.ids());
   }
 
-  retryNow(id: number, nowMs: number): Promise<void> {
-    return settle(() => this.#ledger.retryNow(id, nowMs));
+  dueAt(id: number, atMs: number): Promise<void> {
+    return settle(() => this.#ledger.dueAt(id, atMs));
   }
 
   retryAllNow(nowMs: number): Promise<void> {

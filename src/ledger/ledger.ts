@@ -137,8 +137,8 @@ export interface SendLedger {
   nextAttemptMs(): Promise<number | undefined>;
   /** How many records are pending. */
   pendingCount(): Promise<number>;
-  /** Makes one pending record due at `nowMs`. */
-  retryNow(id: number, nowMs: number): Promise<void>;
+  /** Makes one pending record due at `atMs` (now, or a later instant of the hourly spread). */
+  dueAt(id: number, atMs: number): Promise<void>;
   /** Makes every pending record due at `nowMs`. */
   retryAllNow(nowMs: number): Promise<void>;
   /** The record's request is on its way to AWS: from now on it may have been delivered if the outcome is lost. */

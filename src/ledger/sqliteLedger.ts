@@ -304,9 +304,9 @@ export class SqliteLedger {
     return row && toRecord(row);
   }
 
-  /** Makes one pending record due at `nowMs`. */
-  retryNow(id: number, nowMs: number): void {
-    this.#write(() => this.#stmt.retryNow.run(nowMs, id));
+  /** Makes one pending record due at `atMs`. */
+  dueAt(id: number, atMs: number): void {
+    this.#write(() => this.#stmt.dueAt.run(atMs, id));
   }
 
   /** Makes every pending record due at `nowMs` (a fresh start does not wait out a previous run's backoff). */

@@ -59,7 +59,7 @@ const SQL = {
   pending: { sql: "SELECT * FROM records WHERE status = 'pending' ORDER BY timestamp_ms, id" },
   nextAttempt: { sql: "SELECT min(next_attempt_ms) FROM records WHERE status = 'pending'", pluck: true },
   byId: { sql: 'SELECT * FROM records WHERE id = ?' },
-  retryNow: { sql: "UPDATE records SET next_attempt_ms = ? WHERE id = ? AND status = 'pending'" },
+  dueAt: { sql: "UPDATE records SET next_attempt_ms = ? WHERE id = ? AND status = 'pending'" },
   retryAllNow: {
     sql: "UPDATE records SET next_attempt_ms = ? WHERE status = 'pending' AND next_attempt_ms > ?",
   },

@@ -57,6 +57,11 @@ export interface PassOptions {
   readonly sendSignal?: AbortSignal;
   /** By default `defer`. */
   readonly pacing?: Pacing;
+  /**
+   * The hourly spread (METERING_SEND_JITTER_SECONDS, in ms): each record this pass seals is first due at its
+   * own random instant within it, so that a fleet's records reach AWS spread over that time, not in bursts.
+   */
+  readonly spreadMs?: number;
 }
 
 /** When a record that failed for now is tried again: the hourly backoff, or the shutdown flush's. */
@@ -82,7 +87,7 @@ export interface DispatcherOptions {
   readonly metrics?: SendObserver;
   /** The process-wide pacer of sends under the account's quota; none sends at once. */
   readonly pacer?: SendPacer;
-  /** Random source in [0, 1) for the spread of {@link Pacing} `wait`. */
+  /** Random source in [0, 1) for the hourly spread and that of {@link Pacing} `wait`. */
   readonly random?: () => number;
 }
 
@@ -102,14 +107,15 @@ export class Dispatcher {
    */
   async pass(options: PassOptions): Promise<RunSummary> {
     const { includeOpen, signal, retryAt, sendSignal = signal, pacing = { kind: 'defer' } } = options;
+    const spreadMs = includeOpen ? 0 : (options.spreadMs ?? 0);
+    const random = this.#options.random ?? Math.random;
     const { ledger, clock, logger, pacer } = this.#options;
     const counts = { sent: 0, retrying: 0, carried: 0, failed: 0 };
     for (const record of await ledger.expiring(clock.now())) {
       if (record.maybeDelivered && clock.now() < windowEnd(record.timestampMs)) {
         // Never carried (AWS may have it), but a resend with its ClientToken is safe while AWS still takes the
         // record: AWS answers it idempotently if it had it, and records it if not. Try again before the end.
-        if (record.nextAttemptMs >= windowEnd(record.timestampMs))
-          await ledger.retryNow(record.id, clock.now());
+        if (record.nextAttemptMs >= windowEnd(record.timestampMs)) await ledger.dueAt(record.id, clock.now());
         continue;
       }
       if (await this.#expire(record, 'window closing before the record could be sent')) counts.carried++;
@@ -118,8 +124,16 @@ export class Dispatcher {
     const sealedRecords = await ledger.seal(clock.now(), includeOpen);
     for (const record of sealedRecords) {
       this.#count('sealed', record);
+      // A crash before this leaves the record due at once: sent at the next start, as any left behind.
+      const sendAtMs = clock.now() + Math.floor(random() * spreadMs);
+      if (sendAtMs > clock.now()) await ledger.dueAt(record.id, sendAtMs);
       logger.info(
-        { dimension: record.dimension, hour: iso(record.hourStartMs), quantity: record.quantity },
+        {
+          dimension: record.dimension,
+          hour: iso(record.hourStartMs),
+          quantity: record.quantity,
+          sendAt: iso(sendAtMs),
+        },
         'hour sealed',
       );
     }
@@ -130,7 +144,6 @@ export class Dispatcher {
       if (signal.aborted) break;
       if (pacing.kind === 'wait' && pacing.spreadUntilMs > spreadFromMs) {
         const shareMs = (pacing.spreadUntilMs - spreadFromMs) / due.length;
-        const random = this.#options.random ?? Math.random;
         await sleepUntil(clock, Math.round(spreadFromMs + (index + random()) * shareMs), signal);
         if (signal.aborted) break;
       }

@@ -1,7 +1,7 @@
 /**
- * The scheduler decides when the send loop runs: on every node-cron tick (METERING_SCHEDULE, UTC) plus a random
- * delay of up to METERING_SEND_JITTER_SECONDS, and between ticks when the earliest retry is due; one run at a
- * time. At shutdown, {@link Scheduler.flush} runs until a deadline with every unsent record due at once. What a
+ * The scheduler decides when the send loop runs: on every node-cron tick (METERING_SCHEDULE, UTC), which seals
+ * the hour with each record first due at a random instant of the next METERING_SEND_JITTER_SECONDS, and
+ * whenever the earliest record is due and the pacer lets it go (src/send/pacing.ts); one run at a time. At shutdown, {@link Scheduler.flush} runs until a deadline with every unsent record due at once. What a
  * run does (carry, seal, prune, send, settle) is the {@link Dispatcher}'s (./dispatcher.ts).
  */
 import { createTask, type ScheduledTask } from 'node-cron';
@@ -51,7 +51,7 @@ export interface SchedulerOptions {
   /** node-cron expression; undefined runs no cron task (tests drive {@link Scheduler.runOnce}). */
   readonly schedule: string | undefined;
   readonly jitterSeconds: number;
-  /** Random source in [0, 1) for jitter; injectable for tests. */
+  /** Random source in [0, 1) for the spread and backoff jitter; injectable for tests. */
   readonly random?: () => number;
   readonly metrics?: SendObserver;
   /** The process-wide pacer of sends (src/send/pacing.ts); none sends at once. */
@@ -86,7 +86,6 @@ export class Scheduler {
   #current: Promise<RunSummary> | undefined;
   #controller = new AbortController();
   #retryTimer: CancelTimer | undefined;
-  #jitterTimer: CancelTimer | undefined;
   #stopped = false;
   /** Epoch ms from which the pacer lets the next send go, after a run it ended early. */
   #resumeAtMs: number | undefined;
@@ -104,7 +103,7 @@ export class Scheduler {
   async start(): Promise<void> {
     await this.#options.ledger.retryAllNow(this.#options.clock.now());
     if (this.#options.schedule !== undefined) {
-      this.#task = createTask(this.#options.schedule, () => this.#tick(), {
+      this.#task = createTask(this.#options.schedule, () => this.tick(), {
         timezone: 'UTC',
         name: 'metering',
       });
@@ -113,21 +112,25 @@ export class Scheduler {
     this.#trigger('startup');
   }
 
-  /** A cron tick: wait a random jitter (spreading a fleet under the account's 10/s quota), then run. */
-  #tick(): void {
+  /**
+   * A cron tick (the cron task calls it; `npm run bench:fleet` drives it on its own clock): a run that seals the
+   * hour with each record first due at a random instant of the next METERING_SEND_JITTER_SECONDS, spreading a
+   * fleet's sends under the account's 10/s quota. Queued behind a run in flight, never skipped.
+   */
+  tick(): void {
     if (this.#stopped) return;
-    const delayMs = Math.floor(this.#random() * this.#options.jitterSeconds * 1000);
-    this.#jitterTimer?.();
-    this.#jitterTimer = this.#options.clock.setTimer(this.#options.clock.now() + delayMs, () => {
-      this.#jitterTimer = undefined;
-      this.#trigger('schedule');
-    });
+    const run = this.runOnce({ includeOpen: false, spreadMs: this.#options.jitterSeconds * 1000 });
+    this.#report(run, 'schedule');
   }
 
   /** Starts a run unless one is in flight. Never rejects: failures are logged once. */
   #trigger(reason: string): void {
     if (this.#stopped || this.#current !== undefined) return;
-    const run = this.runOnce({ includeOpen: false });
+    this.#report(this.runOnce({ includeOpen: false }), reason);
+  }
+
+  /** Logs how a background run ended; a failure is logged once and counted. */
+  #report(run: Promise<RunSummary>, reason: string): void {
     run.then(
       (summary) => this.#options.logger.debug({ reason, ...summary }, 'run finished'),
       (err: unknown) => {
@@ -145,9 +148,10 @@ export class Scheduler {
    * then sends every due record, stopping at `signal`. Runs are serialised: a call while another run is in
    * flight waits for it. Rejects only when the ledger cannot be written.
    */
-  runOnce(options: { includeOpen: boolean; signal?: AbortSignal }): Promise<RunSummary> {
+  runOnce(options: { includeOpen: boolean; signal?: AbortSignal; spreadMs?: number }): Promise<RunSummary> {
     return this.#runSerialised({
       includeOpen: options.includeOpen,
+      ...(options.spreadMs !== undefined ? { spreadMs: options.spreadMs } : {}),
       signal: options.signal ?? this.#controller.signal,
       retryAt: (record, nowMs) => nowMs + retryDelayMs(record.attempts + 1, this.#random),
     });
@@ -279,7 +283,6 @@ export class Scheduler {
   /** Stops the cron task and timers. Does not abort a run in flight. Idempotent. */
   async stop(): Promise<void> {
     this.#stopped = true;
-    this.#jitterTimer?.();
     this.#retryTimer?.();
     if (this.#task !== undefined) {
       await this.#task.destroy();

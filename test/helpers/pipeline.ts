@@ -18,6 +18,10 @@ export interface PipelineOptions {
   readonly requestTimeoutMs?: number;
   readonly emulator?: MeteringEmulator;
   readonly clock?: ManualClock;
+  /** METERING_SEND_JITTER_SECONDS (default 0); ticks are `scheduler.tick()`. */
+  readonly sendJitterSeconds?: number;
+  /** The random source of spread and backoff (default a constant 0.5). */
+  readonly random?: () => number;
 }
 
 /**
@@ -66,7 +70,7 @@ export async function startPipeline(options: PipelineOptions) {
   } = buildPipeline({
     config: {
       schedule: undefined,
-      sendJitterSeconds: 0,
+      sendJitterSeconds: options.sendJitterSeconds ?? 0,
       socketPath,
       listen: { host: '127.0.0.1', port: 0 },
       dimensions: options.dimensions,
@@ -82,7 +86,7 @@ export async function startPipeline(options: PipelineOptions) {
     clock,
     logger,
     metrics,
-    random: () => 0.5,
+    random: options.random ?? (() => 0.5),
   });
   await intake.start();
   const api = new SidecarClient({ socketPath });

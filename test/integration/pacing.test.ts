@@ -33,6 +33,15 @@ function meterCalls(p: Pipeline): { atMs: number; outcome: string | number }[] {
     .map((c) => ({ atMs: c.atMs, outcome: c.error ?? c.status }));
 }
 
+/** When the MeterUsage call of `dimension` reached the emulator. */
+function meterCallAt(p: Pipeline, dimension: string): number {
+  const call = p.emulator.calls.find(
+    (c) =>
+      c.operation === 'MeterUsage' && (c.input as { UsageDimension?: string }).UsageDimension === dimension,
+  );
+  return call!.atMs;
+}
+
 /** Advances the manual clock in 50 ms steps while `work` runs (its timers fire on the way); resolves its result. */
 async function driveClock<T>(p: Pipeline, work: Promise<T>): Promise<T> {
   let done = false;
@@ -45,6 +54,32 @@ async function driveClock<T>(p: Pipeline, work: Promise<T>): Promise<T> {
 }
 
 describe('pacing', () => {
+  it('spreads the records of an hourly tick over METERING_SEND_JITTER_SECONDS, each at its own instant', async () => {
+    const draws = [0.1, 0.9, 0.5];
+    const p = await startPipeline({
+      stateDir: dirs.make(),
+      start: H10 + 60_000,
+      dimensions: DIMENSIONS,
+      sendJitterSeconds: 600,
+      random: () => draws.shift() ?? 0.5,
+    });
+    pipelines.push(p);
+    await p.api.report(DIMENSIONS.map((dimension) => ({ dimension, quantity: 1 })));
+    p.clock.set(H11);
+
+    p.scheduler.tick();
+    for (let i = 0; i < 20 && p.emulator.records.length < 3; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      const [next] = p.clock.pendingTimers;
+      if (next !== undefined) p.clock.set(next);
+    }
+
+    expect(Object.fromEntries(p.emulator.totals())).toEqual({ requests: 1, gb: 1, nodes: 1 });
+    // Records are sealed in dimension order (gb, nodes, requests): 60 s, 540 s and 300 s into the spread.
+    const sent = p.emulator.records.map((r) => [r.dimension, meterCallAt(p, r.dimension) - H11]);
+    expect(Object.fromEntries(sent)).toEqual({ gb: 60_000, nodes: 540_000, requests: 300_000 });
+  });
+
   it('after a throttle, defers the hourly sends the pacer holds back and resumes them on its timer', async () => {
     const p = await withUsage();
     p.emulator.failNext('MeterUsage', 'ThrottlingException', 1);
