@@ -35,14 +35,11 @@ import type { Metrics } from './observe/metrics.js';
 import { Readiness, type ReadinessCheck } from './observe/readiness.js';
 import { statusBody } from './observe/status.js';
 import { admissionGate, buildPipeline, leftInLedger, pipelineMetrics, type Pipeline } from './pipeline.js';
+import { flushPlan } from './schedule/scheduler.js';
 import { createMeteringClient, createSendClient, observeClient } from './send/client.js';
 
 /** Share of the shutdown budget that draining requests in flight may take (at most MAX_DRAIN_MS). */
 const DRAIN_SHARE = 0.2;
-
-/** Share of the shutdown budget kept for handing off what the flush could not send (at most 3 s). */
-const HANDOFF_SHARE = 0.2;
-const MAX_HANDOFF_RESERVE_MS = 3_000;
 
 /** Credentials the client signs with in local mode; the embedded emulator takes them as the task identity. */
 const LOCAL_CREDENTIALS = { accessKeyId: 'LOCALTASK', secretAccessKey: 'local-only' } as const;
@@ -299,7 +296,11 @@ export class Agent {
       'startup failed with usage of a previous run in the ledger; sending it before exiting',
     );
     try {
-      const { sendUntilMs, options } = this.#flushPlan(this.#clock.now());
+      const { sendUntilMs, options } = flushPlan(
+        this.#clock.now(),
+        this.#config.shutdownTimeoutSeconds * 1000,
+        this.#handoffs !== undefined,
+      );
       const summary = await scheduler.flush(sendUntilMs, options);
       this.#logger.info(summary, 'flush before exit finished');
       await this.#handoffs?.handOff();
@@ -348,7 +349,11 @@ export class Agent {
         Math.min(MAX_DRAIN_MS, this.#config.shutdownTimeoutSeconds * 1000 * DRAIN_SHARE),
       );
       if (this.#pipeline !== undefined) {
-        const { sendUntilMs, options } = this.#flushPlan(startMs);
+        const { sendUntilMs, options } = flushPlan(
+          startMs,
+          this.#config.shutdownTimeoutSeconds * 1000,
+          this.#handoffs !== undefined,
+        );
         const summary = await this.#pipeline.scheduler.flush(sendUntilMs, options);
         this.#logger.info(summary, 'final flush finished');
       }
@@ -374,29 +379,6 @@ export class Agent {
       );
     }
     return outcome;
-  }
-
-  /**
-   * Until when the flush at `startMs` may start sends, and when one still in flight is aborted: the shutdown
-   * timeout, less the time a handoff needs when there is a handoff directory for what is left. A send started
-   * just before the first is given most of the reserve to end with a known outcome, because one aborted after
-   * its connection was made may have been delivered and could then only travel as uncertain. With a handoff
-   * directory the flush is paced and a throttle ends it: the fleet is over the account's quota, and a sidecar
-   * that keeps running sends what is handed off at a pace the quota allows.
-   */
-  #flushPlan(startMs: number): {
-    sendUntilMs: number;
-    options: { abortAtMs: number; paced: boolean };
-  } {
-    const deadlineMs = startMs + this.#config.shutdownTimeoutSeconds * 1000;
-    if (this.#handoffs === undefined) {
-      return { sendUntilMs: deadlineMs, options: { abortAtMs: deadlineMs, paced: false } };
-    }
-    const reserveMs = Math.min(MAX_HANDOFF_RESERVE_MS, (deadlineMs - startMs) * HANDOFF_SHARE);
-    return {
-      sendUntilMs: deadlineMs - reserveMs,
-      options: { abortAtMs: deadlineMs - reserveMs / 3, paced: true },
-    };
   }
 
   /** Closes whatever was opened, in reverse order. Safe to call on a partly started agent. */

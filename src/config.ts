@@ -79,7 +79,7 @@ const LOCAL_DEFAULTS = {
   socketPath: '.metering-local/metering.sock',
 } as const;
 
-const DEFAULTS = {
+export const DEFAULTS = {
   entitlement: 'register-usage',
   publicKeyVersion: '1',
   entitlementRetrySeconds: '1800',
@@ -89,7 +89,7 @@ const DEFAULTS = {
   stateDir: '/var/lib/metering',
   handoffScanSeconds: '300',
   schedule: '0 * * * *',
-  sendJitterSeconds: '300',
+  sendJitterSeconds: '3000',
   shutdownTimeoutSeconds: '20',
   idempotencyKeysMax: String(DEFAULT_IDEMPOTENCY_KEYS_MAX),
   logLevel: 'info',

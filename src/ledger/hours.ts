@@ -26,7 +26,7 @@ export const RETRY_ROOM_MS = HOUR_MS;
  * jitter of up to `jitterMs`: usage stamped at the start of an hour is sealed at the first tick after the hour
  * closes (at most one gap later), sent after the jitter, and must then leave {@link RETRY_ROOM_MS} before
  * {@link carryDeadline}. A slower schedule would let usage age out, be carried, and age out again, for ever.
- * With the default jitter of 300 s: 3 h 40 min.
+ * With the default jitter of 3000 s: 2 h 55 min.
  */
 export function maxTickGapMs(jitterMs: number): number {
   return MAX_RECORD_AGE_MS - CARRY_MARGIN_MS - HOUR_MS - RETRY_ROOM_MS - jitterMs;

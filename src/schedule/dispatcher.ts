@@ -174,7 +174,7 @@ export class Dispatcher {
     return { sealed: sealedRecords.length, ...counts, paced: false };
   }
 
-  /** Applies a send result to the record's state in the ledger; a throttled one also waits for `pacer`. */
+  /** Applies a send result to the record's state in the ledger; one to retry also waits for `pacer`. */
   async #settle(
     record: StoredRecord,
     result: SendResult,
@@ -191,12 +191,10 @@ export class Dispatcher {
         logger.info({ ...fields, meteringRecordId: result.meteringRecordId }, 'usage metered');
         return 'sent';
       case 'retryable': {
-        // A throttled record waits for the pacer too, so that it is not due before a send may start.
+        // The record waits for the pacer too, so that it is not due before a send may start.
         const backoffMs = retryAt(record, nowMs);
-        const nextMs =
-          isThrottling(result) && pacer !== undefined
-            ? Math.max(backoffMs, pacer.throttledRetryAtMs())
-            : backoffMs;
+        const pacedMs = isThrottling(result) ? pacer?.throttledRetryAtMs() : pacer?.readyAtMs();
+        const nextMs = Math.max(backoffMs, pacedMs ?? backoffMs);
         await ledger.markRetry(record.id, formatError(result.error), nextMs, result.maybeDelivered);
         logger.warn(
           { ...fields, code: result.error.name, attempts: record.attempts + 1, retryAt: iso(nextMs) },

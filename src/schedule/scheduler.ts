@@ -42,6 +42,34 @@ export const SHUTDOWN_RETRY_MAX_MS = 2_000;
  */
 export const FLUSH_SPREAD_SHARE = 0.5;
 
+/** Share of the shutdown time kept for handing off what the flush could not send (at most 3 s). */
+const HANDOFF_SHARE = 0.2;
+const MAX_HANDOFF_RESERVE_MS = 3_000;
+
+/** How a shutdown flush is run: {@link Scheduler.flush}'s deadline and options. */
+export interface FlushPlan {
+  readonly sendUntilMs: number;
+  readonly options: { readonly abortAtMs: number; readonly paced: boolean };
+}
+
+/**
+ * The shutdown flush that starts at `startMs` with `timeoutMs` to spend: until when it may start sends, and
+ * when one still in flight is aborted. With a handoff directory for what is left, the time a handoff needs is
+ * kept back, and a send started just before that is given most of the reserve to end with a known outcome (one
+ * aborted after its connection was made may have been delivered, and could then only travel as uncertain);
+ * the flush is paced, and a throttle ends it: the fleet is over the account's quota, and a sidecar that keeps
+ * running sends what is handed off at a pace the quota allows.
+ */
+export function flushPlan(startMs: number, timeoutMs: number, handoff: boolean): FlushPlan {
+  const deadlineMs = startMs + timeoutMs;
+  if (!handoff) return { sendUntilMs: deadlineMs, options: { abortAtMs: deadlineMs, paced: false } };
+  const reserveMs = Math.min(MAX_HANDOFF_RESERVE_MS, timeoutMs * HANDOFF_SHARE);
+  return {
+    sendUntilMs: deadlineMs - reserveMs,
+    options: { abortAtMs: deadlineMs - reserveMs / 3, paced: true },
+  };
+}
+
 /** Options of {@link Scheduler}. */
 export interface SchedulerOptions {
   readonly ledger: SendLedger;

@@ -4,6 +4,7 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { HOUR_MS } from '../../src/clock.js';
+import { PACING_MIN_RATE } from '../../src/send/pacing.js';
 import { startPipeline, type Pipeline } from '../helpers/pipeline.js';
 import { TempDirs } from '../helpers/tmp.js';
 
@@ -104,9 +105,9 @@ describe('pacing', () => {
     expect(Object.fromEntries(p.emulator.totals())).toEqual({ requests: 1, gb: 1, nodes: 1 });
     const calls = meterCalls(p);
     expect(calls.map((c) => c.outcome)).toEqual(['ThrottlingException', 200, 200, 200]);
-    // The record held back went one token at the slowed rate (0.2/s, stretched) after the throttle; then the
-    // pacer recovers on success and the throttled record follows sooner.
-    expect(calls[2].atMs - calls[0].atMs).toBeGreaterThanOrEqual(5_000);
+    // The record held back went one token at the slowed rate (the floor, stretched) after the throttle; then
+    // the pacer recovers on success and the throttled record follows sooner.
+    expect(calls[2].atMs - calls[0].atMs).toBeGreaterThanOrEqual(1000 / PACING_MIN_RATE);
     expect(calls[3].atMs - calls[2].atMs).toBeLessThan(calls[2].atMs - calls[0].atMs);
   });
 

@@ -37,7 +37,7 @@ describe('loadConfig', () => {
       adminListen: { host: '0.0.0.0', port: 9181 },
       stateDir: '/var/lib/metering',
       schedule: '0 * * * *',
-      sendJitterSeconds: 300,
+      sendJitterSeconds: 3000,
       dryRun: false,
       shutdownTimeoutSeconds: 20,
       idempotencyKeysMax: 200_000,
