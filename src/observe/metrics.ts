@@ -126,6 +126,12 @@ export class Metrics implements CallObserver, SendObserver, HandoffObserver {
     registers: [this.registry],
   });
 
+  readonly sendRate = new Gauge({
+    name: 'metering_send_rate_limit_per_second',
+    help: 'MeterUsage calls per second the pacer allows since AWS throttled this sidecar (0: never throttled, no limit).',
+    registers: [this.registry],
+  });
+
   readonly errors = new Counter({
     name: 'metering_errors_total',
     help: 'Errors of background work and storage, by code.',
@@ -252,6 +258,11 @@ export class Metrics implements CallObserver, SendObserver, HandoffObserver {
     else if (event === 'sent') this.recordsSent.inc({ dimension: label });
     else if (event === 'carried') this.recordsCarried.inc({ dimension: label });
     else this.recordsFailed.inc({ dimension: label, error });
+  }
+
+  /** The pacer's rate (the {@link SendObserver} of the dispatcher). */
+  pace(ratePerSecond: number | undefined): void {
+    this.sendRate.set(ratePerSecond ?? 0);
   }
 
   /** Counts a failed background run by its error code. */

@@ -76,6 +76,8 @@ export interface SendObserver {
   recordEvent(event: RecordEvent, dimension: string, error: string): void;
   /** A send pass failed as a whole (the ledger could not be read or written), with the error's code. */
   backgroundError(code: string): void;
+  /** The pacer's rate after an answer: calls per second, `undefined` while no throttle has slowed it. */
+  pace?(ratePerSecond: number | undefined): void;
 }
 
 /** Options of {@link Dispatcher}. */
@@ -165,7 +167,10 @@ export class Dispatcher {
         onRequest: () => ledger.markInFlight(record.id),
       });
       const throttled = isThrottling(result);
-      if (throttled || result.status === 'accepted') pacer?.answered(throttled);
+      if (pacer !== undefined && (throttled || result.status === 'accepted')) {
+        pacer.answered(throttled);
+        this.#options.metrics?.pace?.(pacer.ratePerSecond);
+      }
       const followed = pacing.kind === 'ignore' ? undefined : pacer;
       counts[await this.#settle(record, result, retryAt, followed)]++;
       if (throttled && pacing.kind === 'wait')

@@ -687,6 +687,10 @@ describe('helm chart metering-sidecar: monitoring', () => {
       'MeteringLedgerNotWritable',
       'MeteringOldestUnsentTooOld',
       'MeteringIdempotencyKeysEvicted',
+      'MeteringFleetOverQuota',
+      'MeteringHandoffUncertain',
+      'MeteringHandoffsIgnored',
+      'MeteringHandoffsWaiting',
     ]);
     expect(at(groups, 0, 'rules', 0, 'annotations', 'summary')).toBe(
       'Metering has not reached AWS for 2 hours ({{ $labels.pod }})',

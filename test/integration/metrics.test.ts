@@ -4,6 +4,7 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { HOUR_MS } from '../../src/clock.js';
+import { PACING_MIN_RATE } from '../../src/send/pacing.js';
 import { startPipeline, type Pipeline } from '../helpers/pipeline.js';
 import { parsePrometheus, sampleValue, type Sample } from '../helpers/prometheus.js';
 import { TempDirs } from '../helpers/tmp.js';
@@ -85,6 +86,11 @@ describe('metrics', () => {
     expect(sampleValue(afterThrottle, 'metering_pending_quantity', { dimension: 'gb' })).toBe(2);
     expect(sampleValue(afterThrottle, 'metering_pending_quantity', { dimension: 'requests' })).toBe(0);
     expect(sampleValue(afterThrottle, 'metering_oldest_unsent_age_seconds')).toBe(HOUR_MS / 1000 - 60);
+    // The pacer slowed down after the throttle; before it, nothing limited the sends.
+    expect(sampleValue(afterIntake, 'metering_send_rate_limit_per_second')).toBe(0);
+    expect(sampleValue(afterThrottle, 'metering_send_rate_limit_per_second')).toBeGreaterThanOrEqual(
+      PACING_MIN_RATE,
+    );
 
     expect(sampleValue(afterSend, 'metering_records_sent_total', { dimension: 'gb' })).toBe(1);
     expect(
