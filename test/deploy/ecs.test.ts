@@ -9,6 +9,7 @@ import type {
   ContainerDefinition,
   KeyValuePair,
   RegisterTaskDefinitionCommandInput,
+  Volume,
 } from '@aws-sdk/client-ecs';
 import { describe, expect, it } from 'vitest';
 import { ENVIRONMENT_VARIABLES, loadConfig, type Config } from '../../src/config.js';
@@ -53,6 +54,16 @@ const HEALTHCHECK_COMMAND_SECONDS = 2;
  * floor these files promise; they use the 300 s maximum.
  */
 const MIN_START_PERIOD_SECONDS = 120;
+
+/** The handoff directory's EFS volume both task definitions show (docs/deploy-ecs.md, "Fleets"). */
+const HANDOFF_VOLUME = {
+  name: 'metering-handoff',
+  efsVolumeConfiguration: {
+    fileSystemId: 'fs-REPLACE_WITH_FILE_SYSTEM_ID',
+    transitEncryption: 'ENABLED',
+    authorizationConfig: { accessPointId: 'fsap-REPLACE_WITH_ACCESS_POINT_ID' },
+  },
+};
 
 /** Fargate's largest `stopTimeout` (ContainerDefinition.stopTimeout in the ECS API reference). */
 const FARGATE_MAX_STOP_TIMEOUT_SECONDS = 120;
@@ -354,6 +365,17 @@ describe.each([
       expect(m.readOnly).toBe(false);
   });
 
+  it('mounts the handoff EFS volume into the sidecar only, writable, as METERING_HANDOFF_DIR', () => {
+    const dir = environmentOf(sidecar)['METERING_HANDOFF_DIR'];
+    const mount = (sidecar.mountPoints ?? []).find((m) => m.containerPath === dir);
+
+    expect(mount).toEqual({ sourceVolume: HANDOFF_VOLUME.name, containerPath: dir, readOnly: false });
+    expect(sidecarConfig(sidecar).handoffDir).toBe(dir);
+    expect((app.mountPoints ?? []).map((m) => m.sourceVolume)).not.toContain(HANDOFF_VOLUME.name);
+    // Not the state directory: the ledger's SQLite WAL never lives on NFS.
+    expect(dir).not.toBe(sidecarConfig(sidecar).stateDir);
+  });
+
   it('tells the app where the sidecar listens', () => {
     const sidecarEnv = environmentOf(sidecar);
     const appEnv = environmentOf(app);
@@ -372,7 +394,11 @@ describe.each([
 
   if (launchType === 'FARGATE') {
     it('uses task-scoped ephemeral volumes and a Linux x86-64 platform', () => {
-      expect(taskDefinition.volumes).toEqual([{ name: 'metering-socket' }, { name: 'metering-state' }]);
+      expect(taskDefinition.volumes).toEqual([
+        { name: 'metering-socket' },
+        { name: 'metering-state' },
+        HANDOFF_VOLUME,
+      ]);
       expect(taskDefinition.runtimePlatform).toEqual({
         cpuArchitecture: 'X86_64',
         operatingSystemFamily: 'LINUX',
@@ -381,10 +407,13 @@ describe.each([
       expect(taskDefinition.memory).toMatch(/^\d+$/);
     });
   } else {
-    it('uses task-scoped local Docker volumes', () => {
-      for (const volume of taskDefinition.volumes ?? []) {
+    it('uses task-scoped local Docker volumes, and EFS for the handoff directory', () => {
+      const [handoff, ...local] = [...(taskDefinition.volumes ?? [])].reverse();
+      for (const volume of local) {
         expect(volume.dockerVolumeConfiguration, volume.name).toEqual({ scope: 'task', driver: 'local' });
       }
+      expect(local.map((v) => v.name).sort()).toEqual(['metering-socket', 'metering-state']);
+      expect(handoff).toEqual(HANDOFF_VOLUME);
     });
   }
 });
@@ -558,7 +587,9 @@ describe('ecs/cloudformation.yaml', () => {
     expect(taskDefinition.requiresCompatibilities).toEqual([{ Ref: 'LaunchType' }]);
     expect(template.Parameters?.['LaunchType']?.Default).toBe('FARGATE');
     expect(taskDefinition.containerDefinitions?.map((c) => c.name)).toEqual([SIDECAR, APP]);
-    expect(taskDefinition.volumes?.map((v) => v.name)).toEqual(fargate.volumes?.map((v) => v.name));
+    // Every volume of the JSON file, the handoff one when Handoff=efs.
+    const volumes = (taskDefinition.volumes ?? []).flatMap((v) => expandIntrinsics(v) as Volume[]);
+    expect(volumes.map((v) => v.name)).toEqual(fargate.volumes?.map((v) => v.name));
   });
 
   it('configures the sidecar as the Fargate JSON file does', () => {
@@ -569,13 +600,17 @@ describe('ecs/cloudformation.yaml', () => {
       .flatMap((e) => expandIntrinsics(e) as KeyValuePair[]);
     const jsonEnv = environmentOf(jsonSidecar);
 
-    // Assess: same names; same values wherever the template has a literal.
-    expect(always.map((e) => e.name).sort()).toEqual(Object.keys(jsonEnv).sort());
-    for (const { name, value } of always) {
-      if (typeof value === 'string') expect(value, String(name)).toBe(jsonEnv[name ?? '']);
+    // Assess: same names (the JSON file shows the handoff directory, which the template sets with
+    // Handoff=efs); same values wherever the template has a literal.
+    expect(
+      [...always, ...optional.filter((e) => e.name === 'METERING_HANDOFF_DIR')].map((e) => e.name).sort(),
+    ).toEqual(Object.keys(jsonEnv).sort());
+    for (const { name, value } of [...always, ...optional]) {
+      if (typeof value === 'string' && name !== 'METERING_PUBLIC_KEY')
+        expect(value, String(name)).toBe(jsonEnv[name ?? '']);
     }
     // METERING_DIMENSIONS is always set: the sidecar requires it outside local mode.
-    expect(optional.map((e) => e.name).sort()).toEqual(['METERING_PUBLIC_KEY']);
+    expect(optional.map((e) => e.name).sort()).toEqual(['METERING_HANDOFF_DIR', 'METERING_PUBLIC_KEY']);
     expect(always.map((e) => e.name)).toContain('METERING_DIMENSIONS');
     const allNames = [...always, ...optional].map((e) => e.name ?? '');
     expect(allNames.filter((n) => !ENVIRONMENT_VARIABLES.includes(n))).toEqual([]);
@@ -586,7 +621,6 @@ describe('ecs/cloudformation.yaml', () => {
       'readonlyRootFilesystem',
       'stopTimeout',
       'linuxParameters',
-      'mountPoints',
       'portMappings',
       'cpu',
       'memoryReservation',
@@ -594,6 +628,53 @@ describe('ecs/cloudformation.yaml', () => {
       expect(sidecar[field], field).toEqual(jsonSidecar[field]);
     }
     expect(sidecar.logConfiguration?.logDriver).toBe('awslogs');
+    // The JSON file's mounts, the handoff one when Handoff=efs.
+    expect((sidecar.mountPoints ?? []).flatMap((m) => expandIntrinsics(m))).toEqual(jsonSidecar.mountPoints);
+  });
+
+  it('creates the handoff file system only with Handoff=efs: encrypted, reached only by the tasks, as 10001', () => {
+    const handoffResources = Object.entries(template.Resources).filter(([name]) =>
+      name.startsWith('Handoff'),
+    );
+    const access = properties('HandoffAccessPoint');
+    const group = properties('HandoffMountTargetSecurityGroup');
+    const volume = (taskDefinition.volumes ?? []).find((v) => 'Fn::If' in v) as unknown as {
+      'Fn::If': [string, Volume, unknown];
+    };
+
+    expect(template.Parameters?.['Handoff']).toMatchObject({
+      Default: 'none',
+      AllowedValues: ['none', 'efs'],
+    });
+    expect(handoffResources.map(([name, r]) => [name, r.Type, r.Condition])).toEqual([
+      ['HandoffFileSystem', 'AWS::EFS::FileSystem', 'HasHandoff'],
+      ['HandoffMountTargetSecurityGroup', 'AWS::EC2::SecurityGroup', 'HasHandoff'],
+      ['HandoffMountTarget1', 'AWS::EFS::MountTarget', 'HasHandoff'],
+      ['HandoffMountTarget2', 'AWS::EFS::MountTarget', 'HasHandoffSubnet2'],
+      ['HandoffAccessPoint', 'AWS::EFS::AccessPoint', 'HasHandoff'],
+    ]);
+    expect(properties('HandoffFileSystem')['Encrypted']).toBe(true);
+    expect(access['PosixUser']).toEqual({ Uid: '10001', Gid: '10001' });
+    expect(access['RootDirectory']).toMatchObject({
+      CreationInfo: { OwnerUid: '10001', OwnerGid: '10001', Permissions: '0750' },
+    });
+    expect(group['SecurityGroupIngress']).toEqual([
+      {
+        IpProtocol: 'tcp',
+        FromPort: 2049,
+        ToPort: 2049,
+        SourceSecurityGroupId: { Ref: 'HandoffClientSecurityGroup' },
+      },
+    ]);
+    expect(volume['Fn::If'][0]).toBe('HasHandoff');
+    expect(volume['Fn::If'][1]).toEqual({
+      name: 'metering-handoff',
+      efsVolumeConfiguration: {
+        fileSystemId: { Ref: 'HandoffFileSystem' },
+        transitEncryption: 'ENABLED',
+        authorizationConfig: { accessPointId: { Ref: 'HandoffAccessPoint' } },
+      },
+    });
   });
 
   it('starts the app after the sidecar is healthy and shares only the socket volume', () => {

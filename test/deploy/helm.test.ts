@@ -161,6 +161,7 @@ const FULL = {
     socket: { medium: '', sizeLimit: '2Mi' },
     state: { medium: 'Memory', sizeLimit: '512Mi' },
   },
+  handoff: { existingClaim: 'acme-metering-handoff', subPath: 'acme/product', scanSeconds: 120 },
   serviceAccount: {
     create: true,
     name: 'acme-metering',
@@ -193,12 +194,15 @@ const INLINE_KEY = {
   sidecar: { ...MINIMAL.sidecar, publicKey: { pem: PUBLIC_KEY_PEM } },
 };
 
+const HANDOFF = { ...MINIMAL, handoff: { existingClaim: 'metering-handoff-efs' } };
+
 const VALUE_SETS: Record<string, { values: object; apiVersions?: string[] }> = {
   minimal: { values: MINIMAL },
   full: { values: FULL, apiVersions: [MONITORING_API] },
   monitoring: { values: MONITORING, apiVersions: [MONITORING_API] },
   'own public key Secret': { values: OWN_SECRET },
   'inline public key': { values: INLINE_KEY },
+  handoff: { values: HANDOFF },
 };
 
 type Container = Record<string, unknown>;
@@ -655,6 +659,65 @@ describe('helm chart metering-sidecar: public key', () => {
     expect(envOf(sidecarOf(podSpec(findOne(objects, 'Deployment')))).has('METERING_PUBLIC_KEY_FILE')).toBe(
       false,
     );
+  });
+});
+
+describe('helm chart metering-sidecar: handoff', () => {
+  it('mounts the existing ReadWriteMany claim into the sidecar only, as METERING_HANDOFF_DIR', async () => {
+    const spec = podSpec(findOne(await render(FULL, { apiVersions: [MONITORING_API] }), 'Deployment'));
+    const sidecar = sidecarOf(spec);
+    const env = envOf(sidecar);
+    const dir = env.get('METERING_HANDOFF_DIR');
+
+    expect(env.get('METERING_HANDOFF_SCAN_SECONDS')).toBe('120');
+    const mount = listAt(sidecar, 'volumeMounts').find((m) => m['mountPath'] === dir);
+    expect(mount).toMatchObject({ subPath: 'acme/product' });
+    expect(mount?.['readOnly']).toBeUndefined();
+    const volume = listAt(spec, 'volumes').find((v) => v['name'] === mount?.['name']);
+    expect(volume).toEqual({
+      name: mount?.['name'],
+      persistentVolumeClaim: { claimName: 'acme-metering-handoff' },
+    });
+    for (const app of listAt(spec, 'containers')) {
+      expect(listAt(app, 'volumeMounts').map((m) => m['name'])).not.toContain(mount?.['name']);
+    }
+  });
+
+  it('mounts the claim root without a subPath', async () => {
+    const sidecar = sidecarOf(podSpec(findOne(await render(HANDOFF), 'Deployment')));
+    const dir = envOf(sidecar).get('METERING_HANDOFF_DIR');
+
+    expect(listAt(sidecar, 'volumeMounts').find((m) => m['mountPath'] === dir)).not.toHaveProperty('subPath');
+    expect(envOf(sidecar).get('METERING_HANDOFF_SCAN_SECONDS')).toBe('300');
+  });
+
+  it('renders the values of the docs/deploy-eks.md example', async () => {
+    const values = parse(docExample('existingClaim: my-product')) as object;
+    const sidecar = sidecarOf(podSpec(findOne(await render({ ...MINIMAL, ...values }), 'Deployment')));
+
+    expect(envOf(sidecar).get('METERING_HANDOFF_DIR')).toBe('/var/lib/metering-handoff');
+  });
+
+  it('has no handoff directory by default', async () => {
+    const spec = podSpec(findOne(await render(MINIMAL), 'Deployment'));
+    const env = envOf(sidecarOf(spec));
+
+    expect(env.has('METERING_HANDOFF_DIR')).toBe(false);
+    expect(env.has('METERING_HANDOFF_SCAN_SECONDS')).toBe(false);
+    expect(listAt(spec, 'volumes').filter((v) => 'persistentVolumeClaim' in v)).toEqual([]);
+  });
+
+  it.each([
+    [{ existingClaim: 'EFS_Claim' }, 'handoff.existingClaim'],
+    [{ existingClaim: 'efs', subPath: '../other-product' }, 'handoff.subPath'],
+    [{ existingClaim: 'efs', subPath: '/absolute' }, 'handoff.subPath'],
+    [{ existingClaim: 'efs', scanSeconds: 0 }, 'handoff.scanSeconds'],
+    [{ existingClaim: 'efs', claim: 'efs' }, 'Additional property claim is not allowed'],
+  ])('refuses handoff values %j', async (handoff, message) => {
+    const result = await helmWithValues('template', { ...MINIMAL, handoff });
+
+    expect(result.code).not.toBe(0);
+    expect(result.stderr).toContain(message);
   });
 });
 

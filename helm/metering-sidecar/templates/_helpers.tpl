@@ -3,7 +3,7 @@ Named templates of the metering-sidecar chart.
 
 Public (for a seller's own chart that depends on this one; see docs/deploy-eks.md):
   metering-sidecar.container          the sidecar as one initContainers list item (native sidecar)
-  metering-sidecar.volumes            its pod volumes, as list items (socket, state, public key)
+  metering-sidecar.volumes            its pod volumes, as list items (socket, state, public key, handoff)
   metering-sidecar.appVolumeMounts    what each app container mounts (the socket directory), as list items
   metering-sidecar.appEnv             what each app container gets in env (METERING_SOCKET), as list items
   metering-sidecar.serviceAccountName the ServiceAccount carrying the IRSA role
@@ -102,6 +102,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "metering-sidecar.socketVolume" -}}metering-socket{{- end }}
 {{- define "metering-sidecar.stateVolume" -}}metering-state{{- end }}
 {{- define "metering-sidecar.publicKeyVolume" -}}metering-public-key{{- end }}
+{{- define "metering-sidecar.handoffVolume" -}}metering-handoff{{- end }}
+{{- define "metering-sidecar.handoffDir" -}}/var/lib/metering-handoff{{- end }}
 
 {{- define "metering-sidecar.image" -}}
 {{- with .Values.sidecar.image }}
@@ -215,6 +217,12 @@ Usage from a parent chart:
       value: {{ $v.logLevel | quote }}
     - name: METERING_DRY_RUN
       value: {{ $v.dryRun | toString | quote }}
+    {{- if $s.Values.handoff.existingClaim }}
+    - name: METERING_HANDOFF_DIR
+      value: {{ include "metering-sidecar.handoffDir" $s | quote }}
+    - name: METERING_HANDOFF_SCAN_SECONDS
+      value: {{ $s.Values.handoff.scanSeconds | int | quote }}
+    {{- end }}
     {{- with $v.region }}
     - name: AWS_REGION
       value: {{ . | quote }}
@@ -262,6 +270,15 @@ Usage from a parent chart:
       mountPath: {{ include "metering-sidecar.publicKeyDir" $s }}
       readOnly: true
     {{- end }}
+    {{- with $s.Values.handoff }}
+    {{- if .existingClaim }}
+    - name: {{ include "metering-sidecar.handoffVolume" $s }}
+      mountPath: {{ include "metering-sidecar.handoffDir" $s }}
+      {{- with .subPath }}
+      subPath: {{ . | quote }}
+      {{- end }}
+    {{- end }}
+    {{- end }}
 {{- end }}
 
 {{/* The sidecar's pod volumes, as `volumes` list items. */}}
@@ -288,6 +305,11 @@ Usage from a parent chart:
     items:
       - key: {{ include "metering-sidecar.publicKeySecretKey" $s | quote }}
         path: product-key.pem
+{{- end }}
+{{- with $s.Values.handoff.existingClaim }}
+- name: {{ include "metering-sidecar.handoffVolume" $s }}
+  persistentVolumeClaim:
+    claimName: {{ . | quote }}
 {{- end }}
 {{- end }}
 
