@@ -237,11 +237,12 @@ class Pod {
   /** SIGTERM: the agent's shutdown flush and handoff (src/agent.ts), on the simulated clock. */
   async stop() {
     this.stopped = true;
+    await this.handoffs.stop();
     const { sendUntilMs, options } = flushPlan(this.sim.clock.now(), SHUTDOWN_TIMEOUT_S * 1000, true);
-    await this.scheduler.flush(sendUntilMs, options);
+    const yieldWhen = await this.handoffs.peerSignal();
+    await this.scheduler.flush(sendUntilMs, { ...options, yieldWhen });
     const written = await this.handoffs.handOff();
     if (written !== undefined) this.sim.handedOff++;
-    await this.handoffs.stop();
     await this.ledger.close();
     rmSync(this.stateDir, { recursive: true, force: true }); // the volume dies with the pod
   }

@@ -348,16 +348,21 @@ export class Agent {
       await this.#pipeline?.intake.stop(
         Math.min(MAX_DRAIN_MS, this.#config.shutdownTimeoutSeconds * 1000 * DRAIN_SHARE),
       );
+      // A stopping sidecar adopts nothing more; the directory's changes from here on are its peers'.
+      await this.#handoffs?.stop();
       if (this.#pipeline !== undefined) {
         const { sendUntilMs, options } = flushPlan(
           startMs,
           this.#config.shutdownTimeoutSeconds * 1000,
           this.#handoffs !== undefined,
         );
-        const summary = await this.#pipeline.scheduler.flush(sendUntilMs, options);
+        const yieldWhen = await this.#handoffs?.peerSignal();
+        const summary = await this.#pipeline.scheduler.flush(sendUntilMs, {
+          ...options,
+          ...(yieldWhen !== undefined ? { yieldWhen } : {}),
+        });
         this.#logger.info(summary, 'final flush finished');
       }
-      await this.#handoffs?.stop();
       await this.#handoffs?.handOff();
     } catch (err) {
       this.#logger.error({ err, code: errorCode(err) }, 'final flush failed; records stay in the ledger');

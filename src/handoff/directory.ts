@@ -76,6 +76,18 @@ export class HandoffDirectory {
     await this.#syncDirectory();
   }
 
+  /**
+   * The directory's modification time, which moves whenever a handoff is published, claimed or finished (every
+   * one is a rename in it); `undefined` when it cannot be read. On NFS the attribute may be cached for a while.
+   */
+  async changeMark(): Promise<number | undefined> {
+    try {
+      return (await stat(this.#path)).mtimeMs;
+    } catch {
+      return undefined;
+    }
+  }
+
   /** Lists the directory. Names it does not know are ignored. */
   async list(): Promise<DirectoryListing> {
     const published: string[] = [];

@@ -179,6 +179,20 @@ export class Handoffs {
     return scan;
   }
 
+  /**
+   * For a stopping sidecar: resolves a check that tells whether the directory changed since now, which during
+   * a shutdown means that a peer stopping with it ran out of quota and handed off. Call after {@link stop}, so
+   * that this sidecar's own adoptions do not count.
+   */
+  async peerSignal(): Promise<() => Promise<boolean>> {
+    const { directory } = this.#options;
+    const before = await directory.changeMark();
+    return async () => {
+      const now = await directory.changeMark();
+      return before !== undefined && now !== undefined && now !== before;
+    };
+  }
+
   /** Adopts every `intervalMs` (with up to 20% jitter) until {@link stop}. */
   start(intervalMs: number, random: () => number = Math.random): void {
     if (this.#stopped) return;

@@ -37,13 +37,20 @@ export interface RunSummary {
  *   of its own share of the time until `spreadUntilMs` (a fleet stopped at once does not send in one burst, nor
  *   does one sidecar); the pacer is waited for until `untilMs`; the first ThrottlingException ends the pass: the
  *   fleet has used up the account's quota, and what is left is handed off to a sidecar that can send it at a
- *   pace the quota allows. So a stopping sidecar makes at most one throttled call.
+ *   pace the quota allows. So a stopping sidecar makes at most one throttled call, and none once `yieldWhen`
+ *   says a peer stopping with it was throttled and handed off.
  * - `ignore` (the shutdown flush without one): these seconds are the usage's last chance, so nothing holds a
  *   send back; the pacer is still told the answers.
  */
 export type Pacing =
   | { readonly kind: 'defer' }
-  | { readonly kind: 'wait'; readonly untilMs: number; readonly spreadUntilMs: number }
+  | {
+      readonly kind: 'wait';
+      readonly untilMs: number;
+      readonly spreadUntilMs: number;
+      /** Asked before each send: true ends the pass as a throttle would (peers ran out of quota). */
+      readonly yieldWhen?: () => Promise<boolean>;
+    }
   | { readonly kind: 'ignore' };
 
 /** What one {@link Dispatcher.pass} does. */
@@ -148,6 +155,9 @@ export class Dispatcher {
         const shareMs = (pacing.spreadUntilMs - spreadFromMs) / due.length;
         await sleepUntil(clock, Math.round(spreadFromMs + (index + random()) * shareMs), signal);
         if (signal.aborted) break;
+      }
+      if (pacing.kind === 'wait' && pacing.yieldWhen !== undefined && (await pacing.yieldWhen())) {
+        return { sealed: sealedRecords.length, ...counts, paced: true };
       }
       if (pacer !== undefined && pacing.kind !== 'ignore') {
         const readyAtMs = pacer.readyAtMs();

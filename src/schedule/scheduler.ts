@@ -244,20 +244,27 @@ export class Scheduler {
    * No send starts after `deadlineMs`; one in flight then is aborted at `abortAtMs` (default `deadlineMs`), so
    * that a send close to the deadline can still end with a known outcome instead of a possible delivery. With
    * `paced` (there is a handoff directory for what is left), sends are spread over {@link FLUSH_SPREAD_SHARE} of
-   * the time, follow the pacer until `deadlineMs`, and the first ThrottlingException ends the flush; without it, these seconds are the usage's last chance and nothing
-   * holds a send back ({@link Pacing}). Resolves with the totals of the final runs.
+   * the time and follow the pacer until `deadlineMs`; the first ThrottlingException ends the flush, as does
+   * `yieldWhen` answering true before a send (peers stopping with this sidecar were throttled and handed off).
+   * Without it, these seconds are the usage's last chance and nothing holds a send back ({@link Pacing}).
+   * Resolves with the totals of the final runs.
    */
   async flush(
     deadlineMs: number,
-    options: { readonly abortAtMs?: number; readonly paced?: boolean } = {},
+    options: {
+      readonly abortAtMs?: number;
+      readonly paced?: boolean;
+      readonly yieldWhen?: () => Promise<boolean>;
+    } = {},
   ): Promise<RunSummary> {
-    const { abortAtMs = deadlineMs, paced = false } = options;
+    const { abortAtMs = deadlineMs, paced = false, yieldWhen } = options;
     const startMs = this.#options.clock.now();
     const pacing: Pacing = paced
       ? {
           kind: 'wait',
           untilMs: deadlineMs,
           spreadUntilMs: startMs + (deadlineMs - startMs) * FLUSH_SPREAD_SHARE,
+          ...(yieldWhen !== undefined ? { yieldWhen } : {}),
         }
       : { kind: 'ignore' };
     await this.stop();

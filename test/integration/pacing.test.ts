@@ -140,6 +140,20 @@ describe('pacing', () => {
     expect(p.ledger.status(p.clock.now()).records).toMatchObject({ pending: 3, sent: 0 });
   });
 
+  it('ends a paced shutdown flush, without a throttled call, once peers stopping with it hand off', async () => {
+    const p = await withUsage();
+    const startMs = p.clock.now();
+    let asked = 0;
+    // Peers' handoffs appear after this sidecar's first send.
+    const yieldWhen = (): Promise<boolean> => Promise.resolve(asked++ > 0);
+
+    const summary = await driveClock(p, p.scheduler.flush(startMs + 20_000, { paced: true, yieldWhen }));
+
+    expect(summary).toMatchObject({ sealed: 3, sent: 1, retrying: 2, paced: true });
+    expect(meterCalls(p).map((c) => c.outcome)).toEqual([200]);
+    expect(p.ledger.status(p.clock.now()).records).toMatchObject({ pending: 2, sent: 1 });
+  });
+
   it('ends a paced shutdown flush when the pacer would only let the next send go after the deadline', async () => {
     const p = await withUsage();
     // An hourly send throttled a minute before the shutdown: the pacer is slowed down.

@@ -224,6 +224,21 @@ describe('Handoffs between sidecars', () => {
     ]);
   });
 
+  it('tells a stopping sidecar once a peer stopping with it hands off', async () => {
+    const shared = dirs.make();
+    const clock = new ManualClock(H10 + 5 * 60_000);
+    const stopping = sidecar(shared, clock);
+    const peer = sidecar(shared, clock);
+    await usageIn(peer.store, [report('gb', 3)]);
+
+    const peersHandedOff = await stopping.handoffs.peerSignal();
+    const before = await peersHandedOff();
+    await peer.handoffs.handOff();
+
+    expect(before).toBe(false);
+    expect(await peersHandedOff()).toBe(true);
+  });
+
   it('carries a record that may already be billed as uncertain, never as billable usage', async () => {
     const shared = dirs.make();
     const clock = new ManualClock(H10 + 5 * 60_000);
