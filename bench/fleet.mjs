@@ -11,7 +11,15 @@
 // accepted, fleet-wide), usage lost (must be 0), and what is left when the simulation ends. Each fleet runs twice
 // in the same process: with the shipped default spread, and with 300 s (the spread of earlier versions) as the
 // baseline. docs/benchmarks.md explains the model and its assumptions. Results also go to bench/results/.
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -43,9 +51,33 @@ const CAPACITY = QUOTA * 3600;
 const SHUTDOWN_TIMEOUT_S = Number(DEFAULTS.shutdownTimeoutSeconds);
 const SPREAD_S = Number(arg('--spread') ?? DEFAULTS.sendJitterSeconds);
 const BASELINE_SPREAD_S = 300;
-const FLEETS = (arg('--fleet') ?? (QUICK ? '100x24,1000x24' : '100x24,1000x24,1500x24,2000x24,5000x1,5000x6'))
+const FLEETS = (arg('--fleet') ?? (QUICK ? '100x24,1000x24' : '100x24,1000x24,1500x24,2000x24,3800x1,3800x6'))
   .split(',')
   .map((f) => f.split('x').map(Number));
+/**
+ * Each simulated pod holds five open files (its ledger with its WAL and shared-memory files, and the
+ * state-directory lock with its journal), all in this one process: the largest fleet must fit the open-file limit.
+ */
+const FILES_PER_POD = 5;
+const openFileLimit = (() => {
+  try {
+    const line = readFileSync('/proc/self/limits', 'utf8')
+      .split('\n')
+      .find((l) => l.startsWith('Max open files'));
+    return Number(line?.split(/\s+/)[3]);
+  } catch {
+    return Number.NaN;
+  }
+})();
+for (const [pods] of FLEETS) {
+  if (pods * FILES_PER_POD + 200 > openFileLimit) {
+    console.error(
+      `${pods} pods need about ${pods * FILES_PER_POD + 200} open files; this process may open ${openFileLimit} ` +
+        `(ulimit -n). Raise the limit or pass a smaller --fleet.`,
+    );
+    process.exit(2);
+  }
+}
 const SEED = Number(arg('--seed') ?? Math.floor(Math.random() * 2 ** 31));
 const START = Date.parse('2026-03-02T00:00:00Z');
 const PRODUCT = 'prod-fleet';
@@ -169,11 +201,6 @@ class SimulatedMetering {
         this.delivered++;
         this.quantity += request.UsageQuantity;
         this.lastAcceptedByHour.set(hourMs, Math.max(this.lastAcceptedByHour.get(hourMs) ?? 0, nowMs));
-        if (process.env.FLEET_DEBUG) {
-          const k = `${(hourMs - START) / HOUR_MS}@${Math.floor((nowMs - START) / 600_000) * 10}`;
-          this.debug ??= new Map();
-          this.debug.set(k, (this.debug.get(k) ?? 0) + 1);
-        }
         return { status: 'accepted', meteringRecordId: key };
       },
     };
@@ -398,7 +425,6 @@ class Simulation {
     for (const pod of this.live) await pod.ledger.close();
     rmSync(this.dir, { recursive: true, force: true });
     const m = this.metering;
-    if (m.debug) console.log([...m.debug].map(([k, v]) => `${k}:${v}`).join(' '));
     const deliverMinutes = [];
     for (let h = 0; h < hours; h++) {
       const hourMs = START + h * HOUR_MS;
