@@ -303,13 +303,14 @@ export class Agent {
       );
       const summary = await scheduler.flush(sendUntilMs, options);
       this.#logger.info(summary, 'flush before exit finished');
-      await this.#handoffs?.handOff();
     } catch (err) {
       this.#logger.error(
         { err, code: errorCode(err) },
         'flush before exit failed; usage stays in the ledger',
       );
     }
+    // Whatever the flush did, what is left goes to the handoff directory (handOff never rejects).
+    await this.#handoffs?.handOff();
   }
 
   /** The readiness checks of `/readyz`: entitlement established, the ledger writable, the app API listening. */
@@ -363,10 +364,11 @@ export class Agent {
         });
         this.#logger.info(summary, 'final flush finished');
       }
-      await this.#handoffs?.handOff();
     } catch (err) {
       this.#logger.error({ err, code: errorCode(err) }, 'final flush failed; records stay in the ledger');
     }
+    // Whatever the flush did, what is left goes to the handoff directory (handOff never rejects).
+    await this.#handoffs?.handOff();
     let outcome: StopOutcome = { exitCode: EXIT.leftInLedger, unsentRecords: 0, unsealedHours: 0 };
     try {
       const status = await this.#ledger?.status(this.#clock.now());

@@ -180,16 +180,33 @@ export class Handoffs {
   }
 
   /**
-   * For a stopping sidecar: resolves a check that tells whether the directory changed since now, which during
-   * a shutdown means that a peer stopping with it ran out of quota and handed off. Call after {@link stop}, so
-   * that this sidecar's own adoptions do not count.
+   * For a stopping sidecar: resolves a check that tells whether a handoff was published since now, which
+   * during a shutdown means that a peer stopping with it ran out of quota (or time) and handed off. Call after
+   * {@link stop}, so that this sidecar's own adoptions do not change the directory meanwhile.
    */
   async peerSignal(): Promise<() => Promise<boolean>> {
     const { directory } = this.#options;
-    const before = await directory.changeMark();
+    let mark = await directory.changeMark();
+    const known = new Set(
+      await directory.list().then(
+        (l) => l.published,
+        () => [],
+      ),
+    );
+    let seen = false;
     return async () => {
+      if (seen) return true;
+      // One stat per send; the directory is listed only when it changed (claims and tombstones of running
+      // adopters change it too, and only a handoff published since counts).
       const now = await directory.changeMark();
-      return before !== undefined && now !== undefined && now !== before;
+      if (now === undefined || now === mark) return false;
+      mark = now;
+      const published = await directory.list().then(
+        (l) => l.published,
+        () => [],
+      );
+      seen = published.some((id) => !known.has(id));
+      return seen;
     };
   }
 

@@ -160,15 +160,15 @@ export class Dispatcher {
         return { sealed: sealedRecords.length, ...counts, paced: true };
       }
       if (pacer !== undefined && pacing.kind !== 'ignore') {
-        const readyAtMs = pacer.readyAtMs();
-        if (readyAtMs > clock.now()) {
+        // A timer may fire a little before the token is whole: then look again.
+        while (!(await pacer.take())) {
+          const readyAtMs = Math.max(pacer.readyAtMs(), clock.now() + 1);
           if (pacing.kind === 'defer' || readyAtMs > pacing.untilMs) {
             return { sealed: sealedRecords.length, ...counts, paced: true, resumeAtMs: readyAtMs };
           }
           await sleepUntil(clock, readyAtMs, signal);
-          if (signal.aborted) break;
+          if (signal.aborted) return { sealed: sealedRecords.length, ...counts, paced: false };
         }
-        await pacer.take();
       }
       // In flight (durably) only once the request is on its way: a crash while credentials are still being
       // fetched leaves the record plainly pending, so its usage can still be carried if its window closes.

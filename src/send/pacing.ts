@@ -64,18 +64,15 @@ export class SendPacer {
    * Epoch ms on the clock from which a send may start: now, or later while the limiter's bucket refills
    * after throttles. The sidecars of a fleet were throttled together, so each stretches its waits by its own
    * random share (drawn at every throttle) instead of all coming back in the same instant; the time only ever
-   * comes later than the limiter's own, so a token is there once it is reached.
+   * comes later than the limiter's own.
    */
   readyAtMs(): number {
     const nowMs = this.#clock.now();
-    const { enabled, fillRate } = this.#state;
-    if (!enabled) return nowMs;
-    this.#state.refillTokenBucket();
-    const missing = 1 - this.#state.availableTokens;
-    if (missing <= 0) return nowMs;
-    // A millisecond more than the arithmetic says: the limiter's seconds are floating point, and a token found
-    // a hair short at this instant would make it wait (in real time) itself.
-    return nowMs + Math.ceil((missing / fillRate) * 1000 * this.#stretch) + 1;
+    const missing = this.#missing();
+    if (missing === 0) return nowMs;
+    // A millisecond more than the arithmetic says: the limiter's seconds are floating point (and a real timer
+    // may fire early, which {@link take} answers with `false`).
+    return nowMs + Math.ceil((missing / this.#state.fillRate) * 1000 * this.#stretch) + 1;
   }
 
   /**
@@ -88,13 +85,22 @@ export class SendPacer {
     return Math.max(this.readyAtMs(), nowMs + Math.ceil((1000 / this.#state.fillRate) * this.#stretch));
   }
 
-  /** Takes the token for a send; call once {@link readyAtMs} is reached. Rejects when there is none yet. */
-  async take(): Promise<void> {
-    if (this.readyAtMs() > this.#clock.now()) {
-      throw new Error('no send token yet: wait until readyAtMs()');
-    }
+  /**
+   * Takes the token for a send, once {@link readyAtMs} is reached. `false`, taking nothing, when the token is not
+   * there yet (a timer that fired a little early): wait for {@link readyAtMs} again.
+   */
+  async take(): Promise<boolean> {
+    if (this.#missing() > 0) return false;
     // A token is there: the limiter returns it without waiting.
     await this.#limiter.getSendToken();
+    return true;
+  }
+
+  /** How much of a token the limiter lacks now (0 when one is there or it is not limiting). */
+  #missing(): number {
+    if (!this.#state.enabled) return 0;
+    this.#state.refillTokenBucket();
+    return Math.max(0, 1 - this.#state.availableTokens);
   }
 
   /** Tells the limiter how a send that AWS answered ended: throttled, or accepted. */

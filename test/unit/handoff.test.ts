@@ -224,18 +224,25 @@ describe('Handoffs between sidecars', () => {
     ]);
   });
 
-  it('tells a stopping sidecar once a peer stopping with it hands off', async () => {
+  it('tells a stopping sidecar once a peer stopping with it hands off, not when adopters work', async () => {
     const shared = dirs.make();
     const clock = new ManualClock(H10 + 5 * 60_000);
     const stopping = sidecar(shared, clock);
+    const earlier = sidecar(shared, clock);
     const peer = sidecar(shared, clock);
+    const adopter = sidecar(shared, clock);
+    await usageIn(earlier.store, [report('gb', 1)]);
+    await earlier.handoffs.handOff();
     await usageIn(peer.store, [report('gb', 3)]);
 
     const peersHandedOff = await stopping.handoffs.peerSignal();
     const before = await peersHandedOff();
+    // A running adopter claims and finishes the earlier handoff: the directory changes, no peer handed off.
+    expect(await adopter.handoffs.adoptAll()).toBe(1);
+    const afterAdoption = await peersHandedOff();
     await peer.handoffs.handOff();
 
-    expect(before).toBe(false);
+    expect([before, afterAdoption]).toEqual([false, false]);
     expect(await peersHandedOff()).toBe(true);
   });
 
