@@ -120,3 +120,14 @@ export async function startPipeline(options: PipelineOptions) {
 }
 
 export type Pipeline = Awaited<ReturnType<typeof startPipeline>>;
+
+/** Advances the manual clock in 50 ms steps while `work` runs (its timers fire on the way); resolves its result. */
+export async function driveClock<T>(p: { readonly clock: ManualClock }, work: Promise<T>): Promise<T> {
+  let done = false;
+  const result = work.finally(() => (done = true));
+  while (!done) {
+    await new Promise((resolve) => setTimeout(resolve, 1));
+    if (!done) p.clock.advance(50);
+  }
+  return result;
+}

@@ -5,7 +5,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { HOUR_MS } from '../../src/clock.js';
 import { PACING_MIN_RATE } from '../../src/send/pacing.js';
-import { startPipeline, type Pipeline } from '../helpers/pipeline.js';
+import { driveClock, startPipeline, type Pipeline } from '../helpers/pipeline.js';
 import { TempDirs } from '../helpers/tmp.js';
 
 const H10 = Date.parse('2026-03-01T10:00:00Z');
@@ -41,17 +41,6 @@ function meterCallAt(p: Pipeline, dimension: string): number {
       c.operation === 'MeterUsage' && (c.input as { UsageDimension?: string }).UsageDimension === dimension,
   );
   return call!.atMs;
-}
-
-/** Advances the manual clock in 50 ms steps while `work` runs (its timers fire on the way); resolves its result. */
-async function driveClock<T>(p: Pipeline, work: Promise<T>): Promise<T> {
-  let done = false;
-  const result = work.finally(() => (done = true));
-  while (!done) {
-    await new Promise((resolve) => setTimeout(resolve, 1));
-    if (!done) p.clock.advance(50);
-  }
-  return result;
 }
 
 describe('pacing', () => {

@@ -7,7 +7,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { HOUR_MS } from '../../src/clock.js';
 import { MeteringEmulator } from '../../src/emulator/emulator.js';
 import { DRY_RUN_RECORD_ID } from '../../src/send/awsErrors.js';
-import { startPipeline, type Pipeline } from '../helpers/pipeline.js';
+import { driveClock, startPipeline, type Pipeline } from '../helpers/pipeline.js';
 import { TempDirs } from '../helpers/tmp.js';
 
 const H10 = Date.parse('2026-03-01T10:00:00Z');
@@ -438,17 +438,6 @@ async function waitFor(condition: () => boolean, timeoutMs = 5000): Promise<void
     if (Date.now() - start > timeoutMs) throw new Error('condition not met in time');
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
-}
-
-/** Advances the manual clock in 50 ms steps while `work` runs (its timers fire on the way); resolves its result. */
-async function driveClock<T>(p: Pipeline, work: Promise<T>): Promise<T> {
-  let done = false;
-  const result = work.finally(() => (done = true));
-  while (!done) {
-    await new Promise((resolve) => setTimeout(resolve, 1));
-    if (!done) p.clock.advance(50);
-  }
-  return result;
 }
 
 /** Advances the clock in `stepMs` steps to `untilMs`, running the scheduler (and its due retries) at each. */
