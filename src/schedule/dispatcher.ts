@@ -147,6 +147,12 @@ export class Dispatcher {
       );
     }
     await ledger.prune(clock.now());
+    const summary = (paced: boolean, resumeAtMs?: number): RunSummary => ({
+      sealed: sealedRecords.length,
+      ...counts,
+      paced,
+      ...(resumeAtMs !== undefined ? { resumeAtMs } : {}),
+    });
     const due = await ledger.due(clock.now());
     const spreadFromMs = clock.now();
     for (const [index, record] of due.entries()) {
@@ -157,17 +163,17 @@ export class Dispatcher {
         if (signal.aborted) break;
       }
       if (pacing.kind === 'wait' && pacing.yieldWhen !== undefined && (await pacing.yieldWhen())) {
-        return { sealed: sealedRecords.length, ...counts, paced: true };
+        return summary(true);
       }
       if (pacer !== undefined && pacing.kind !== 'ignore') {
         // A timer may fire a little before the token is whole: then look again.
         while (!(await pacer.take())) {
           const readyAtMs = Math.max(pacer.readyAtMs(), clock.now() + 1);
           if (pacing.kind === 'defer' || readyAtMs > pacing.untilMs) {
-            return { sealed: sealedRecords.length, ...counts, paced: true, resumeAtMs: readyAtMs };
+            return summary(true, readyAtMs);
           }
           await sleepUntil(clock, readyAtMs, signal);
-          if (signal.aborted) return { sealed: sealedRecords.length, ...counts, paced: false };
+          if (signal.aborted) return summary(false);
         }
       }
       // In flight (durably) only once the request is on its way: a crash while credentials are still being
@@ -183,10 +189,9 @@ export class Dispatcher {
       }
       const followed = pacing.kind === 'ignore' ? undefined : pacer;
       counts[await this.#settle(record, result, retryAt, followed)]++;
-      if (throttled && pacing.kind === 'wait')
-        return { sealed: sealedRecords.length, ...counts, paced: true };
+      if (throttled && pacing.kind === 'wait') return summary(true);
     }
-    return { sealed: sealedRecords.length, ...counts, paced: false };
+    return summary(false);
   }
 
   /** Applies a send result to the record's state in the ledger; one to retry also waits for `pacer`. */
