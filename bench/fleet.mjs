@@ -33,6 +33,7 @@ import { Handoffs } from '../dist/handoff/handoffs.js';
 import { canonicalTags } from '../dist/ledger/hours.js';
 import { InProcessLedger } from '../dist/ledger/inProcessLedger.js';
 import { SqliteLedger } from '../dist/ledger/sqliteLedger.js';
+import { usageBatch } from '../dist/ledger/usageBatch.js';
 import { createLogger } from '../dist/log.js';
 import { Scheduler, flushPlan } from '../dist/schedule/scheduler.js';
 import { SendPacer } from '../dist/send/pacing.js';
@@ -257,7 +258,7 @@ class Pod {
       tagsKey: canonicalTags({}),
       id: undefined,
     }));
-    const result = await this.ledger.record(reports);
+    const result = await this.ledger.record(usageBatch(reports));
     if (result.kind === 'rejection') throw new Error(result.message);
     for (const r of reports) sim.acknowledged += r.quantity;
   }

@@ -13,22 +13,36 @@ export type JsonResult =
 
 /** Parses `text` as JSON whose objects each name every member once. */
 export function parseJson(text: string): JsonResult {
-  let value: unknown;
+  const parsed = parseJsonAllowingRepeats(text);
+  if (!parsed.ok) return parsed;
+  const problem = repeatedMemberProblem(text, memberCount(parsed.value));
+  return problem === undefined ? parsed : { ok: false, message: problem };
+}
+
+/**
+ * The standard parser alone. For a caller that walks every member of the value anyway (intake's validation),
+ * counts them, and checks the count with {@link repeatedMemberProblem}, saving a second walk.
+ */
+export function parseJsonAllowingRepeats(text: string): JsonResult {
   try {
-    value = JSON.parse(text);
+    return { ok: true, value: JSON.parse(text) as unknown };
   } catch (err) {
     return { ok: false, message: `body is not valid JSON: ${(err as Error).message}` };
   }
-  if (colonsOutsideStrings(text) === memberCount(value)) return { ok: true, value };
+}
+
+/**
+ * Why `text`, valid JSON whose parsed value has `members` object members in all, is refused: undefined when no
+ * object in it repeats a member name.
+ */
+export function repeatedMemberProblem(text: string, members: number): string | undefined {
+  if (colonsOutsideStrings(text) === members) return undefined;
   const name = firstDuplicate(text);
-  return {
-    ok: false,
-    message: `body repeats the member ${JSON.stringify(name)} in one object; send each member once (which copy would count is ambiguous)`,
-  };
+  return `body repeats the member ${JSON.stringify(name)} in one object; send each member once (which copy would count is ambiguous)`;
 }
 
 /** Members of every object in `value` (iteratively: a body may nest thousands deep). */
-function memberCount(value: unknown): number {
+export function memberCount(value: unknown): number {
   let count = 0;
   const pending: unknown[] = [value];
   while (pending.length > 0) {

@@ -20,7 +20,7 @@ import type { ProofResult } from '../entitlement/entitlement.js';
 import {
   ERROR_STATUS,
   MAX_BODY_BYTES,
-  parseUsage,
+  UsageParser,
   rejection,
   type ErrorCode,
   type Rejection,
@@ -70,6 +70,7 @@ export interface IntakeOptions {
 /** The app API server. `start()` opens every configured listener; `stop()` drains them. */
 export class IntakeServer {
   readonly #options: IntakeOptions;
+  readonly #parser: UsageParser;
   readonly #servers: Server[] = [];
   #tcpAddress: ListenAddress | undefined;
   #listening = false;
@@ -80,6 +81,7 @@ export class IntakeServer {
 
   constructor(options: IntakeOptions) {
     this.#options = options;
+    this.#parser = new UsageParser(options.dimensions);
   }
 
   /** The TCP address actually bound (port 0 resolved), if TCP is on. */
@@ -272,11 +274,11 @@ export class IntakeServer {
     if (gate !== undefined) return discardAndFail(req, res, gate);
     const body = await this.#readText(req, res);
     if (body === undefined) return;
-    const reports = parseUsage(body, this.#options.dimensions);
-    if ('kind' in reports) return fail(res, reports);
+    const batch = this.#parser.parse(body);
+    if ('kind' in batch) return fail(res, batch);
     let result;
     try {
-      result = await this.#options.ledger.record(reports);
+      result = await this.#options.ledger.record(batch);
     } catch (err) {
       if (!(err instanceof StorageUnavailableError)) throw err;
       this.#options.logger.error({ err, code: err.code }, 'usage refused: the ledger cannot commit');

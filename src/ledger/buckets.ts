@@ -7,7 +7,8 @@ import { MAX_TAG_KEYS, MAX_TAG_SETS } from '../awsLimits.js';
 import { HOUR_MS } from '../clock.js';
 import { bucketTime, targetHour } from './hours.js';
 import type { KeyStore } from './keyStore.js';
-import { ledgerRejection, type LedgerRejection, type RecordResult, type UsageReport } from './ledger.js';
+import { ledgerRejection, type LedgerRejection, type RecordResult } from './ledger.js';
+import type { UsageBatch } from './usageBatch.js';
 import type { Statements } from './statements.js';
 
 /**
@@ -45,42 +46,67 @@ export class Buckets {
   }
 
   /**
-   * Adds one batch of reports, arrived at `arrivalMs`, inside the batch's savepoint: repeats of known keys are
-   * counted as duplicates, the rest summed per (dimension, tag set) into the buckets of the hour of arrival
-   * (or the next unsealed one), then every limit is checked.
+   * Adds one batch, arrived at `arrivalMs`, inside the batch's savepoint: keyed reports whose key is known (or
+   * repeated in the batch) are counted as duplicates, the rest join the batch's sums per (dimension, tag set),
+   * which go into the buckets of the hour of arrival (or the next unsealed one), then every limit is checked.
+   * Dimensions and tag sets are applied in the order the request first names them, so a rejection names the
+   * same report whichever way the batch was summed.
    * @throws BatchRejected when the batch would break a limit; the savepoint then rolls it back.
    */
-  apply(reports: readonly UsageReport[], arrivalMs: number, keys: KeyStore): RecordResult {
+  apply(batch: UsageBatch, arrivalMs: number, keys: KeyStore): RecordResult {
     const stmt = this.#stmt;
-    let duplicates = 0;
-    const seenIds = new Set<string>();
-    // Sum the batch per (dimension, tag set) first: one statement per bucket, not per report.
-    const sums = new Map<string, Map<string, { quantity: number; index: number }>>();
-    reports.forEach((report, index) => {
-      if (report.id !== undefined) {
-        if (seenIds.has(report.id) || keys.has(report.id)) {
-          duplicates++;
-          return;
-        }
-        seenIds.add(report.id);
-        keys.add(report.id, arrivalMs);
-      }
-      let byTags = sums.get(report.dimension);
+    const { sums, keyed } = batch;
+    // One statement per bucket, not per report: the batch arrives summed, and keyed reports join the sums.
+    const byDimension = new Map<string, Map<string, { quantity: number; index: number }>>();
+    const add = (dimension: string, tagsKey: string, quantity: number, index: number): void => {
+      let byTags = byDimension.get(dimension);
       if (byTags === undefined) {
         byTags = new Map<string, { quantity: number; index: number }>();
-        sums.set(report.dimension, byTags);
+        byDimension.set(dimension, byTags);
       }
-      const sum = byTags.get(report.tagsKey);
-      if (sum === undefined) byTags.set(report.tagsKey, { quantity: report.quantity, index });
-      else sum.quantity += report.quantity;
-    });
-    for (const [dimension, byTags] of sums) {
+      const sum = byTags.get(tagsKey);
+      if (sum === undefined) byTags.set(tagsKey, { quantity, index });
+      else {
+        sum.quantity += quantity;
+        if (index < sum.index) sum.index = index;
+      }
+    };
+    for (let i = 0; i < sums.dimension.length; i++)
+      add(sums.dimension[i], sums.tagsKey[i], sums.quantity[i], sums.index[i]);
+    let duplicates = 0;
+    if (keyed.id.length > 0) {
+      const known = keys.known(keyed.id);
+      const fresh: string[] = [];
+      const seen = new Set<string>();
+      for (let i = 0; i < keyed.id.length; i++) {
+        const id = keyed.id[i];
+        if (seen.has(id) || known.has(id)) {
+          duplicates++;
+          continue;
+        }
+        seen.add(id);
+        fresh.push(id);
+        add(keyed.dimension[i], keyed.tagsKey[i], keyed.quantity[i], keyed.index[i]);
+      }
+      keys.addAll(fresh, arrivalMs);
+    }
+    const byFirstIndex = <T>(m: Map<string, T>, indexOf: (v: T) => number): [string, T][] =>
+      [...m].sort((a, b) => indexOf(a[1]) - indexOf(b[1]));
+    const firstOf = (byTags: Map<string, { index: number }>): number => {
+      let first = Infinity;
+      for (const sum of byTags.values()) if (sum.index < first) first = sum.index;
+      return first;
+    };
+    const counted = new Map<string, number>();
+    for (const [dimension, byTags] of byFirstIndex(byDimension, firstOf)) {
       const hourMs = targetHour(arrivalMs, (h) => this.#isSealed(dimension, h));
       const atMs = bucketTime(arrivalMs, hourMs);
       let firstNewIndex: number | undefined;
       let firstIndex: number | undefined;
-      for (const [tagsKey, sum] of byTags) {
+      let quantity = 0;
+      for (const [tagsKey, sum] of byFirstIndex(byTags, (v) => v.index)) {
         firstIndex ??= sum.index;
+        quantity += sum.quantity;
         if (stmt.addToBucket.run(sum.quantity, atMs, dimension, hourMs, tagsKey).changes === 0) {
           stmt.insertBucket.run(dimension, hourMs, tagsKey, sum.quantity, atMs);
           firstNewIndex ??= sum.index;
@@ -90,17 +116,12 @@ export class Buckets {
         dimension,
         hourMs,
         firstNewIndex ?? firstIndex ?? 0,
-        reports.length > 1,
+        batch.size > 1,
         firstNewIndex !== undefined,
       );
-    }
-    const counted = new Map<string, number>();
-    for (const [dimension, byTags] of sums) {
-      let quantity = 0;
-      for (const sum of byTags.values()) quantity += sum.quantity;
       counted.set(dimension, quantity);
     }
-    return { kind: 'recorded', accepted: reports.length - duplicates, duplicates, counted };
+    return { kind: 'recorded', accepted: batch.size - duplicates, duplicates, counted };
   }
 
   /**

@@ -4,14 +4,8 @@
  * can move off the event loop (to a worker thread) without touching a caller.
  */
 import type { HandoffEntry, HandoffSnapshot } from './handoffStore.js';
-import type {
-  Ledger,
-  LedgerRejection,
-  LedgerStatus,
-  RecordResult,
-  StoredRecord,
-  UsageReport,
-} from './ledger.js';
+import type { Ledger, LedgerRejection, LedgerStatus, RecordResult, StoredRecord } from './ledger.js';
+import type { UsageBatch } from './usageBatch.js';
 import type { SqliteLedger } from './sqliteLedger.js';
 
 /** A {@link Ledger} backed by a {@link SqliteLedger} on the event loop's thread. */
@@ -30,8 +24,8 @@ export class InProcessLedger implements Ledger {
     return this.#ledger.files;
   }
 
-  record(reports: readonly UsageReport[]): Promise<RecordResult | LedgerRejection> {
-    return this.#ledger.record(reports);
+  record(batch: UsageBatch): Promise<RecordResult | LedgerRejection> {
+    return this.#ledger.record(batch);
   }
 
   seal(clockMs: number, includeOpen: boolean): Promise<StoredRecord[]> {

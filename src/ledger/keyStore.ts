@@ -60,10 +60,22 @@ export class KeyStore {
     return this.#stmt.keyExists.get(id) !== undefined;
   }
 
-  /** Stores `id`, arrived at `atMs`. Inside a transaction; see {@link restore} when it rolls back. */
-  add(id: string, atMs: number): void {
-    this.#stmt.insertKey.run(id, atMs, ++this.#seq);
-    this.#count++;
+  /** Which of `ids` are known: one statement for the lot. */
+  known(ids: readonly string[]): Set<string> {
+    if (ids.length === 1) return new Set(this.has(ids[0]) ? ids : []);
+    return new Set(this.#stmt.knownKeys.all(JSON.stringify(ids)) as string[]);
+  }
+
+  /**
+   * Stores `ids`, arrived at `atMs`, in their order: one statement for the lot. Inside a transaction; see
+   * {@link restore} when it rolls back.
+   */
+  addAll(ids: readonly string[], atMs: number): void {
+    if (ids.length === 0) return;
+    if (ids.length === 1) this.#stmt.insertKey.run(ids[0], atMs, this.#seq + 1);
+    else this.#stmt.insertKeys.run(atMs, this.#seq + 1, JSON.stringify(ids));
+    this.#seq += ids.length;
+    this.#count += ids.length;
   }
 
   /** The count to {@link restore} if the transaction under way rolls back. */

@@ -6,8 +6,9 @@
 import type { Clock } from '../clock.js';
 import type { MeterUsageRequest } from './hours.js';
 import type { HandoffEntry, HandoffSnapshot, HandoffSummary } from './handoffStore.js';
+import type { UsageBatch } from './usageBatch.js';
 
-/** One validated usage report, as intake hands it to the ledger. */
+/** One validated usage report; intake hands the ledger a batch of them as a {@link UsageBatch}. */
 export interface UsageReport {
   readonly dimension: string;
   readonly quantity: number;
@@ -118,7 +119,7 @@ export interface UsageLedger {
    * a {@link LedgerRejection} that stored nothing. Reports whose key is known are acknowledged as duplicates.
    * Rejects with StorageUnavailableError when the commit failed; nothing was stored.
    */
-  record(reports: readonly UsageReport[]): Promise<RecordResult | LedgerRejection>;
+  record(batch: UsageBatch): Promise<RecordResult | LedgerRejection>;
 }
 
 /**

@@ -18,8 +18,8 @@ import {
   type LedgerStatus,
   type RecordResult,
   type StoredRecord,
-  type UsageReport,
 } from './ledger.js';
+import type { UsageBatch } from './usageBatch.js';
 import { BatchRejected, Buckets } from './buckets.js';
 import {
   allocationsOf,
@@ -41,7 +41,7 @@ import { openDatabase, probeWritable } from './database.js';
 const SETTLED_RETENTION_MS = 30 * 24 * HOUR_MS;
 
 interface Queued {
-  readonly reports: readonly UsageReport[];
+  readonly batch: UsageBatch;
   readonly arrivalMs: number;
   readonly resolve: (result: RecordResult | LedgerRejection) => void;
   readonly reject: (err: unknown) => void;
@@ -147,10 +147,10 @@ export class SqliteLedger {
    * idempotency key was seen in the last 24 hours, or earlier in the batch, are acknowledged as duplicates.
    * @throws StorageUnavailableError (as a rejected promise) when the commit failed; nothing was stored.
    */
-  record(reports: readonly UsageReport[]): Promise<RecordResult | LedgerRejection> {
+  record(batch: UsageBatch): Promise<RecordResult | LedgerRejection> {
     if (this.#closed) return Promise.reject(new StorageUnavailableError('the ledger is closed'));
     return new Promise((resolve, reject) => {
-      this.#queue.push({ reports, arrivalMs: this.#timeNow(this.#options.clock.now()), resolve, reject });
+      this.#queue.push({ batch, arrivalMs: this.#timeNow(this.#options.clock.now()), resolve, reject });
       if (!this.#flushScheduled) {
         this.#flushScheduled = true;
         // Group commit: every batch queued before the next turn of the event loop shares one transaction.
@@ -194,14 +194,14 @@ export class SqliteLedger {
    * costs more than a small batch.
    */
   #transactionsOf(db: Database.Database) {
-    const batch = db.transaction((reports: readonly UsageReport[], arrivalMs: number) =>
-      this.#buckets.apply(reports, arrivalMs, this.#keys),
+    const batch = db.transaction((usage: UsageBatch, arrivalMs: number) =>
+      this.#buckets.apply(usage, arrivalMs, this.#keys),
     );
     const queue = db.transaction((items: readonly Queued[]) => {
       const results = items.map((item) => {
         const keysBefore = this.#keys.checkpoint();
         try {
-          return batch(item.reports, item.arrivalMs);
+          return batch(item.batch, item.arrivalMs);
         } catch (err) {
           // The batch's savepoint rolled back, its keys with it.
           this.#keys.restore(keysBefore);

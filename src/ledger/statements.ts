@@ -10,6 +10,14 @@ import type { LedgerStatus, RecordStatus, StoredRecord } from './ledger.js';
 const SQL = {
   keyExists: { sql: 'SELECT 1 FROM idempotency_keys WHERE id = ?', pluck: true },
   insertKey: { sql: 'INSERT INTO idempotency_keys (id, at_ms, seq) VALUES (?, ?, ?)' },
+  // A JSON array of keys: one statement however many a batch holds. json_each's `key` is the array index.
+  knownKeys: {
+    sql: 'SELECT id FROM idempotency_keys WHERE id IN (SELECT value FROM json_each(?))',
+    pluck: true,
+  },
+  insertKeys: {
+    sql: 'INSERT INTO idempotency_keys (id, at_ms, seq) SELECT value, ?, ? + key FROM json_each(?)',
+  },
   addToBucket: {
     sql: 'UPDATE buckets SET quantity = quantity + ?, first_at_ms = min(first_at_ms, ?) WHERE dimension = ? AND hour_ms = ? AND tags = ?',
   },

@@ -10,6 +10,7 @@ import { verifyEntitlementToken } from '../../src/entitlement/token.js';
 import { systemClock } from '../../src/clock.js';
 import { SqliteLedger } from '../../src/ledger/sqliteLedger.js';
 import { sidecarFixture, type Cleanups } from '../helpers/fixture.js';
+import { usageBatch } from '../../src/ledger/usageBatch.js';
 
 const cleanups: Cleanups = [];
 afterEach(async () => {
@@ -157,7 +158,7 @@ describe('entitlement at startup (built CLI against the emulator)', () => {
     // minute away stayed unsent, and on ECS or EKS its volume then died with the task.
     const { emulator, stateDir, productCode, spawn } = await setup();
     const ledger = SqliteLedger.open({ stateDir, productCode, dryRun: false, clock: systemClock });
-    await ledger.record([{ dimension: 'gb', quantity: 9, tagsKey: '{}', id: undefined }]);
+    await ledger.record(usageBatch([{ dimension: 'gb', quantity: 9, tagsKey: '{}', id: undefined }]));
     const [record] = ledger.seal(Date.now(), true);
     for (let attempt = 1; attempt <= 5; attempt++) {
       ledger.markRetry(record.id, 'ThrottlingException: Rate exceeded', Date.now() + 58_000, false);

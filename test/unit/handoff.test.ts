@@ -22,6 +22,7 @@ import { SqliteLedger } from '../../src/ledger/sqliteLedger.js';
 import { memoryLogger } from '../helpers/logger.js';
 import { ManualClock } from '../helpers/manualClock.js';
 import { TempDirs } from '../helpers/tmp.js';
+import { usageBatch } from '../../src/ledger/usageBatch.js';
 
 const H10 = Date.parse('2026-03-01T10:00:00Z');
 const dirs = new TempDirs();
@@ -84,7 +85,7 @@ function files(dir: string): string[] {
 }
 
 async function usageIn(store: SqliteLedger, reports: UsageReport[]): Promise<void> {
-  const result = await store.record(reports);
+  const result = await store.record(usageBatch(reports));
   if (result.kind !== 'recorded') throw new Error(result.message);
 }
 

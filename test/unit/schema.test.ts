@@ -13,6 +13,7 @@ import { SCHEMA_VERSION } from '../../src/ledger/schema.js';
 import { fixtureLedger } from '../helpers/ledgerFixture.js';
 import { ManualClock } from '../helpers/manualClock.js';
 import { TempDirs } from '../helpers/tmp.js';
+import { usageBatch } from '../../src/ledger/usageBatch.js';
 
 const H9 = Date.parse('2026-03-01T09:00:00Z');
 const H10 = H9 + 3_600_000;
@@ -90,7 +91,9 @@ describe('ledger migrations', () => {
       expect(pending.request.ClientToken).toBe(pending.clientToken);
       // The idempotency key is still known: a repeat is a duplicate, not counted again.
       expect(
-        await ledger.record([{ dimension: 'requests', quantity: 4, tagsKey: '{}', id: 'report-1' }]),
+        await ledger.record(
+          usageBatch([{ dimension: 'requests', quantity: 4, tagsKey: '{}', id: 'report-1' }]),
+        ),
       ).toMatchObject({ accepted: 0, duplicates: 1 });
       // The sealed hour stays sealed: late usage for it goes to the next hour.
       expect(ledger.seal(H10 + 30 * 60_000, true).map((r) => [r.dimension, r.hourStartMs])).toEqual([

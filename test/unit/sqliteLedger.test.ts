@@ -15,6 +15,7 @@ import { LEDGER_FILE } from '../../src/ledger/database.js';
 import { ManualClock } from '../helpers/manualClock.js';
 import { TempDirs } from '../helpers/tmp.js';
 import { Tmpfs } from '../helpers/tmpfs.js';
+import { usageBatch } from '../../src/ledger/usageBatch.js';
 
 const H10 = Date.parse('2026-03-01T10:00:00Z');
 const H11 = H10 + HOUR_MS;
@@ -46,13 +47,13 @@ function report(
 }
 
 async function recorded(ledger: SqliteLedger, reports: UsageReport[]): Promise<RecordResult> {
-  const result = await ledger.record(reports);
+  const result = await ledger.record(usageBatch(reports));
   if (result.kind !== 'recorded') throw new Error(`rejected: ${result.message}`);
   return result;
 }
 
 async function rejectedBy(ledger: SqliteLedger, reports: UsageReport[]): Promise<Rejection> {
-  const result = await ledger.record(reports);
+  const result = await ledger.record(usageBatch(reports));
   if (result.kind !== 'rejection') throw new Error('expected a rejection');
   return result;
 }
@@ -339,7 +340,9 @@ describe('SqliteLedger', () => {
     expect(ledger.carry(record.id, clock.now(), 'window closing')).toBe(H15);
 
     // Act: the app reports under a sixth key, and under a key the carried usage holds too.
-    const result = await ledger.record([report('a', 2, { tenant: 'acme' }), report('a', 1, { k1: 'z' })]);
+    const result = await ledger.record(
+      usageBatch([report('a', 2, { tenant: 'acme' }), report('a', 1, { k1: 'z' })]),
+    );
 
     // Assess: accepted; the hour keeps every unit, the carried part without its tags.
     expect(result).toMatchObject({ kind: 'recorded', accepted: 2 });
@@ -598,6 +601,48 @@ describe('SqliteLedger', () => {
     expect(open).toEqual([{ dimension: 'a', hourStartMs: H10, quantity: 2500, tagSets: 2500 }]);
   });
 
+  it('checks and stores the keys of a batch in bulk, counting each known or repeated key once', async () => {
+    const { clock, ledger } = setup(H10 + 60_000);
+    const keyed = (n: number, prefix: string) =>
+      Array.from({ length: n }, (_, i) => report('a', 1, { t: String(i % 3) }, `${prefix}${i}`));
+    expect(await recorded(ledger, keyed(500, 'k'))).toMatchObject({ accepted: 500, duplicates: 0 });
+    // 250 known keys, 250 new ones each sent twice, and unkeyed usage in between.
+    const mixed = [
+      ...keyed(250, 'k'),
+      report('a', 7),
+      ...keyed(250, 'n'),
+      ...keyed(250, 'n'),
+      report('b', 2),
+    ];
+    expect(await recorded(ledger, mixed)).toMatchObject({ accepted: 252, duplicates: 500 });
+    expect(ledger.keyStats().count).toBe(750);
+    const open = ledger.status(clock.now()).open;
+    expect(open).toEqual([
+      { dimension: 'a', hourStartMs: H10, quantity: 500 + 7 + 250, tagSets: 4 },
+      { dimension: 'b', hourStartMs: H10, quantity: 2, tagSets: 1 },
+    ]);
+    // The keys are stored in request order: bounded eviction forgets the oldest first.
+    expect(await recorded(ledger, [report('a', 1, undefined, 'n249')])).toMatchObject({ duplicates: 1 });
+  });
+
+  it('names the first report at fault whether or not it has a key', async () => {
+    const { ledger } = setup(H10 + 60_000);
+    await recorded(
+      ledger,
+      Array.from({ length: 2500 }, (_, i) => report('a', 1, { n: String(i) })),
+    );
+    // The keyed report at index 1 brings the 2,501st tag set; the unkeyed one at 2 would too.
+    const problem = await rejectedBy(ledger, [
+      report('b', 1),
+      report('a', 1, { n: 'new-1' }, 'key-1'),
+      report('a', 1, { n: 'new-2' }),
+    ]);
+    expect(problem).toMatchObject({ code: 'TooManyTagSets', index: 1 });
+    // A dimension named first by a keyed report is checked first.
+    const first = await rejectedBy(ledger, [report('a', 1, { n: 'new-3' }, 'key-2'), report('c', 1, {})]);
+    expect(first).toMatchObject({ code: 'TooManyTagSets', index: 0 });
+  });
+
   it('rejects a batch that would use more than 5 tag keys in one record', async () => {
     const { clock, ledger } = setup(H10 + 60_000);
     await recorded(ledger, [
@@ -619,9 +664,9 @@ describe('SqliteLedger', () => {
     );
     const commitsBefore = ledger.commits;
     const results = await Promise.all([
-      ledger.record([report('a', 1)]),
-      ledger.record([report('full', 1, { n: 'overflow' })]),
-      ledger.record([report('a', 2)]),
+      ledger.record(usageBatch([report('a', 1)])),
+      ledger.record(usageBatch([report('full', 1, { n: 'overflow' })])),
+      ledger.record(usageBatch([report('a', 2)])),
     ]);
     expect(results.map((r) => r.kind)).toEqual(['recorded', 'rejection', 'recorded']);
     expect(ledger.commits - commitsBefore).toBe(1);
@@ -672,7 +717,7 @@ describe('SqliteLedger', () => {
     const big = Array.from({ length: 2000 }, (_, i) =>
       report('a', 1, { n: `tag-set-${i}-${'x'.repeat(40)}` }),
     );
-    await expect(ledger.record(big)).rejects.toBeInstanceOf(StorageUnavailableError);
+    await expect(ledger.record(usageBatch(big))).rejects.toBeInstanceOf(StorageUnavailableError);
     fs.drain();
     await recorded(ledger, [report('a', 2)]);
 

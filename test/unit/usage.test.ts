@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { MAX_BATCH_RECORDS, parseUsage, type Rejection } from '../../src/intake/usage.js';
+import { MAX_BATCH_RECORDS, UsageParser, parseUsage, type Rejection } from '../../src/intake/usage.js';
 import type { UsageReport } from '../../src/ledger/ledger.js';
+import type { UsageColumns } from '../../src/ledger/usageBatch.js';
 
 function rejected(body: string, dimensions?: readonly string[]): Rejection {
   const result = parseUsage(body, dimensions);
@@ -8,10 +9,18 @@ function rejected(body: string, dimensions?: readonly string[]): Rejection {
   return result;
 }
 
+/** The accepted reports, in request order: a batch's rows (summed per tag set, or keyed) by first index. */
 function accepted(body: string, dimensions?: readonly string[]): UsageReport[] {
   const result = parseUsage(body, dimensions);
   if ('kind' in result) throw new Error(`expected reports, got ${JSON.stringify(result)}`);
-  return result;
+  const rows = (c: UsageColumns, id?: readonly string[]) =>
+    c.dimension.map((dimension, i) => ({
+      at: c.index[i],
+      report: { dimension, quantity: c.quantity[i], tagsKey: c.tagsKey[i], id: id?.[i] },
+    }));
+  return [...rows(result.sums), ...rows(result.keyed, result.keyed.id)]
+    .sort((a, b) => a.at - b.at)
+    .map((r) => r.report);
 }
 
 describe('parseUsage', () => {
@@ -99,6 +108,75 @@ describe('parseUsage', () => {
   it(`takes at most ${MAX_BATCH_RECORDS} records`, () => {
     const records = Array.from({ length: MAX_BATCH_RECORDS + 1 }, () => ({ dimension: 'a', quantity: 1 }));
     expect(rejected(JSON.stringify({ records })).code).toBe('TooLarge');
-    expect(accepted(JSON.stringify({ records: records.slice(1) }))).toHaveLength(MAX_BATCH_RECORDS);
+    const batch = parseUsage(JSON.stringify({ records: records.slice(1) }), undefined);
+    if ('kind' in batch) throw new Error(batch.message);
+    expect(batch.size).toBe(MAX_BATCH_RECORDS);
+    // Reports of one dimension and tag set arrive summed: one row holding all of them.
+    expect(batch.sums).toEqual({
+      dimension: ['a'],
+      tagsKey: ['{}'],
+      quantity: [MAX_BATCH_RECORDS],
+      index: [0],
+    });
+  });
+
+  it('sums reports without a key per dimension and tag set, and lists keyed ones one by one', () => {
+    const body = JSON.stringify({
+      records: [
+        { dimension: 'a', quantity: 1, tags: { t: 'x' } },
+        { dimension: 'b', quantity: 2 },
+        { dimension: 'a', quantity: 3, tags: { t: 'x' }, id: 'k1' },
+        { dimension: 'a', quantity: 4, tags: { t: 'x' } },
+        { dimension: 'a', quantity: 5, tags: { t: 'y' } },
+        { dimension: 'a', quantity: 6, tags: { t: 'x' }, id: 'k1' },
+      ],
+    });
+    const batch = parseUsage(body, undefined);
+    if ('kind' in batch) throw new Error(batch.message);
+    expect(batch.size).toBe(6);
+    expect(batch.sums).toEqual({
+      dimension: ['a', 'b', 'a'],
+      tagsKey: ['{"t":"x"}', '{}', '{"t":"y"}'],
+      quantity: [5, 2, 5],
+      index: [0, 1, 4],
+    });
+    expect(batch.keyed).toEqual({
+      dimension: ['a', 'a'],
+      tagsKey: ['{"t":"x"}', '{"t":"x"}'],
+      quantity: [3, 6],
+      index: [2, 5],
+      id: ['k1', 'k1'],
+    });
+  });
+
+  it('remembers valid tag sets and dimensions without accepting what it would refuse', () => {
+    const parser = new UsageParser(['a']);
+    const ok = '{"dimension":"a","quantity":1,"tags":{"t":"x","u":"y"}}';
+    for (let i = 0; i < 3; i++) expect('kind' in parser.parse(ok)).toBe(false);
+    // The same keys in another order are the same tag set; a prefix, a longer set or another value is new.
+    const reordered = parser.parse('{"dimension":"a","quantity":1,"tags":{"u":"y","t":"x"}}');
+    expect('kind' in reordered ? reordered : reordered.sums.tagsKey).toEqual(['{"t":"x","u":"y"}']);
+    expect(
+      parser.parse('{"dimension":"a","quantity":1,"tags":{"t":"x","u":"y","v":"bad\\u0000"}}'),
+    ).toMatchObject({
+      code: 'InvalidTags',
+    });
+    expect(parser.parse('{"dimension":"a","quantity":1,"tags":{"t":"x","u":7}}')).toMatchObject({
+      code: 'InvalidTags',
+    });
+    // A repeated member is refused even inside a tag set the parser knows.
+    expect(parser.parse('{"dimension":"a","quantity":1,"tags":{"t":"x","u":"y","u":"y"}}')).toMatchObject({
+      code: 'InvalidJson',
+    });
+    expect(parser.parse('{"dimension":"b","quantity":1}')).toMatchObject({ code: 'UnknownDimension' });
+    // Past its bound the cache starts afresh; every tag set is still validated and canonical.
+    for (let i = 0; i < 5000; i++) {
+      const batch = parser.parse(`{"dimension":"a","quantity":1,"tags":{"n":"v${i}"}}`);
+      if ('kind' in batch) throw new Error(batch.message);
+      expect(batch.sums.tagsKey[0]).toBe(`{"n":"v${i}"}`);
+    }
+    expect(parser.parse('{"dimension":"a","quantity":1,"tags":{"n":"v1","n":"v2"}}')).toMatchObject({
+      code: 'InvalidJson',
+    });
   });
 });
