@@ -27,7 +27,7 @@ import { HandoffDirectory } from './handoff/directory.js';
 import { Handoffs } from './handoff/handoffs.js';
 import { MAX_DRAIN_MS } from './intake/server.js';
 import type { Ledger } from './ledger/ledger.js';
-import { SqliteLedger } from './ledger/sqliteLedger.js';
+import { WorkerLedger } from './ledger/workerLedger.js';
 import type { Logger } from './log.js';
 import { AdminServer } from './observe/adminServer.js';
 import { keyEvictionReporter } from './observe/keyEvictions.js';
@@ -74,6 +74,9 @@ export class Agent {
   #admin: AdminServer | undefined;
   #starting: Promise<void> | undefined;
   #stopping: Promise<StopOutcome> | undefined;
+  #failure: ((err: Error) => void) | undefined;
+  /** Settles with the error if the sidecar can no longer run (its ledger's thread died); see {@link failed}. */
+  readonly #failed = new Promise<Error>((resolve) => (this.#failure = resolve));
 
   constructor(config: Config, deps: AgentDeps) {
     this.#config = config;
@@ -96,6 +99,20 @@ export class Agent {
       logger: this.#logger,
       metrics: this.#metrics,
     });
+  }
+
+  /**
+   * Resolves with the error once the running sidecar has lost something it cannot run without (the ledger's
+   * worker thread): `main` then exits at once, unanswered requests with it, as after a crash; whatever the
+   * ledger committed is in its file for the next start. Never resolves otherwise.
+   */
+  get failed(): Promise<Error> {
+    return this.#failed;
+  }
+
+  #fail(err: Error): void {
+    this.#logger.error({ err, code: errorCode(err) }, 'the ledger is lost; exiting');
+    this.#failure?.(err);
   }
 
   /** The agent's metrics registry. */
@@ -136,7 +153,7 @@ export class Agent {
     try {
       const endpoint = await this.#startEmulator();
       this.#buildClients(endpoint);
-      const { scheduler } = this.#openPipeline();
+      const { scheduler } = await this.#openPipeline();
       await this.#handoffs?.recover();
       await this.#startListeners();
       try {
@@ -218,9 +235,9 @@ export class Agent {
    * (3) The ledger, refusing a corrupt one and a state directory another sidecar holds, and the pipeline over
    * it (intake, scheduler, sender); intake and the scheduler start later.
    */
-  #openPipeline(): Pipeline {
+  async #openPipeline(): Promise<Pipeline> {
     const config = this.#config;
-    const store = SqliteLedger.open({
+    const ledger = await WorkerLedger.open({
       stateDir: config.stateDir,
       productCode: config.productCode,
       dryRun: config.dryRun,
@@ -232,12 +249,13 @@ export class Agent {
         clock: this.#clock,
         keysMax: config.idempotencyKeysMax,
       }),
+      onLost: (err) => this.#fail(err),
     });
-    this.#logger.info({ stateDir: config.stateDir, ledgerId: store.ledgerId }, 'ledger open');
+    this.#logger.info({ stateDir: config.stateDir, ledgerId: ledger.ledgerId }, 'ledger open');
     const entitlement = this.#entitlement!;
     this.#pipeline = buildPipeline({
       config,
-      store,
+      ledger,
       sendClient: this.#sendClient!,
       access: {
         gate: admissionGate(

@@ -108,7 +108,11 @@ async function run(args: readonly string[]): Promise<number> {
     logFatal(logger, err);
     return exitCodeOf(err);
   }
-  return stopped;
+  const failed = agent.failed.then((err) => {
+    logFatal(logger, err);
+    return EXIT.unexpected;
+  });
+  return Promise.race([stopped, failed]);
 }
 
 async function emulator(args: readonly string[]): Promise<number> {

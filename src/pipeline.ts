@@ -17,9 +17,7 @@ import { CODES } from './errors.js';
 import { NOT_STARTED, type Admission } from './entitlement/entitlement.js';
 import { IntakeServer, type IntakeOptions } from './intake/server.js';
 import { rejection, type Rejection } from './intake/usage.js';
-import { InProcessLedger } from './ledger/inProcessLedger.js';
 import type { Ledger, LedgerStatus } from './ledger/ledger.js';
-import type { SqliteLedger } from './ledger/sqliteLedger.js';
 import type { Logger } from './log.js';
 import { Metrics } from './observe/metrics.js';
 import type { ReadinessCheck } from './observe/readiness.js';
@@ -42,8 +40,11 @@ export type IntakeAccess = Pick<IntakeOptions, 'gate' | 'status' | 'entitlement'
 /** Inputs of {@link buildPipeline}. */
 export interface PipelineOptions {
   readonly config: PipelineConfig;
-  /** The opened ledger storage; the pipeline owns it from here on (closing `ledger` closes it). */
-  readonly store: SqliteLedger;
+  /**
+   * The opened ledger: the agent's runs on a worker thread (`WorkerLedger`); the integration tests pass an
+   * `InProcessLedger` over a SQLite ledger they can read. The pipeline owns it from here on.
+   */
+  readonly ledger: Ledger;
   /** The client sends go through: one attempt per call (`createSendClient`). */
   readonly sendClient: MarketplaceMeteringClient;
   readonly access: IntakeAccess;
@@ -64,7 +65,7 @@ export interface Pipeline {
 /** Wires intake, ledger, scheduler and sender; starts nothing. */
 export function buildPipeline(options: PipelineOptions): Pipeline {
   const { config, clock, logger, metrics } = options;
-  const ledger = new InProcessLedger(options.store);
+  const { ledger } = options;
   const sender = new MeteringSender(options.sendClient, () =>
     logger.error(
       { code: CODES.sendEvidence },

@@ -3,6 +3,7 @@ import type { MarketplaceMeteringClient } from '@aws-sdk/client-marketplace-mete
 import { SidecarClient } from '../../src/client/client.js';
 import { MeteringEmulator } from '../../src/emulator/emulator.js';
 import type { Rejection } from '../../src/intake/usage.js';
+import { InProcessLedger } from '../../src/ledger/inProcessLedger.js';
 import { SqliteLedger } from '../../src/ledger/sqliteLedger.js';
 import { buildPipeline, pipelineMetrics } from '../../src/pipeline.js';
 import { createSendClient, observeClient } from '../../src/send/client.js';
@@ -75,7 +76,7 @@ export async function startPipeline(options: PipelineOptions) {
       listen: { host: '127.0.0.1', port: 0 },
       dimensions: options.dimensions,
     },
-    store: ledger,
+    ledger: new InProcessLedger(ledger),
     sendClient: client,
     access: {
       gate: () => Promise.resolve(gate),
