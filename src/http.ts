@@ -47,6 +47,9 @@ export function readBody(req: IncomingMessage, limit: number): Promise<Body> {
     req.resume();
     return Promise.resolve({ kind: 'tooLarge' });
   }
+  // The connection went away while the request waited to be read (its handler awaited the admission gate):
+  // its 'close' has been and gone, so no listener below would ever hear of it.
+  if (req.destroyed) return Promise.resolve({ kind: 'aborted' });
   return new Promise((resolve) => {
     const chunks: Buffer[] = [];
     let size = 0;
