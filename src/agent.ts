@@ -27,7 +27,8 @@ import { HandoffDirectory } from './handoff/directory.js';
 import { Handoffs } from './handoff/handoffs.js';
 import { MAX_DRAIN_MS } from './intake/server.js';
 import type { Ledger } from './ledger/ledger.js';
-import { WorkerLedger } from './ledger/workerLedger.js';
+import { InProcessLedger } from './ledger/inProcessLedger.js';
+import { SqliteLedger } from './ledger/sqliteLedger.js';
 import type { Logger } from './log.js';
 import { AdminServer } from './observe/adminServer.js';
 import { keyEvictionReporter } from './observe/keyEvictions.js';
@@ -102,16 +103,16 @@ export class Agent {
   }
 
   /**
-   * Resolves with the error once the running sidecar has lost something it cannot run without (the ledger's
-   * worker thread): `main` then exits at once, unanswered requests with it, as after a crash; whatever the
-   * ledger committed is in its file for the next start. Never resolves otherwise.
+   * Resolves with the error once the running sidecar can no longer trust its ledger (a sync of the write-ahead
+   * log failed): `main` then exits at once, unanswered requests with it, as after a crash, and the next start
+   * recovers the file as it is. Never resolves otherwise.
    */
   get failed(): Promise<Error> {
     return this.#failed;
   }
 
   #fail(err: Error): void {
-    this.#logger.error({ err, code: errorCode(err) }, 'the ledger is lost; exiting');
+    this.#logger.error({ err, code: errorCode(err) }, 'the ledger cannot be made durable; exiting');
     this.#failure?.(err);
   }
 
@@ -153,7 +154,7 @@ export class Agent {
     try {
       const endpoint = await this.#startEmulator();
       this.#buildClients(endpoint);
-      const { scheduler } = await this.#openPipeline();
+      const { scheduler } = this.#openPipeline();
       await this.#handoffs?.recover();
       await this.#startListeners();
       try {
@@ -235,9 +236,9 @@ export class Agent {
    * (3) The ledger, refusing a corrupt one and a state directory another sidecar holds, and the pipeline over
    * it (intake, scheduler, sender); intake and the scheduler start later.
    */
-  async #openPipeline(): Promise<Pipeline> {
+  #openPipeline(): Pipeline {
     const config = this.#config;
-    const ledger = await WorkerLedger.open({
+    const store = SqliteLedger.open({
       stateDir: config.stateDir,
       productCode: config.productCode,
       dryRun: config.dryRun,
@@ -249,8 +250,9 @@ export class Agent {
         clock: this.#clock,
         keysMax: config.idempotencyKeysMax,
       }),
-      onLost: (err) => this.#fail(err),
+      onBroken: (err) => this.#fail(err),
     });
+    const ledger = new InProcessLedger(store);
     this.#logger.info({ stateDir: config.stateDir, ledgerId: ledger.ledgerId }, 'ledger open');
     const entitlement = this.#entitlement!;
     this.#pipeline = buildPipeline({

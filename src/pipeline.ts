@@ -40,10 +40,7 @@ export type IntakeAccess = Pick<IntakeOptions, 'gate' | 'status' | 'entitlement'
 /** Inputs of {@link buildPipeline}. */
 export interface PipelineOptions {
   readonly config: PipelineConfig;
-  /**
-   * The opened ledger: the agent's runs on a worker thread (`WorkerLedger`); the integration tests pass an
-   * `InProcessLedger` over a SQLite ledger they can read. The pipeline owns it from here on.
-   */
+  /** The opened ledger (an `InProcessLedger` over the SQLite ledger); the pipeline owns it from here on. */
   readonly ledger: Ledger;
   /** The client sends go through: one attempt per call (`createSendClient`). */
   readonly sendClient: MarketplaceMeteringClient;

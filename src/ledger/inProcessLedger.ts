@@ -1,7 +1,8 @@
 /**
- * The {@link Ledger} interfaces over a {@link SqliteLedger} in this process. SQLite's calls are synchronous,
- * so each answer is ready when the promise is made; the interfaces are Promise-returning so that the storage
- * can move off the event loop (to a worker thread) without touching a caller.
+ * The {@link Ledger} interfaces over a {@link SqliteLedger}: the one the agent runs. SQLite's statements are
+ * synchronous and cheap; what takes time is the disk, so every write is answered only once it is durable
+ * ({@link SqliteLedger.durable}: the write-ahead log synced on libuv's thread pool), and the event loop goes on
+ * meanwhile. A failed sync rejects the write with StorageUnavailableError.
  */
 import type { HandoffEntry, HandoffSnapshot } from './handoffStore.js';
 import type { Ledger, LedgerRejection, LedgerStatus, RecordResult, StoredRecord } from './ledger.js';
@@ -29,7 +30,7 @@ export class InProcessLedger implements Ledger {
   }
 
   seal(clockMs: number, includeOpen: boolean): Promise<StoredRecord[]> {
-    return settle(() => this.#ledger.seal(clockMs, includeOpen));
+    return this.#durably(() => this.#ledger.seal(clockMs, includeOpen));
   }
 
   due(nowMs: number): Promise<StoredRecord[]> {
@@ -53,11 +54,11 @@ export class InProcessLedger implements Ledger {
   }
 
   completeHandoff(entry: HandoffEntry, clockMs: number): Promise<boolean> {
-    return settle(() => this.#ledger.handoffs.complete(entry, clockMs));
+    return this.#durably(() => this.#ledger.handoffs.complete(entry, clockMs));
   }
 
   adoptHandoff(entry: HandoffEntry, clockMs: number): Promise<boolean> {
-    return settle(() => this.#ledger.handoffs.adopt(entry, clockMs));
+    return this.#durably(() => this.#ledger.handoffs.adopt(entry, clockMs));
   }
 
   handoffIds(): Promise<{ written: Set<string>; adopted: Set<string> }> {
@@ -65,35 +66,35 @@ export class InProcessLedger implements Ledger {
   }
 
   dueAt(id: number, atMs: number): Promise<void> {
-    return settle(() => this.#ledger.dueAt(id, atMs));
+    return this.#durably(() => this.#ledger.dueAt(id, atMs));
   }
 
   retryAllNow(nowMs: number): Promise<void> {
-    return settle(() => this.#ledger.retryAllNow(nowMs));
+    return this.#durably(() => this.#ledger.retryAllNow(nowMs));
   }
 
   markInFlight(id: number): Promise<void> {
-    return settle(() => this.#ledger.markInFlight(id));
+    return this.#durably(() => this.#ledger.markInFlight(id));
   }
 
   markSent(id: number, meteringRecordId: string, nowMs: number): Promise<void> {
-    return settle(() => this.#ledger.markSent(id, meteringRecordId, nowMs));
+    return this.#durably(() => this.#ledger.markSent(id, meteringRecordId, nowMs));
   }
 
   markRetry(id: number, error: string, nextAttemptMs: number, maybeDelivered: boolean): Promise<void> {
-    return settle(() => this.#ledger.markRetry(id, error, nextAttemptMs, maybeDelivered));
+    return this.#durably(() => this.#ledger.markRetry(id, error, nextAttemptMs, maybeDelivered));
   }
 
   markFailed(id: number, error: string, nowMs: number, attempted?: boolean): Promise<void> {
-    return settle(() => this.#ledger.markFailed(id, error, nowMs, attempted));
+    return this.#durably(() => this.#ledger.markFailed(id, error, nowMs, attempted));
   }
 
   carry(id: number, clockMs: number, reason: string): Promise<number | undefined> {
-    return settle(() => this.#ledger.carry(id, clockMs, reason));
+    return this.#durably(() => this.#ledger.carry(id, clockMs, reason));
   }
 
   prune(nowMs: number): Promise<void> {
-    return settle(() => this.#ledger.prune(nowMs));
+    return this.#durably(() => this.#ledger.prune(nowMs));
   }
 
   status(nowMs: number): Promise<LedgerStatus> {
@@ -110,6 +111,14 @@ export class InProcessLedger implements Ledger {
 
   close(): Promise<void> {
     return settle(() => this.#ledger.close());
+  }
+
+  /** Runs a write, then answers once it is on disk. */
+  #durably<T>(write: () => T): Promise<T> {
+    return settle(write).then(async (value) => {
+      await this.#ledger.durable();
+      return value;
+    });
   }
 }
 

@@ -4,9 +4,11 @@
  * ./hours.ts. The ledger sits below intake and sending: it imports neither, and answers in its own vocabulary.
  */
 import type { Clock } from '../clock.js';
+import type { StorageUnavailableError } from '../errors.js';
 import type { MeterUsageRequest } from './hours.js';
 import type { HandoffEntry, HandoffSnapshot, HandoffSummary } from './handoffStore.js';
 import type { UsageBatch } from './usageBatch.js';
+import type { SyncFile } from './walSync.js';
 
 /** One validated usage report; intake hands the ledger a batch of them as a {@link UsageBatch}. */
 export interface UsageReport {
@@ -110,6 +112,13 @@ export interface LedgerOptions {
    * oldest key still kept (the shorter window in which a resend is still recognised).
    */
   readonly onKeysEvicted?: (evicted: number, oldestKeptAtMs: number | undefined) => void;
+  /** How the write-ahead log is synced (`fdatasync` by default, ./walSync.ts); tests inject slow or failing ones. */
+  readonly syncFile?: SyncFile;
+  /**
+   * Told once if a sync of the log fails: the ledger then refuses every write (what was committed may or may not
+   * be on disk), and the agent exits so that the next start recovers the file as it is.
+   */
+  readonly onBroken?: (err: StorageUnavailableError) => void;
 }
 
 /** What intake needs of the ledger: appending usage. */

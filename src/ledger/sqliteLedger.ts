@@ -1,12 +1,15 @@
 /**
- * The hour ledger: the single source of truth for usage, on SQLite (better-sqlite3) in METERING_STATE_DIR with
- * WAL and synchronous=FULL, so a commit survives a crash or power loss. Usage accumulates in buckets per
+ * The hour ledger: the single source of truth for usage, on SQLite (better-sqlite3) in METERING_STATE_DIR in
+ * WAL mode, every commit made durable (the write-ahead log synced, ./walSync.ts) before anything depends on it, so
+ * a commit that was answered survives a crash or power loss. Usage accumulates in buckets per
  * (dimension, hour, tag set); sealing turns an hour's buckets into one record per dimension, stored with its
  * exact MeterUsage request; the sender then marks each record sent, carried or failed.
  *
  * Contract: a crash at any moment leaves every acknowledged batch counted exactly once. `record()` resolves only
- * after the transaction holding the batch has committed; batches that arrive together share one commit (group
- * commit). Sealing a bucket, storing its record and deleting the bucket happen in one transaction, as does every
+ * after the transaction holding the batch has committed and the log has been synced; batches that arrive together
+ * share one commit (group commit), and commits made while the log is being synced share the next sync. Every other
+ * write is synchronous here and made durable by {@link SqliteLedger.durable}, which callers await before acting
+ * on it (`InProcessLedger` does, for the rest of the sidecar). Sealing a bucket, storing its record and deleting the bucket happen in one transaction, as does every
  * carry. An unreadable or newer-schema database raises LedgerCorruptError; it is never reset.
  */
 import Database from 'better-sqlite3';
@@ -36,6 +39,7 @@ import { DEFAULT_IDEMPOTENCY_KEYS_MAX } from './keys.js';
 import { prepareStatements, readStatus, toRecord, type RecordRow, type Statements } from './statements.js';
 import type { StateLock } from './stateLock.js';
 import { openDatabase, probeWritable } from './database.js';
+import { WalSync } from './walSync.js';
 
 /** Settled (sent or carried) records are kept this long for status and audits; failed ones until a human acts. */
 const SETTLED_RETENTION_MS = 30 * 24 * HOUR_MS;
@@ -56,6 +60,8 @@ export class SqliteLedger {
   readonly #sealed = new Map<string, Set<number>>();
   #queue: Queued[] = [];
   #flushScheduled = false;
+  /** A group's commit is being synced; see {@link SqliteLedger.#scheduleFlush}. */
+  #groupSyncing = false;
   #closed = false;
   #commits = 0;
   /** The latest time the ledger has used; see {@link SqliteLedger.#timeNow}. */
@@ -70,6 +76,9 @@ export class SqliteLedger {
   readonly #path: string;
   /** The state directory's lock, held while the ledger is open (see ./stateLock.ts). */
   readonly #lock: StateLock;
+  readonly #wal: WalSync;
+  /** Set once a sync of the log failed: every write is refused from then on. */
+  #broken: StorageUnavailableError | undefined;
   private constructor(db: Database.Database, options: LedgerOptions, ledgerId: string, lock: StateLock) {
     this.#db = db;
     this.#lock = lock;
@@ -107,6 +116,7 @@ export class SqliteLedger {
     }[]) {
       this.#markSealed(row.dimension, row.hour_ms);
     }
+    this.#wal = new WalSync(`${this.#path}-wal`, options.stateDir, options.syncFile);
   }
 
   /**
@@ -117,7 +127,38 @@ export class SqliteLedger {
    */
   static open(options: LedgerOptions): SqliteLedger {
     const { db, lock, ledgerId } = openDatabase(options.stateDir, options.clock.now());
-    return new SqliteLedger(db, options, ledgerId, lock);
+    try {
+      return new SqliteLedger(db, options, ledgerId, lock);
+    } catch (err) {
+      db.close();
+      lock.release();
+      throw new StorageUnavailableError(`cannot open the ledger at ${db.name} (${describeError(err)})`, {
+        cause: err,
+      });
+    }
+  }
+
+  /**
+   * Resolves once every commit made so far is on disk (one sync of the log shared by all who wait for it).
+   * Rejects with StorageUnavailableError when the sync fails; the ledger then refuses every later write.
+   */
+  durable(): Promise<void> {
+    if (this.#broken !== undefined) return Promise.reject(this.#broken);
+    return this.#wal.sync().catch((err: unknown) => {
+      throw this.#break(err);
+    });
+  }
+
+  /** Marks the ledger broken by a failed sync (once) and returns the error every write answers from now on. */
+  #break(err: unknown): StorageUnavailableError {
+    if (this.#broken !== undefined) return this.#broken;
+    const broken = new StorageUnavailableError(
+      `the ledger's write-ahead log could not be synced (${describeError(err)}); what it holds is recovered at the next start`,
+      { cause: err },
+    );
+    this.#broken = broken;
+    this.#options.onBroken?.(broken);
+    return broken;
   }
 
   /** Transactions committed by {@link record} so far (several batches share one under load). */
@@ -151,12 +192,19 @@ export class SqliteLedger {
     if (this.#closed) return Promise.reject(new StorageUnavailableError('the ledger is closed'));
     return new Promise((resolve, reject) => {
       this.#queue.push({ batch, arrivalMs: this.#timeNow(this.#options.clock.now()), resolve, reject });
-      if (!this.#flushScheduled) {
-        this.#flushScheduled = true;
-        // Group commit: every batch queued before the next turn of the event loop shares one transaction.
-        setImmediate(() => this.#flush());
-      }
+      this.#scheduleFlush();
     });
+  }
+
+  /**
+   * Group commit: every batch queued before the next turn of the event loop shares one transaction, and while a
+   * group's sync is under way the batches that arrive wait for it and form the next group. The event loop goes
+   * on parsing meanwhile, and each sync covers as many batches as the old blocking commit did.
+   */
+  #scheduleFlush(): void {
+    if (this.#flushScheduled || this.#groupSyncing || this.#queue.length === 0) return;
+    this.#flushScheduled = true;
+    setImmediate(() => this.#flush());
   }
 
   /** Commits every queued batch in one transaction; each batch in its own savepoint. */
@@ -165,6 +213,10 @@ export class SqliteLedger {
     const queue = this.#queue;
     this.#queue = [];
     if (queue.length === 0) return;
+    if (this.#broken !== undefined) {
+      for (const item of queue) item.reject(this.#broken);
+      return;
+    }
     let results: (RecordResult | LedgerRejection)[];
     let evicted: number;
     const keysBefore = this.#keys.checkpoint();
@@ -179,8 +231,20 @@ export class SqliteLedger {
       for (const item of queue) item.reject(failure);
       return;
     }
-    queue.forEach((item, i) => item.resolve(results[i]));
     if (evicted > 0) this.#options.onKeysEvicted?.(evicted, this.#keys.oldestAtMs());
+    // Answered only once the commit is on disk.
+    this.#groupSyncing = true;
+    void this.durable()
+      .then(
+        () => queue.forEach((item, i) => item.resolve(results[i])),
+        (err: unknown) => {
+          for (const item of queue) item.reject(err);
+        },
+      )
+      .finally(() => {
+        this.#groupSyncing = false;
+        this.#scheduleFlush();
+      });
   }
 
   /** The idempotency keys kept: how many, and the arrival time of the oldest. */
@@ -224,6 +288,7 @@ export class SqliteLedger {
    * @throws StorageUnavailableError when the transaction could not commit; nothing changed.
    */
   seal(clockMs: number, includeOpen: boolean): StoredRecord[] {
+    if (this.#broken !== undefined) throw this.#broken;
     this.#timeNow(clockMs); // keeps the high-water mark moving with the clock
     const stmt = this.#stmt;
     const sealedNow: { dimension: string; hourMs: number }[] = [];
@@ -279,6 +344,7 @@ export class SqliteLedger {
 
   /** Handing what is left to another sidecar, and adopting what others left (./handoffStore.ts). */
   get handoffs(): HandoffStore {
+    if (this.#broken !== undefined) throw this.#broken;
     return this.#handoffs;
   }
 
@@ -375,6 +441,7 @@ export class SqliteLedger {
    * before usage is refused. Used by readiness; never throws.
    */
   writable(nowMs: number): { ok: true } | { ok: false; reason: string } {
+    if (this.#broken !== undefined) return { ok: false, reason: this.#broken.message };
     return probeWritable(this.#options.stateDir, () => this.#stmt.probe.run(String(nowMs)));
   }
 
@@ -401,11 +468,14 @@ export class SqliteLedger {
     if (this.#closed) return;
     this.#flush();
     this.#closed = true;
+    // The last connection's close checkpoints the log into the database and syncs both.
     this.#db.close();
+    this.#wal.close();
     this.#lock.release();
   }
 
   #write<T>(fn: () => T): T {
+    if (this.#broken !== undefined) throw this.#broken;
     try {
       return fn();
     } catch (err) {
