@@ -19,7 +19,7 @@ import { hostname } from 'node:os';
 import type { MarketplaceMeteringClient } from '@aws-sdk/client-marketplace-metering';
 import type { Clock } from './clock.js';
 import type { Config } from './config.js';
-import { MeteringEmulator } from './emulator/emulator.js';
+import type { MeteringEmulator } from './emulator/emulator.js';
 import { Entitlement, NOT_STARTED } from './entitlement/entitlement.js';
 import { CODES, errorCode } from './errors.js';
 import { EXIT } from './exitCodes.js';
@@ -192,6 +192,8 @@ export class Agent {
       return config.endpoint;
     }
     const log = this.#logger.child({ component: 'emulator' });
+    // Loaded only in local mode: a production sidecar never holds the emulator's code.
+    const { MeteringEmulator } = await import('./emulator/emulator.js');
     this.#emulator = new MeteringEmulator({
       productCode: config.productCode,
       ...(config.dimensions ? { dimensions: config.dimensions } : {}),

@@ -10,12 +10,9 @@
  */
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { Agent } from './agent.js';
 import { SidecarClient, type ApiAddress } from './client/client.js';
 import { systemClock } from './clock.js';
 import { loadClientConfig, loadConfig } from './config.js';
-import { MeteringEmulator } from './emulator/emulator.js';
-import { parseQuota } from './emulator/quota.js';
 import {
   AgentError,
   AwsUnavailableError,
@@ -27,6 +24,9 @@ import {
 } from './errors.js';
 import { EXIT } from './exitCodes.js';
 import { createLogger } from './log.js';
+
+// Each command loads only what it runs: `healthcheck` (every 15 s in the image) and `status` need the client
+// alone, not the SDK, the ledger or the emulator (docs/benchmarks.md, "Footprint").
 
 const HELP = `metering-sidecar — AWS Marketplace metering for container products
 
@@ -75,6 +75,7 @@ async function run(args: readonly string[]): Promise<number> {
   const { values } = parse(args, { local: { type: 'boolean' } });
   const config = loadConfig(process.env, { local: values.local === true });
   const logger = createLogger(config.logLevel);
+  const { Agent } = await import('./agent.js');
   const agent = new Agent(config, { logger, clock: systemClock });
 
   let signalled: NodeJS.Signals | undefined;
@@ -129,6 +130,10 @@ async function emulator(args: readonly string[]): Promise<number> {
     ?.split(',')
     .map((d) => d.trim())
     .filter((d) => d !== '');
+  const [{ MeteringEmulator }, { parseQuota }] = await Promise.all([
+    import('./emulator/emulator.js'),
+    import('./emulator/quota.js'),
+  ]);
   const quota = parseQuota(values.quota ?? 'off');
   if ('problem' in quota) throw new UsageError(quota.problem);
   const server = new MeteringEmulator({
