@@ -3,7 +3,7 @@
  * local mode with the embedded emulator, and the standalone emulator command.
  */
 import { execFile } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -44,6 +44,16 @@ async function cli(
 }
 
 describe('metering-sidecar CLI', () => {
+  it('runs as its first line says, with the Node.js options it ships with', async () => {
+    const first = readFileSync(MAIN, 'utf8').split('\n')[0];
+    expect(first).toBe('#!/usr/bin/env -S node --max-semi-space-size=4');
+    // As the kernel runs a script: the interpreter, the rest of the line as one argument, then the script.
+    const { stdout } = await run('/usr/bin/env', [first.slice('#!/usr/bin/env '.length), MAIN, '--version'], {
+      env: { PATH: process.env['PATH'] ?? '' },
+    });
+    expect(stdout.trim()).toMatch(/^\d+\.\d+\.\d+$/);
+  });
+
   it('exits 78 listing every configuration problem at once', async () => {
     const result = await cli(['run'], { METERING_LISTEN: '0.0.0.0:8181', METERING_ENTITLEMENT: 'sometimes' });
     expect(result.code).toBe(78);
