@@ -6,8 +6,8 @@
  *
  * The first line is how the command runs (the image's entry point, `npx metering-sidecar`): V8's young
  * generation is kept to 4 MB per semi-space. Its default grows to 16 MB (Node.js 20) or more (Node.js 24) under
- * load, for garbage a request leaves behind in microseconds; capped, the sidecar's peak memory under load drops
- * by 50 MB on Node.js 24 at the same throughput (docs/benchmarks.md, "Footprint").
+ * load, for garbage a request leaves behind in microseconds; capped, the sidecar's peak memory under load is
+ * lower at the same throughput (docs/benchmarks.md, "Footprint").
  *
  * Exit codes (docs/metering.md): 0 clean shutdown with nothing unsent; 75 records left in the ledger; 77 not
  * entitled; 78 bad configuration, or a state directory another sidecar holds; 69 AWS unreachable at startup;
