@@ -106,18 +106,20 @@ async function run(args: readonly string[]): Promise<number> {
     process.on('SIGINT', onSignal);
   });
 
+  const failed = agent.failed.then((err) => {
+    logFatal(logger, err);
+    return EXIT.unexpected;
+  });
   try {
-    await agent.start();
+    // The ledger can break while startup still runs (entitlement may retry for minutes).
+    const broken = await Promise.race([agent.start().then(() => undefined), failed]);
+    if (broken !== undefined) return broken;
   } catch (err) {
     // A signal during startup (for instance while entitlement is retried) is a shutdown, not a failure.
     if (signalled !== undefined) return stopped;
     logFatal(logger, err);
     return exitCodeOf(err);
   }
-  const failed = agent.failed.then((err) => {
-    logFatal(logger, err);
-    return EXIT.unexpected;
-  });
   return Promise.race([stopped, failed]);
 }
 

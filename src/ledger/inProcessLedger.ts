@@ -50,7 +50,8 @@ export class InProcessLedger implements Ledger {
   }
 
   handoffSnapshot(): Promise<HandoffSnapshot> {
-    return settle(() => this.#ledger.handoffs.snapshot());
+    // A snapshot is published to other sidecars: only once everything in it is on disk.
+    return this.#durably(() => this.#ledger.handoffs.snapshot());
   }
 
   completeHandoff(entry: HandoffEntry, clockMs: number): Promise<boolean> {

@@ -144,9 +144,16 @@ export class SqliteLedger {
    */
   durable(): Promise<void> {
     if (this.#broken !== undefined) return Promise.reject(this.#broken);
-    return this.#wal.sync().catch((err: unknown) => {
-      throw this.#break(err);
-    });
+    // Closing synced the log on the way out: nothing committed before it is left to sync.
+    if (this.#closed) return Promise.resolve();
+    return this.#wal.sync().then(
+      () => {
+        if (this.#broken !== undefined) throw this.#broken;
+      },
+      (err: unknown) => {
+        throw this.#break(err);
+      },
+    );
   }
 
   /** Marks the ledger broken by a failed sync (once) and returns the error every write answers from now on. */
@@ -468,9 +475,13 @@ export class SqliteLedger {
     if (this.#closed) return;
     this.#flush();
     this.#closed = true;
-    // The last connection's close checkpoints the log into the database and syncs both.
+    // Everything committed is synced here, before the database closes (which checkpoints the log into it).
+    try {
+      this.#wal.closeAfterSync();
+    } catch (err) {
+      this.#break(err);
+    }
     this.#db.close();
-    this.#wal.close();
     this.#lock.release();
   }
 

@@ -30,6 +30,12 @@ export class WalSync {
   #running: Promise<void> | undefined;
   /** The sync queued behind it, shared by every commit made while it runs. */
   #queued: Promise<void> | undefined;
+  /**
+   * The first failure, answered to every later sync: Linux reports a writeback error once per open file, so a
+   * later `fdatasync` can succeed although frames before it never reached the disk.
+   */
+  #failed: Error | undefined;
+  #closed = false;
 
   /**
    * Opens the log at `walPath` (SQLite has created it by the first read of a WAL-mode database), syncs it with
@@ -58,6 +64,8 @@ export class WalSync {
    * commits it should have covered may or may not be durable).
    */
   sync(): Promise<void> {
+    if (this.#failed !== undefined) return Promise.reject(this.#failed);
+    if (this.#closed) return Promise.reject(new Error('the write-ahead log is closed'));
     if (this.#running === undefined) return this.#start();
     // The sync under way may have begun before the latest commit: one more, after it, covers it.
     this.#queued ??= this.#running.then(
@@ -67,26 +75,45 @@ export class WalSync {
     return this.#queued;
   }
 
-  /** Closes the log's descriptor (SQLite keeps its own) once no sync uses it any more. */
-  close(): void {
+  /**
+   * Syncs the log one last time, on this thread, before the database closes; then closes the descriptor once
+   * no sync uses it any more. Syncs asked for later are refused.
+   * @throws when that last sync fails.
+   */
+  closeAfterSync(): void {
+    this.#closed = true;
+    try {
+      if (this.#failed === undefined) fdatasyncSync(this.#fd);
+    } finally {
+      this.#closeFd();
+    }
+  }
+
+  #closeFd(): void {
     const pending = this.#queued ?? this.#running;
     if (pending === undefined) closeSync(this.#fd);
     else
       void pending.then(
-        () => this.close(),
-        () => this.close(),
+        () => this.#closeFd(),
+        () => this.#closeFd(),
       );
   }
 
   #startQueued(): Promise<void> {
     this.#queued = undefined;
+    if (this.#failed !== undefined) return Promise.reject(this.#failed);
     return this.#start();
   }
 
   #start(): Promise<void> {
-    const running = this.#syncFile(this.#fd).finally(() => {
-      if (this.#running === running) this.#running = undefined;
-    });
+    const running = this.#syncFile(this.#fd)
+      .catch((err: unknown) => {
+        this.#failed ??= err instanceof Error ? err : new Error(String(err));
+        throw err;
+      })
+      .finally(() => {
+        if (this.#running === running) this.#running = undefined;
+      });
     this.#running = running;
     return running;
   }

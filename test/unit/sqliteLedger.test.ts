@@ -140,6 +140,36 @@ describe('SqliteLedger', () => {
     expect(syncs.started).toBe(2);
   });
 
+  // Regression: Linux reports a writeback error once per file, so a sync queued behind a failed one could
+  // succeed and answer "durable" for commits whose earlier frames never reached the disk.
+  it('answers no sync as durable once one has failed, not even one queued behind it', async () => {
+    const dir = dirs.make();
+    const clock = new ManualClock(H10 + 60_000);
+    const syncs = new HeldSyncs();
+    const ledger = openLedger(dir, clock, { syncFile: syncs.syncFile });
+    const recording = ledger.record(usageBatch([report('a', 1)]));
+    await until(() => syncs.started === 1);
+    const queued = ledger.durable(); // a commit made while the first sync runs
+    syncs.fail(Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' }));
+    await expect(recording).rejects.toBeInstanceOf(StorageUnavailableError);
+    await expect(queued).rejects.toBeInstanceOf(StorageUnavailableError);
+    expect(syncs.started).toBe(1);
+  });
+
+  it('syncs the log on the way out, so nothing committed before closing waits for a sync', async () => {
+    const dir = dirs.make();
+    const clock = new ManualClock(H10 + 60_000);
+    const syncs = new HeldSyncs();
+    const ledger = openLedger(dir, clock, { syncFile: syncs.syncFile });
+    const recording = ledger.record(usageBatch([report('a', 2)]));
+    ledger.close(); // commits the queued batch and syncs it before the file closes
+    syncs.finish();
+    expect(await recording).toMatchObject({ kind: 'recorded', accepted: 1 });
+    await expect(ledger.durable()).resolves.toBeUndefined();
+    const again = openLedger(dir, clock);
+    expect(again.status(clock.now()).open[0].quantity).toBe(2);
+  });
+
   it('answers every write of the sending side only once it is on disk', async () => {
     const dir = dirs.make();
     const clock = new ManualClock(H10 + 60_000);
