@@ -1,26 +1,18 @@
 // What each module the sidecar loads adds to its resident memory (npm run bench:modules; not part of npm test).
 // Each step runs in a fresh Node.js process that imports the steps before it and then this one, collects
 // garbage, and reads VmRSS: a step's share is the difference to the step before, in the order the sidecar
-// loads them. The last steps are the sidecar itself, idle, as `run` starts it (local mode and production).
+// loads them; the last two are the sidecar's own modules and its ledger, opened.
 //
 //   node bench/modules.mjs [--runs N] [--image-node]   (median of N runs per step, default 3; --image-node: under
 //                                                      the image's Node.js, prepared by scripts/image-node.sh)
-import { execFileSync, spawnSync } from 'node:child_process';
-import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { spawnSync } from 'node:child_process';
+import { childNode } from './childNode.mjs';
 
-const REPO = fileURLToPath(new URL('..', import.meta.url));
 const runsAt = process.argv.indexOf('--runs');
 const runs = runsAt > 0 ? Number(process.argv[runsAt + 1]) : 3;
-const IMAGE_NODE = process.argv.includes('--image-node')
-  ? execFileSync(join(REPO, 'scripts/image-node.sh'), {
-      encoding: 'utf8',
-      stdio: ['ignore', 'pipe', 'inherit'],
-    }).trim()
-  : undefined;
-const NODE = IMAGE_NODE ? join(IMAGE_NODE, 'bin/node') : process.execPath;
+const { node: NODE, root, version } = childNode();
 // Where dist/ and node_modules/ are: this checkout, or the copy built for the image's Node.js.
-const ROOT = IMAGE_NODE ? `${join(IMAGE_NODE, 'app')}/` : REPO;
+const ROOT = `${root}/`;
 
 const STEPS = [
   ['node:http, node:net (Node.js itself)', "await import('node:http'); await import('node:net');"],
@@ -62,7 +54,6 @@ function rssAfter(code) {
   return values.sort((a, b) => a - b)[Math.floor(values.length / 2)];
 }
 
-const version = execFileSync(NODE, ['--version'], { encoding: 'utf8' }).trim();
 console.log(`RSS per module, Node ${version}, median of ${runs} runs per step\n`);
 console.log('| step | RSS (MB) | added (MB) |');
 console.log('|---|---:|---:|');

@@ -35,6 +35,7 @@ import { fileURLToPath } from 'node:url';
 import autocannon from 'autocannon';
 import { MarketplaceMeteringClient, MeterUsageCommand } from '@aws-sdk/client-marketplace-metering';
 import { MeteringEmulator } from '../dist/emulator/emulator.js';
+import { childNode } from './childNode.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const arg = (name) => {
@@ -45,15 +46,8 @@ const DURATION_S = Number(arg('--duration') ?? 8);
 const PROFILE = process.argv.includes('--profile');
 const ONLY = arg('--only');
 // The Node.js binary and the sidecar build the children run: this Node.js and dist/, or the image's.
-const IMAGE_NODE = process.argv.includes('--image-node')
-  ? execFileSync(join(ROOT, 'scripts/image-node.sh'), {
-      encoding: 'utf8',
-      stdio: ['ignore', 'pipe', 'inherit'],
-    }).trim()
-  : undefined;
-const NODE = IMAGE_NODE ? join(IMAGE_NODE, 'bin/node') : process.execPath;
-const MAIN = IMAGE_NODE ? join(IMAGE_NODE, 'app/dist/main.js') : join(ROOT, 'dist/main.js');
-const CHILD_NODE_VERSION = execFileSync(NODE, ['--version'], { encoding: 'utf8' }).trim();
+const { node: NODE, root: CHILD_ROOT, version: CHILD_NODE_VERSION } = childNode();
+const MAIN = join(CHILD_ROOT, 'dist/main.js');
 // The sidecar runs with the Node.js options its command line ships with (the first line of dist/main.js).
 const SHIPPED_FLAGS = (
   /^#!\/usr\/bin\/env -S node(.*)$/.exec(readFileSync(MAIN, 'utf8').split('\n')[0])?.[1] ?? ''
