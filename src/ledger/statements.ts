@@ -99,14 +99,18 @@ const SQL = {
   failed: {
     sql: "SELECT dimension, hour_ms, quantity, last_error FROM records WHERE status = 'failed' ORDER BY hour_ms DESC LIMIT 100",
   },
-  pruneKeys: { sql: 'DELETE FROM idempotency_keys WHERE at_ms < ?' },
+  // Keys are stored in arrival order (seq is the row id), so pruning and eviction delete a prefix of rows: up
+  // to the first key young enough to keep, or the oldest n. Neither needs an index beyond the row id.
+  pruneKeys: {
+    sql: 'DELETE FROM idempotency_keys WHERE seq < coalesce((SELECT seq FROM idempotency_keys WHERE at_ms >= ? ORDER BY seq LIMIT 1), 9223372036854775807)',
+  },
   evictKeys: {
-    sql: 'DELETE FROM idempotency_keys WHERE id IN (SELECT id FROM idempotency_keys ORDER BY seq LIMIT ?)',
+    sql: 'DELETE FROM idempotency_keys WHERE seq < (SELECT seq FROM idempotency_keys ORDER BY seq LIMIT 1 OFFSET ?)',
   },
   setHighWater: {
     sql: "INSERT INTO meta (key, value) VALUES ('high_water_ms', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
   },
-  oldestKey: { sql: 'SELECT min(at_ms) FROM idempotency_keys', pluck: true },
+  oldestKey: { sql: 'SELECT at_ms FROM idempotency_keys ORDER BY seq LIMIT 1', pluck: true },
   setKeyHorizon: {
     sql: "INSERT INTO meta (key, value) VALUES ('key_horizon_ms', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
   },

@@ -115,6 +115,23 @@ describe('ledger migrations', () => {
     },
   );
 
+  it('keeps the idempotency keys in their arrival order when they move to a table ordered by it', async () => {
+    const dir = fixtureLedger(dirs.make(), 'ledger-v1.sql');
+    const db = new Database(join(dir, LEDGER_FILE));
+    // Version 1 kept no arrival order: its keys are ordered by arrival time.
+    db.exec(
+      `INSERT INTO idempotency_keys (id, at_ms) VALUES ('c', ${H10 + 3}), ('a', ${H10 + 1}), ('b', ${H10 + 2})`,
+    );
+    db.close();
+    const ledger = openLedger(dir);
+    await ledger.record(usageBatch([{ dimension: 'requests', quantity: 1, tagsKey: '{}', id: 'd' }]));
+    ledger.close();
+    const after = new Database(join(dir, LEDGER_FILE), { readonly: true });
+    const ids = after.prepare('SELECT id FROM idempotency_keys ORDER BY seq').pluck().all();
+    after.close();
+    expect(ids).toEqual(['a', 'b', 'c', 'report-1', 'd']); // report-1 arrived at 10:03
+  });
+
   it('runs each step in one transaction: a step that fails leaves the file at its previous version', () => {
     // Prepare: a version-1 file on which step 2 fails half-way: it adds records.in_flight, then cannot add
     // buckets.carried_quantity (a view stands where the table should be).
