@@ -100,7 +100,10 @@ const SQL = {
     sql: "SELECT dimension, hour_ms, quantity, last_error FROM records WHERE status = 'failed' ORDER BY hour_ms DESC LIMIT 100",
   },
   // Keys are stored in arrival order (seq is the row id), so pruning and eviction delete a prefix of rows: up
-  // to the first key young enough to keep, or the oldest n. Neither needs an index beyond the row id.
+  // to the first key young enough to keep, or the oldest n. Neither needs an index beyond the row id. Arrival
+  // times rise with seq (keys are stamped with the ledger's high-water mark, saved with them); were one ever
+  // out of order, pruning would stop early and keep keys too long, never forget one too soon.
+  // `oldestKey` reads the first row for the same reason.
   pruneKeys: {
     sql: 'DELETE FROM idempotency_keys WHERE seq < coalesce((SELECT seq FROM idempotency_keys WHERE at_ms >= ? ORDER BY seq LIMIT 1), 9223372036854775807)',
   },
