@@ -76,7 +76,7 @@ export class Agent {
   #starting: Promise<void> | undefined;
   #stopping: Promise<StopOutcome> | undefined;
   #failure: ((err: Error) => void) | undefined;
-  /** Settles with the error if the sidecar can no longer run (its ledger's thread died); see {@link failed}. */
+  /** Settles with the error if the sidecar can no longer run (its ledger cannot be synced); see {@link failed}. */
   readonly #failed = new Promise<Error>((resolve) => (this.#failure = resolve));
 
   constructor(config: Config, deps: AgentDeps) {
@@ -111,8 +111,8 @@ export class Agent {
     return this.#failed;
   }
 
+  /** `main` logs the error as fatal and exits. */
   #fail(err: Error): void {
-    this.#logger.error({ err, code: errorCode(err) }, 'the ledger cannot be made durable; exiting');
     this.#failure?.(err);
   }
 

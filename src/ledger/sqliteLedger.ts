@@ -1,16 +1,16 @@
 /**
  * The hour ledger: the single source of truth for usage, on SQLite (better-sqlite3) in METERING_STATE_DIR in
- * WAL mode, every commit made durable (the write-ahead log synced, ./walSync.ts) before anything depends on it, so
- * a commit that was answered survives a crash or power loss. Usage accumulates in buckets per
+ * WAL mode, every commit made durable (the write-ahead log synced, ./walSync.ts) before anything depends on it,
+ * so a commit that was answered survives a crash or power loss. Usage accumulates in buckets per
  * (dimension, hour, tag set); sealing turns an hour's buckets into one record per dimension, stored with its
  * exact MeterUsage request; the sender then marks each record sent, carried or failed.
  *
  * Contract: a crash at any moment leaves every acknowledged batch counted exactly once. `record()` resolves only
  * after the transaction holding the batch has committed and the log has been synced; batches that arrive together
- * share one commit (group commit), and commits made while the log is being synced share the next sync. Every other
- * write is synchronous here and made durable by {@link SqliteLedger.durable}, which callers await before acting
- * on it (`InProcessLedger` does, for the rest of the sidecar). Sealing a bucket, storing its record and deleting the bucket happen in one transaction, as does every
- * carry. An unreadable or newer-schema database raises LedgerCorruptError; it is never reset.
+ * share one commit (group commit), and batches that arrive while it is synced form the next. Every other write is
+ * synchronous here and made durable by {@link SqliteLedger.durable}, which callers await before acting on it
+ * (`InProcessLedger` does, for the rest of the sidecar). Sealing a bucket, storing its record and deleting the
+ * bucket happen in one transaction, as does every carry. An unreadable or newer-schema database raises LedgerCorruptError; it is never reset.
  */
 import Database from 'better-sqlite3';
 import { HOUR_MS } from '../clock.js';
