@@ -193,13 +193,18 @@ export class Agent {
     }
     const log = this.#logger.child({ component: 'emulator' });
     // Loaded only in local mode: a production sidecar never holds the emulator's code.
-    const { MeteringEmulator } = await import('./emulator/emulator.js');
+    const { MeteringEmulator, loggedInput } = await import('./emulator/emulator.js');
     this.#emulator = new MeteringEmulator({
       productCode: config.productCode,
       ...(config.dimensions ? { dimensions: config.dimensions } : {}),
       onCall: (call) =>
         log.info(
-          { operation: call.operation, status: call.status, error: call.error, input: call.input },
+          {
+            operation: call.operation,
+            status: call.status,
+            error: call.error,
+            input: loggedInput(call.input),
+          },
           'emulator call',
         ),
     });

@@ -137,7 +137,7 @@ async function emulator(args: readonly string[]): Promise<number> {
     ?.split(',')
     .map((d) => d.trim())
     .filter((d) => d !== '');
-  const [{ MeteringEmulator }, { parseQuota }] = await Promise.all([
+  const [{ MeteringEmulator, loggedInput }, { parseQuota }] = await Promise.all([
     import('./emulator/emulator.js'),
     import('./emulator/quota.js'),
   ]);
@@ -148,7 +148,9 @@ async function emulator(args: readonly string[]): Promise<number> {
     ...(dimensions ? { dimensions } : {}),
     quota: quota.rates,
     onCall: (call) =>
-      process.stdout.write(`${JSON.stringify({ time: new Date(call.atMs).toISOString(), ...call })}\n`),
+      process.stdout.write(
+        `${JSON.stringify({ time: new Date(call.atMs).toISOString(), ...call, input: loggedInput(call.input) })}\n`,
+      ),
   });
   const url = await server.start({ host: values.host ?? '127.0.0.1', port });
   process.stdout.write(

@@ -166,6 +166,12 @@ export function carryDeadline(timestampMs: number): number {
   return timestampMs + MAX_RECORD_AGE_MS - CARRY_MARGIN_MS;
 }
 
+/** One tag of a UsageAllocation. */
+export interface Tag {
+  readonly Key: string;
+  readonly Value: string;
+}
+
 /** The MeterUsage request of a sealed record, as stored in the ledger and resent byte-identical. */
 export interface MeterUsageRequest {
   readonly ProductCode: string;
@@ -175,7 +181,7 @@ export interface MeterUsageRequest {
   readonly UsageQuantity: number;
   readonly UsageAllocations?: readonly {
     readonly AllocatedUsageQuantity: number;
-    readonly Tags?: readonly { readonly Key: string; readonly Value: string }[];
+    readonly Tags?: readonly Tag[];
   }[];
   readonly ClientToken: string;
   readonly DryRun?: boolean;
@@ -191,8 +197,10 @@ export function meterUsageRequest(options: {
   seal: Seal;
   clientToken: string;
   dryRun: boolean;
+  /** Tags already built per tag set, shared by the records of one seal (dimensions often share tag sets). */
+  tagsCache?: Map<string, readonly Tag[]>;
 }): MeterUsageRequest {
-  const { seal: s } = options;
+  const { seal: s, tagsCache = new Map<string, readonly Tag[]>() } = options;
   const tagged = s.allocations.some((a) => a.tagsKey !== '{}');
   return {
     ProductCode: options.productCode,
@@ -202,11 +210,13 @@ export function meterUsageRequest(options: {
     ...(tagged
       ? {
           UsageAllocations: s.allocations.map((a) => {
-            const tags = Object.entries(JSON.parse(a.tagsKey) as Record<string, string>);
-            return {
-              AllocatedUsageQuantity: a.quantity,
-              ...(tags.length > 0 ? { Tags: tags.map(([Key, Value]) => ({ Key, Value })) } : {}),
-            };
+            let tags = tagsCache.get(a.tagsKey);
+            if (tags === undefined) {
+              const entries = Object.entries(JSON.parse(a.tagsKey) as Record<string, string>);
+              tags = entries.map(([Key, Value]) => ({ Key, Value }));
+              tagsCache.set(a.tagsKey, tags);
+            }
+            return { AllocatedUsageQuantity: a.quantity, ...(tags.length > 0 ? { Tags: tags } : {}) };
           }),
         }
       : {}),

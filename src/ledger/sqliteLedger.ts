@@ -32,6 +32,7 @@ import {
   meterUsageRequest,
   recordTimestamp,
   seal,
+  type Tag,
 } from './hours.js';
 import { HandoffStore } from './handoffStore.js';
 import { KeyStore } from './keyStore.js';
@@ -300,6 +301,7 @@ export class SqliteLedger {
     const stmt = this.#stmt;
     const sealedNow: { dimension: string; hourMs: number }[] = [];
     try {
+      const tagsCache = new Map<string, readonly Tag[]>();
       const records = this.#db.transaction(() => {
         const out: StoredRecord[] = [];
         const hours = stmt.bucketHours.all() as { dimension: string; hour_ms: number }[];
@@ -322,6 +324,7 @@ export class SqliteLedger {
             seal: sealed,
             clientToken: token,
             dryRun: this.#options.dryRun,
+            tagsCache,
           });
           const row = stmt.insertRecord.get(
             dimension,

@@ -156,8 +156,9 @@ export interface RecordRow {
   metering_record_id: string | null;
 }
 
-/** A records row as the rest of the ledger sees it. */
+/** A records row as the rest of the ledger sees it; its request is parsed each time it is read. */
 export function toRecord(row: RecordRow): StoredRecord {
+  const text = row.request;
   return {
     id: row.id,
     dimension: row.dimension,
@@ -165,7 +166,11 @@ export function toRecord(row: RecordRow): StoredRecord {
     quantity: row.quantity,
     timestampMs: row.timestamp_ms,
     clientToken: row.client_token,
-    request: JSON.parse(row.request) as MeterUsageRequest,
+    // Parsed when read, not kept: a due list of 24 records of 2,500 allocations holds only their stored text, and
+    // each is parsed when it is sent.
+    get request(): MeterUsageRequest {
+      return JSON.parse(text) as MeterUsageRequest;
+    },
     status: row.status,
     attempts: row.attempts,
     nextAttemptMs: row.next_attempt_ms,

@@ -27,6 +27,7 @@ import {
   requestFingerprint,
 } from '../../src/emulator/meterUsageIdempotency.js';
 import type { MeterUsageLimits, MeterUsageRequest } from '../../src/emulator/meterUsageRules.js';
+import { LOGGED_ALLOCATIONS, loggedInput } from '../../src/emulator/emulator.js';
 
 const NOW_MS = Date.UTC(2026, 10, 26, 10, 30);
 const LIMITS: MeterUsageLimits = { productCode: 'prod-1', dimensions: undefined, nowMs: NOW_MS };
@@ -438,5 +439,32 @@ describe('decideMeterUsage', () => {
         error: { name: 'DuplicateRequestException' },
       },
     );
+  });
+});
+
+describe('loggedInput', () => {
+  const allocation = (i: number) => ({
+    AllocatedUsageQuantity: 1,
+    Tags: [{ Key: 'tenant', Value: `t${i}` }],
+  });
+
+  it('keeps a small input whole, and inputs without allocations as they are', () => {
+    const small = { UsageDimension: 'requests', UsageAllocations: [allocation(0)] };
+    expect(loggedInput(small)).toBe(small);
+    expect(loggedInput({ Nonce: 'n' })).toEqual({ Nonce: 'n' });
+    expect(loggedInput(undefined)).toBeUndefined();
+    expect(loggedInput('text')).toBe('text');
+  });
+
+  it('shows the first allocations of a large input and counts them all, leaving the input unchanged', () => {
+    const allocations = Array.from({ length: 2500 }, (_, i) => allocation(i));
+    const input = { UsageDimension: 'requests', UsageQuantity: 2500, UsageAllocations: allocations };
+    expect(loggedInput(input)).toEqual({
+      UsageDimension: 'requests',
+      UsageQuantity: 2500,
+      UsageAllocations: allocations.slice(0, LOGGED_ALLOCATIONS),
+      UsageAllocationsCount: 2500,
+    });
+    expect(input.UsageAllocations).toHaveLength(2500);
   });
 });
