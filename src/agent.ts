@@ -17,7 +17,7 @@
  */
 import { hostname } from 'node:os';
 import type { MarketplaceMeteringClient } from '@aws-sdk/client-marketplace-metering';
-import type { Clock } from './clock.js';
+import { HOUR_MS, type Clock } from './clock.js';
 import type { Config } from './config.js';
 import type { MeteringEmulator } from './emulator/emulator.js';
 import { Entitlement, NOT_STARTED } from './entitlement/entitlement.js';
@@ -35,6 +35,7 @@ import { keyEvictionReporter } from './observe/keyEvictions.js';
 import type { Metrics } from './observe/metrics.js';
 import { Readiness, type ReadinessCheck } from './observe/readiness.js';
 import { statusBody } from './observe/status.js';
+import { platformIdentity, type PlatformIdentity } from './platform.js';
 import { admissionGate, buildPipeline, leftInLedger, pipelineMetrics, type Pipeline } from './pipeline.js';
 import { flushPlan } from './schedule/scheduler.js';
 import { createMeteringClient, createSendClient, observeClient } from './send/client.js';
@@ -56,6 +57,8 @@ export interface StopOutcome {
 export interface AgentDeps {
   readonly logger: Logger;
   readonly clock: Clock;
+  /** Where the platform's variables are read (ECS task metadata, the pod's identity); `process.env` by default. */
+  readonly env?: Readonly<Record<string, string | undefined>>;
 }
 
 /** Runs the sidecar; see the module comment for the lifecycle. */
@@ -63,6 +66,7 @@ export class Agent {
   readonly #config: Config;
   readonly #logger: Logger;
   readonly #clock: Clock;
+  readonly #env: Readonly<Record<string, string | undefined>>;
   readonly #metrics: Metrics;
   readonly #readiness: Readiness;
   readonly #abort = new AbortController();
@@ -83,6 +87,7 @@ export class Agent {
     this.#config = config;
     this.#logger = deps.logger;
     this.#clock = deps.clock;
+    this.#env = deps.env ?? process.env;
     // The ledger as the observers see it: none before it opens, and none once shutdown has begun.
     const ledger = (): Ledger | undefined => (this.#stopping === undefined ? this.#ledger : undefined);
     this.#metrics = pipelineMetrics({
@@ -154,7 +159,7 @@ export class Agent {
     try {
       const endpoint = await this.#startEmulator();
       this.#buildClients(endpoint);
-      const { scheduler } = this.#openPipeline();
+      const { scheduler } = this.#openPipeline(await this.#platformIdentity());
       await this.#handoffs?.recover();
       await this.#startListeners();
       try {
@@ -239,11 +244,19 @@ export class Agent {
     });
   }
 
+  /** Which task or pod this is (../platform.ts), for the records it seals; a platform that does not tell is warned of. */
+  async #platformIdentity(): Promise<PlatformIdentity> {
+    const { identity, problem } = await platformIdentity(this.#env, this.#config.pod);
+    if (problem !== undefined) this.#logger.warn({ code: CODES.platformIdentity }, problem);
+    this.#logger.info({ identity }, 'platform identity');
+    return identity;
+  }
+
   /**
    * (3) The ledger, refusing a corrupt one and a state directory another sidecar holds, and the pipeline over
    * it (intake, scheduler, sender); intake and the scheduler start later.
    */
-  #openPipeline(): Pipeline {
+  #openPipeline(identity: PlatformIdentity): Pipeline {
     const config = this.#config;
     const store = SqliteLedger.open({
       stateDir: config.stateDir,
@@ -251,6 +264,8 @@ export class Agent {
       dryRun: config.dryRun,
       clock: this.#clock,
       idempotencyKeysMax: config.idempotencyKeysMax,
+      retentionMs: config.retentionDays * 24 * HOUR_MS,
+      identity: JSON.stringify(identity),
       onKeysEvicted: keyEvictionReporter({
         metrics: this.#metrics,
         logger: this.#logger,

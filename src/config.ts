@@ -15,7 +15,7 @@ import {
 } from './awsLimits.js';
 import { ConfigError, type ConfigProblem } from './errors.js';
 import { maxTickGapMs } from './ledger/hours.js';
-import { DEFAULT_IDEMPOTENCY_KEYS_MAX } from './ledger/keys.js';
+import { DEFAULT_IDEMPOTENCY_KEYS_MAX, DEFAULT_RETENTION_DAYS } from './ledger/keys.js';
 import { longestTickGapMs } from './schedule/cadence.js';
 
 export type { ListenAddress } from './address.js';
@@ -54,6 +54,10 @@ export interface Config {
   readonly shutdownTimeoutSeconds: number;
   /** Most idempotency keys kept (METERING_IDEMPOTENCY_KEYS_MAX); the oldest are forgotten beyond it. */
   readonly idempotencyKeysMax: number;
+  /** Days a settled record is kept for the reconciliation export (METERING_RETENTION_DAYS). */
+  readonly retentionDays: number;
+  /** The pod's identity from the downward API (METERING_POD_NAMESPACE, _NAME, _UID; the chart sets them). */
+  readonly pod: PodIdentity;
   readonly logLevel: LogLevel;
   readonly local: boolean;
   readonly region: string;
@@ -61,6 +65,13 @@ export interface Config {
   readonly endpoint: string | undefined;
   /** True when long-term keys are in the environment (AWS accepts only the task role or IRSA for metering). */
   readonly staticCredentials: boolean;
+}
+
+/** What the downward API tells of the pod; each field absent when not set. */
+export interface PodIdentity {
+  readonly namespace?: string;
+  readonly name?: string;
+  readonly uid?: string;
 }
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
@@ -92,6 +103,7 @@ export const DEFAULTS = {
   sendJitterSeconds: '3000',
   shutdownTimeoutSeconds: '20',
   idempotencyKeysMax: String(DEFAULT_IDEMPOTENCY_KEYS_MAX),
+  retentionDays: String(DEFAULT_RETENTION_DAYS),
   logLevel: 'info',
 } as const;
 
@@ -118,8 +130,12 @@ export const ENVIRONMENT_VARIABLES: readonly string[] = Object.freeze([
   'METERING_DRY_RUN',
   'METERING_SHUTDOWN_TIMEOUT_SECONDS',
   'METERING_IDEMPOTENCY_KEYS_MAX',
+  'METERING_RETENTION_DAYS',
   'METERING_LOG_LEVEL',
   'METERING_LOCAL',
+  'METERING_POD_NAMESPACE',
+  'METERING_POD_NAME',
+  'METERING_POD_UID',
   'AWS_REGION',
   'AWS_ENDPOINT_URL_MARKETPLACE_METERING',
 ]);
@@ -244,9 +260,7 @@ function readListeners(r: Reader) {
     r.problem('METERING_ADMIN_LISTEN', 'a port different from METERING_LISTEN');
   }
 
-  const stateDir = resolve(
-    r.get('METERING_STATE_DIR') ?? (r.local ? LOCAL_DEFAULTS.stateDir : DEFAULTS.stateDir),
-  );
+  const stateDir = stateDirOf(r.get('METERING_STATE_DIR'), r.local);
 
   const handoffRaw = r.get('METERING_HANDOFF_DIR');
   const handoffDir = handoffRaw === undefined ? undefined : resolve(handoffRaw);
@@ -310,6 +324,21 @@ function readSending(r: Reader) {
     r.problem,
   );
 
+  const retentionDays = parseInteger(
+    r.env,
+    'METERING_RETENTION_DAYS',
+    DEFAULTS.retentionDays,
+    1,
+    3650,
+    r.problem,
+  );
+
+  const pod: PodIdentity = {
+    ...optional('namespace', r.get('METERING_POD_NAMESPACE')),
+    ...optional('name', r.get('METERING_POD_NAME')),
+    ...optional('uid', r.get('METERING_POD_UID')),
+  };
+
   const logLevelRaw = (r.get('METERING_LOG_LEVEL') ?? DEFAULTS.logLevel).toLowerCase();
   const logLevel = LOG_LEVELS.find((l) => l === logLevelRaw);
   if (logLevel === undefined) r.problem('METERING_LOG_LEVEL', `one of ${LOG_LEVELS.join(', ')}`);
@@ -320,6 +349,8 @@ function readSending(r: Reader) {
     dryRun,
     shutdownTimeoutSeconds,
     idempotencyKeysMax,
+    retentionDays,
+    pod,
     logLevel: logLevel!,
   };
 }
@@ -371,6 +402,29 @@ export function loadClientConfig(env: Env, overrides: ConfigOverrides = {}): Cli
   const adminListen = parseListen(env, 'METERING_ADMIN_LISTEN', DEFAULTS.adminListen, false, problem);
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze({ socketPath, listen, adminListen });
+}
+
+/**
+ * The state directory the CLI's `export` reads, from METERING_STATE_DIR and METERING_LOCAL with the defaults of
+ * {@link loadConfig}; nothing else is needed to read a ledger.
+ * @throws ConfigError when METERING_LOCAL is not a boolean.
+ */
+export function loadStateDir(env: Env, overrides: ConfigOverrides = {}): string {
+  const problems: ConfigProblem[] = [];
+  const problem = (variable: string, expected: string): void => {
+    problems.push({ variable, value: env[variable], expected });
+  };
+  const local = overrides.local === true || parseBoolean(env, 'METERING_LOCAL', false, problem);
+  if (problems.length > 0) throw new ConfigError(problems);
+  return stateDirOf(env['METERING_STATE_DIR']?.trim() || undefined, local);
+}
+
+function optional<K extends string>(key: K, value: string | undefined): Partial<Record<K, string>> {
+  return value === undefined ? {} : ({ [key]: value } as Record<K, string>);
+}
+
+function stateDirOf(raw: string | undefined, local: boolean): string {
+  return resolve(raw ?? (local ? LOCAL_DEFAULTS.stateDir : DEFAULTS.stateDir));
 }
 
 type Report = (variable: string, expected: string) => void;

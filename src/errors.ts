@@ -35,6 +35,8 @@ export const CODES = Object.freeze({
   handoffUncertain: 'ERR_HANDOFF_UNCERTAIN',
   /** A handoff of another product or version, or not readable, is left in the directory (a warning). */
   handoffIgnored: 'ERR_HANDOFF_IGNORED',
+  /** The ECS task metadata endpoint did not answer: records are sealed without the task ARN (a warning). */
+  platformIdentity: 'ERR_PLATFORM_IDENTITY',
   /** A bug in the emulator behind a request. */
   emulatorInternal: 'ERR_EMULATOR_INTERNAL',
   /** The emulator's onCall callback threw. */

@@ -214,7 +214,8 @@ interface PendingRow {
   last_error: string | null;
 }
 
-interface UncertainRow {
+/** A row of `uncertain_records`. */
+export interface UncertainRow {
   handoff_id: string;
   origin_ledger_id: string;
   dimension: string;

@@ -112,6 +112,13 @@ export interface LedgerOptions {
    * oldest key still kept (the shorter window in which a resend is still recognised).
    */
   readonly onKeysEvicted?: (evicted: number, oldestKeptAtMs: number | undefined) => void;
+  /** How long settled records are kept (METERING_RETENTION_DAYS); default `DEFAULT_RETENTION_MS` (./keys.ts). */
+  readonly retentionMs?: number;
+  /**
+   * The platform identity of this sidecar (`platformIdentity` in ../platform.ts, as JSON), stored with each
+   * record it seals for the reconciliation export.
+   */
+  readonly identity?: string;
   /** How the write-ahead log is synced (`fdatasync` by default, ./walSync.ts); tests inject slow or failing ones. */
   readonly syncFile?: SyncFile;
   /**

@@ -18,13 +18,15 @@
  * - 4: `idempotency_keys` keyed by `seq` (the arrival order, as the row id) with a unique index on the key:
  *   two B-trees instead of three for every key stored and forgotten, and forgetting the oldest is a range
  *   delete. The keys keep their arrival order.
+ * - 5: `records.sealed_by`, the platform identity of the sidecar that sealed the record (ECS task ARN, or pod
+ *   name and UID, and the host), as JSON, for the reconciliation export; null for records sealed earlier.
  */
 import { randomUUID } from 'node:crypto';
 import type Database from 'better-sqlite3';
 import { LedgerCorruptError, StorageUnavailableError, describeError, errorCode } from '../errors.js';
 
 /** The version this build writes. */
-export const SCHEMA_VERSION = 4;
+export const SCHEMA_VERSION = 5;
 
 /** What the first step needs to create a ledger. */
 interface Creation {
@@ -133,6 +135,12 @@ const STEPS: readonly Step[] = [
         DROP TABLE idempotency_keys;
         ALTER TABLE idempotency_keys_v4 RENAME TO idempotency_keys;
       `);
+    },
+  },
+  {
+    to: 5,
+    up(db) {
+      db.exec('ALTER TABLE records ADD COLUMN sealed_by TEXT');
     },
   },
 ];

@@ -36,14 +36,13 @@ import {
 } from './hours.js';
 import { HandoffStore } from './handoffStore.js';
 import { KeyStore } from './keyStore.js';
-import { DEFAULT_IDEMPOTENCY_KEYS_MAX } from './keys.js';
+import { DEFAULT_IDEMPOTENCY_KEYS_MAX, DEFAULT_RETENTION_MS } from './keys.js';
 import { prepareStatements, readStatus, toRecord, type RecordRow, type Statements } from './statements.js';
 import type { StateLock } from './stateLock.js';
 import { openDatabase, probeWritable } from './database.js';
 import { WalSync } from './walSync.js';
 
 /** Settled (sent or carried) records are kept this long for status and audits; failed ones until a human acts. */
-const SETTLED_RETENTION_MS = 30 * 24 * HOUR_MS;
 
 interface Queued {
   readonly batch: UsageBatch;
@@ -336,6 +335,7 @@ export class SqliteLedger {
             // Clock readings, not the stamping time: a record is due, and was sealed, by the clock.
             clockMs,
             clockMs,
+            this.#options.identity ?? null,
           ) as RecordRow;
           sealedNow.push({ dimension, hourMs });
           out.push(toRecord(row));
@@ -468,7 +468,10 @@ export class SqliteLedger {
     this.#write(() => this.#keys.prune(nowMs));
     const unsealed = this.#write(
       () =>
-        this.#stmt.pruneSettled.all(nowMs - SETTLED_RETENTION_MS) as { dimension: string; hour_ms: number }[],
+        this.#stmt.pruneSettled.all(nowMs - (this.#options.retentionMs ?? DEFAULT_RETENTION_MS)) as {
+          dimension: string;
+          hour_ms: number;
+        }[],
     );
     for (const row of unsealed) this.#sealed.get(row.dimension)?.delete(row.hour_ms);
   }

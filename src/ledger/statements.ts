@@ -58,8 +58,8 @@ const SQL = {
   },
   deleteBuckets: { sql: 'DELETE FROM buckets WHERE dimension = ? AND hour_ms = ?' },
   insertRecord: {
-    sql: `INSERT INTO records (dimension, hour_ms, quantity, timestamp_ms, client_token, request, status, next_attempt_ms, sealed_at_ms)
-       VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?) RETURNING *`,
+    sql: `INSERT INTO records (dimension, hour_ms, quantity, timestamp_ms, client_token, request, status, next_attempt_ms, sealed_at_ms, sealed_by)
+       VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?) RETURNING *`,
   },
   due: {
     sql: "SELECT * FROM records WHERE status = 'pending' AND next_attempt_ms <= ? ORDER BY timestamp_ms, id",
@@ -154,6 +154,12 @@ export interface RecordRow {
   in_flight: number;
   last_error: string | null;
   metering_record_id: string | null;
+  sealed_at_ms: number;
+  settled_at_ms: number | null;
+  carried_to_hour_ms: number | null;
+  handoff_id: string | null;
+  /** The sealing sidecar's platform identity as JSON (schema 5); null before. */
+  sealed_by: string | null;
 }
 
 /** A records row as the rest of the ledger sees it; its request is parsed each time it is read. */

@@ -13,7 +13,11 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse, stringify } from 'yaml';
 import { ENVIRONMENT_VARIABLES, loadConfig } from '../../src/config.js';
-import { DEFAULT_IDEMPOTENCY_KEYS_MAX, IDEMPOTENCY_KEY_MAX_BYTES } from '../../src/ledger/keys.js';
+import {
+  DEFAULT_IDEMPOTENCY_KEYS_MAX,
+  DEFAULT_RETENTION_DAYS,
+  IDEMPOTENCY_KEY_MAX_BYTES,
+} from '../../src/ledger/keys.js';
 import {
   CHART_DIR,
   KUBE_VERSION,
@@ -138,6 +142,7 @@ const FULL = {
     sendJitterSeconds: 60,
     shutdownTimeoutSeconds: 40,
     idempotencyKeysMax: 300000,
+    retentionDays: 60,
     logLevel: 'debug',
     dryRun: true,
     listen: '127.0.0.1:18181',
@@ -236,10 +241,20 @@ function quantityBytes(quantity: string): number {
   return Number(match[1]) * (match[2] === undefined ? 1 : units[match[2]]);
 }
 
+/**
+ * A container's environment by name. A variable from the downward API reads as `fieldRef:` and its field path
+ * (`fieldRef:metadata.name`); every other one must have a string value.
+ */
 function envOf(container: Container): Map<string, string> {
   const env = new Map<string, string>();
   for (const entry of listAt(container, 'env')) {
     expect(env.has(String(entry['name'])), `duplicate env ${String(entry['name'])}`).toBe(false);
+    const fieldPath = at(entry, 'valueFrom', 'fieldRef', 'fieldPath');
+    if (fieldPath !== undefined) {
+      expect(typeof fieldPath, `env ${String(entry['name'])} has a field path`).toBe('string');
+      env.set(String(entry['name']), `fieldRef:${fieldPath as string}`);
+      continue;
+    }
     expect(typeof entry['value'], `env ${String(entry['name'])} has a string value`).toBe('string');
     env.set(String(entry['name']), String(entry['value']));
   }
@@ -280,6 +295,11 @@ describe('helm chart metering-sidecar: lint and values schema', () => {
   it("defaults the idempotency-key bound to the sidecar's own default", () => {
     const values = parse(readFileSync(join(CHART_DIR, 'values.yaml'), 'utf8')) as unknown;
     expect(at(values, 'sidecar', 'idempotencyKeysMax')).toBe(DEFAULT_IDEMPOTENCY_KEYS_MAX);
+  });
+
+  it("defaults the retention of settled records to the sidecar's own default", () => {
+    const values = parse(readFileSync(join(CHART_DIR, 'values.yaml'), 'utf8')) as unknown;
+    expect(at(values, 'sidecar', 'retentionDays')).toBe(DEFAULT_RETENTION_DAYS);
   });
 
   it('passes helm lint --strict with a valid value set', async () => {
@@ -553,6 +573,16 @@ describe.each(Object.entries(VALUE_SETS))(
       expect(keysMax).toBeGreaterThanOrEqual(1000);
       // The keys, at their longest, take at most half the volume.
       expect(2 * keysMax * IDEMPOTENCY_KEY_MAX_BYTES).toBeLessThanOrEqual(quantityBytes(sizeLimit));
+    });
+
+    it('tells the sidecar its pod from the downward API, and how long to keep settled records', () => {
+      const env = envOf(sidecar);
+      expect(env.get('METERING_POD_NAMESPACE')).toBe('fieldRef:metadata.namespace');
+      expect(env.get('METERING_POD_NAME')).toBe('fieldRef:metadata.name');
+      expect(env.get('METERING_POD_UID')).toBe('fieldRef:metadata.uid');
+      const retention =
+        (at(set.values, 'sidecar', 'retentionDays') as number | undefined) ?? DEFAULT_RETENTION_DAYS;
+      expect(env.get('METERING_RETENTION_DAYS')).toBe(String(retention));
     });
 
     it('sets only environment variables the sidecar reads', () => {

@@ -1,9 +1,9 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { generateKeyPairSync } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { loadClientConfig, loadConfig } from '../../src/config.js';
+import { loadClientConfig, loadConfig, loadStateDir } from '../../src/config.js';
 import { ConfigError } from '../../src/errors.js';
 
 const REQUIRED = {
@@ -163,6 +163,27 @@ describe('loadConfig', () => {
     ]);
   });
 
+  it('keeps settled records 45 days by default, as METERING_RETENTION_DAYS says, from 1 to 3650', () => {
+    expect(loadConfig(REQUIRED).retentionDays).toBe(45);
+    expect(loadConfig({ ...REQUIRED, METERING_RETENTION_DAYS: '400' }).retentionDays).toBe(400);
+    for (const value of ['0', '3651', '30d'])
+      expect(problemsOf({ ...REQUIRED, METERING_RETENTION_DAYS: value })).toEqual([
+        { variable: 'METERING_RETENTION_DAYS', value, expected: 'an integer from 1 to 3650' },
+      ]);
+  });
+
+  it('reads the pod identity the chart sets from the downward API, each part optional', () => {
+    expect(loadConfig(REQUIRED).pod).toEqual({});
+    expect(
+      loadConfig({
+        ...REQUIRED,
+        METERING_POD_NAMESPACE: 'shop',
+        METERING_POD_NAME: ' app-0 ',
+        METERING_POD_UID: '1f2e',
+      }).pod,
+    ).toEqual({ namespace: 'shop', name: 'app-0', uid: '1f2e' });
+  });
+
   // Regression: without an allow-list a typo'd dimension was acknowledged, refused by AWS, and never billed.
   it('requires METERING_DIMENSIONS outside local mode, and not in it', () => {
     const problems = problemsOf({ METERING_PRODUCT_CODE: 'prod-123', AWS_REGION: 'us-east-1' });
@@ -301,6 +322,16 @@ describe('ENVIRONMENT_VARIABLES', () => {
     read.delete('AWS_ACCESS_KEY_ID'); // only checked for the static-credentials warning; the SDK reads it
     const { ENVIRONMENT_VARIABLES } = await import('../../src/config.js');
     expect([...ENVIRONMENT_VARIABLES].sort()).toEqual([...read].sort());
+  });
+});
+
+describe('loadStateDir', () => {
+  it('finds the ledger where loadConfig puts it, with the same defaults', () => {
+    expect(loadStateDir({})).toBe(loadConfig(REQUIRED).stateDir);
+    expect(loadStateDir({ METERING_LOCAL: 'true' })).toBe(loadConfig({ METERING_LOCAL: 'true' }).stateDir);
+    expect(loadStateDir({}, { local: true })).toBe(resolve('.metering-local/state'));
+    expect(loadStateDir({ METERING_STATE_DIR: '/data/x' })).toBe('/data/x');
+    expect(() => loadStateDir({ METERING_LOCAL: 'maybe' })).toThrow(ConfigError);
   });
 });
 

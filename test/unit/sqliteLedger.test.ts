@@ -611,6 +611,46 @@ describe('SqliteLedger', () => {
     });
   });
 
+  it('keeps settled records for the retention it is given, and failed records until a human acts', async () => {
+    const dir = dirs.make();
+    const clock = new ManualClock(H10 + 60_000);
+    const ledger = SqliteLedger.open({
+      stateDir: dir,
+      productCode: 'prod',
+      dryRun: false,
+      clock,
+      retentionMs: 2 * 24 * HOUR_MS,
+    });
+    open.push(ledger);
+    await recorded(ledger, [report('sent', 1), report('failed', 2)]);
+    clock.set(H11 + 60_000);
+    const sealed = new Map(ledger.seal(clock.now(), false).map((r) => [r.dimension, r.id]));
+    const settledAt = clock.now();
+    ledger.markSent(sealed.get('sent')!, 'mrid', settledAt);
+    ledger.markFailed(sealed.get('failed')!, 'InvalidTagException: x', settledAt);
+    clock.set(settledAt + 2 * 24 * HOUR_MS - 1);
+    ledger.prune(clock.now());
+    expect(ledger.status(clock.now()).records).toMatchObject({ sent: 1, failed: 1 });
+    clock.set(settledAt + 2 * 24 * HOUR_MS + 1);
+    ledger.prune(clock.now());
+    expect(ledger.status(clock.now()).records).toMatchObject({ sent: 0, failed: 1 });
+  });
+
+  it('keeps settled records 45 days by default', async () => {
+    const { clock, ledger } = setup(H10 + 60_000);
+    await recorded(ledger, [report('sent', 1)]);
+    clock.set(H11 + 60_000);
+    const [record] = ledger.seal(clock.now(), false);
+    ledger.markSent(record.id, 'mrid', clock.now());
+    const settledAt = clock.now();
+    clock.set(settledAt + 45 * 24 * HOUR_MS - 1);
+    ledger.prune(clock.now());
+    expect(ledger.status(clock.now()).records.sent).toBe(1);
+    clock.set(settledAt + 45 * 24 * HOUR_MS + 1);
+    ledger.prune(clock.now());
+    expect(ledger.status(clock.now()).records.sent).toBe(0);
+  });
+
   // Decision (docs/metering.md): a wall clock jumping more than 24 h forward must not forget every key at once.
   it('forgets keys no faster than time passes when the wall clock jumps a day forward', async () => {
     const { clock, ledger } = setup(H10 + 60_000);

@@ -213,6 +213,21 @@ Usage from a parent chart:
       value: {{ $v.shutdownTimeoutSeconds | int | quote }}
     - name: METERING_IDEMPOTENCY_KEYS_MAX
       value: {{ $v.idempotencyKeysMax | int | quote }}
+    - name: METERING_RETENTION_DAYS
+      value: {{ $v.retentionDays | int | quote }}
+    # The pod's identity, stored with every record it seals for the reconciliation export.
+    - name: METERING_POD_NAMESPACE
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.namespace
+    - name: METERING_POD_NAME
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.name
+    - name: METERING_POD_UID
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.uid
     - name: METERING_LOG_LEVEL
       value: {{ $v.logLevel | quote }}
     - name: METERING_DRY_RUN
