@@ -14,17 +14,20 @@
  * 64 bad command line; 1 anything unexpected.
  */
 import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { SidecarClient, type ApiAddress } from './client/client.js';
 import { systemClock } from './clock.js';
-import { loadClientConfig, loadConfig } from './config.js';
+import { loadClientConfig, loadConfig, loadStateDir } from './config.js';
 import {
   AgentError,
   AwsUnavailableError,
   CODES,
   ConfigError,
+  LedgerCorruptError,
   NotEntitledError,
   StateLockedError,
+  StorageUnavailableError,
   UsageError,
 } from './errors.js';
 import { EXIT } from './exitCodes.js';
@@ -42,6 +45,9 @@ Usage:
   metering-sidecar report DIMENSION QUANTITY [--tag k=v]... [--id KEY]
                                                    report usage through the app API
   metering-sidecar status [--json]                 show what the sidecar holds
+  metering-sidecar export [--since T] [--until T] [--format csv|jsonl] [--daily] [--state-dir DIR]
+                                                   print the ledger's records (or their daily rollup) for
+                                                   reconciliation; T is an ISO 8601 date or UTC time
   metering-sidecar healthcheck                     exit 0 when ready, 1 otherwise (for Docker and ECS)
   metering-sidecar --version | --help
 
@@ -66,6 +72,8 @@ async function main(argv: readonly string[]): Promise<number> {
       return report(rest);
     case 'status':
       return status(rest);
+    case 'export':
+      return exportRecords(rest);
     case 'healthcheck':
       return healthcheck(rest);
     case 'help':
@@ -206,6 +214,84 @@ async function status(args: readonly string[]): Promise<number> {
     process.stdout.write(formatStatusTable(reply.body as StatusBody));
   }
   return reply.status === 200 ? EXIT.ok : EXIT.unexpected;
+}
+
+/**
+ * The reconciliation export (docs/operations.md): the ledger of METERING_STATE_DIR (or `--state-dir`), read-only,
+ * whether its sidecar runs or not, as CSV or JSON lines on stdout.
+ */
+async function exportRecords(args: readonly string[]): Promise<number> {
+  const { values } = parse(args, {
+    since: { type: 'string' },
+    until: { type: 'string' },
+    format: { type: 'string', default: 'csv' },
+    daily: { type: 'boolean' },
+    'state-dir': { type: 'string' },
+    local: { type: 'boolean' },
+  });
+  const [
+    { LedgerExport },
+    { DAILY_COLUMNS, EXPORT_FORMATS, RECORD_COLUMNS, dailyRollup, recordRow, writeRows },
+  ] = await Promise.all([import('./ledger/exportReader.js'), import('./export.js')]);
+  const format = EXPORT_FORMATS.find((f) => f === values.format);
+  if (format === undefined)
+    throw new UsageError(`--format must be csv or jsonl, got ${JSON.stringify(values.format)}`);
+  const sinceMs = values.since === undefined ? undefined : isoTime('--since', values.since);
+  const untilMs = values.until === undefined ? undefined : isoTime('--until', values.until);
+  if (sinceMs !== undefined && untilMs !== undefined && sinceMs >= untilMs)
+    throw new UsageError('--since must be before --until');
+  const stateDir = values['state-dir'] ?? loadStateDir(process.env, { local: values.local === true });
+  let records;
+  try {
+    const ledger = LedgerExport.open(resolve(stateDir));
+    try {
+      records = ledger.records({
+        ...(sinceMs !== undefined ? { sinceMs } : {}),
+        ...(untilMs !== undefined ? { untilMs } : {}),
+      });
+    } finally {
+      ledger.close();
+    }
+  } catch (err) {
+    if (!(err instanceof StorageUnavailableError || err instanceof LedgerCorruptError)) throw err;
+    process.stderr.write(`metering-sidecar: ${err.message}\n`);
+    return err instanceof StorageUnavailableError ? EXIT.config : EXIT.unexpected;
+  }
+  const out = new BufferedStdout();
+  if (values.daily === true) writeRows(dailyRollup(records), DAILY_COLUMNS, format, out.write);
+  else writeRows(records.map(recordRow), RECORD_COLUMNS, format, out.write);
+  out.flush();
+  return EXIT.ok;
+}
+
+/** An ISO 8601 date (UTC midnight) or a time with its zone, as epoch milliseconds. */
+function isoTime(option: string, text: string): number {
+  const ms = ISO_TIME.test(text) ? Date.parse(text) : NaN;
+  if (!Number.isFinite(ms))
+    throw new UsageError(
+      `${option} takes an ISO 8601 date (2026-11-01) or a time with its zone (2026-11-01T10:00:00Z), got ${JSON.stringify(text)}`,
+    );
+  return ms;
+}
+
+const ISO_TIME = /^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,3})?)?(Z|[+-]\d{2}:\d{2}))?$/;
+
+/** Lines to stdout in chunks of about 64 KB (an export can hold many thousands of lines). */
+class BufferedStdout {
+  #chunk: string[] = [];
+  #size = 0;
+
+  readonly write = (line: string): void => {
+    this.#chunk.push(line);
+    this.#size += line.length;
+    if (this.#size >= 65_536) this.flush();
+  };
+
+  flush(): void {
+    if (this.#chunk.length > 0) process.stdout.write(this.#chunk.join(''));
+    this.#chunk = [];
+    this.#size = 0;
+  }
 }
 
 /** Longest a health check may take: Docker and ECS run it often and need a quick answer. */
