@@ -181,7 +181,7 @@ it('counts the usage of docs/api.md’s curl one-liner once when its first answe
   const dir = tempDir();
   await sidecarIn(dir).ready();
   const proxy = await losingFirstAnswer(dir);
-  const command = block![1]!.replace('/run/metering/metering.sock', proxy.path);
+  const command = block![1].replace('/run/metering/metering.sock', proxy.path);
   const result = await runClient('sh', ['-c', command], curlEnv());
   expect(result.code, result.stderr).toBe(0);
   expect(proxy.connections()).toBe(2);
