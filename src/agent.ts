@@ -265,6 +265,9 @@ export class Agent {
       clock: this.#clock,
       idempotencyKeysMax: config.idempotencyKeysMax,
       retentionMs: config.retentionDays * 24 * HOUR_MS,
+      ...(config.zeroUsage && config.dimensions !== undefined
+        ? { zeroUsage: { dimensions: config.dimensions, fromMs: this.#clock.now() } }
+        : {}),
       identity: JSON.stringify(identity),
       onKeysEvicted: keyEvictionReporter({
         metrics: this.#metrics,

@@ -51,6 +51,11 @@ export interface Config {
   readonly schedule: string;
   readonly sendJitterSeconds: number;
   readonly dryRun: boolean;
+  /**
+   * METERING_ZERO_USAGE: send quantity 0 for every dimension of METERING_DIMENSIONS in each hour without usage
+   * while the sidecar runs, so a buyer sees the product metered (and an outage is not taken for zero usage).
+   */
+  readonly zeroUsage: boolean;
   readonly shutdownTimeoutSeconds: number;
   /** Most idempotency keys kept (METERING_IDEMPOTENCY_KEYS_MAX); the oldest are forgotten beyond it. */
   readonly idempotencyKeysMax: number;
@@ -128,6 +133,7 @@ export const ENVIRONMENT_VARIABLES: readonly string[] = Object.freeze([
   'METERING_SCHEDULE',
   'METERING_SEND_JITTER_SECONDS',
   'METERING_DRY_RUN',
+  'METERING_ZERO_USAGE',
   'METERING_SHUTDOWN_TIMEOUT_SECONDS',
   'METERING_IDEMPOTENCY_KEYS_MAX',
   'METERING_RETENTION_DAYS',
@@ -166,6 +172,12 @@ export function loadConfig(env: Env, overrides: ConfigOverrides = {}): Config {
   const product = readProduct(reader);
   const listeners = readListeners(reader);
   const sending = readSending(reader);
+  if (sending.zeroUsage && product.dimensions === undefined) {
+    problem(
+      'METERING_ZERO_USAGE',
+      'false unless METERING_DIMENSIONS is set (zero reporting sends 0 for each dimension listed there)',
+    );
+  }
   const aws = readAws(reader);
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze({ ...product, ...listeners, ...sending, ...aws, local } as Config);
@@ -306,6 +318,7 @@ function readSending(r: Reader) {
     }
   }
   const dryRun = parseBoolean(r.env, 'METERING_DRY_RUN', false, r.problem);
+  const zeroUsage = parseBoolean(r.env, 'METERING_ZERO_USAGE', false, r.problem);
   const shutdownTimeoutSeconds = parseInteger(
     r.env,
     'METERING_SHUTDOWN_TIMEOUT_SECONDS',
@@ -347,6 +360,7 @@ function readSending(r: Reader) {
     schedule,
     sendJitterSeconds,
     dryRun,
+    zeroUsage,
     shutdownTimeoutSeconds,
     idempotencyKeysMax,
     retentionDays,

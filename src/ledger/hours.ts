@@ -92,6 +92,25 @@ export function recordTimestamp(firstAtMs: number, hourStartMs: number, clockMs:
   return Math.max(hourStartMs, Math.min(firstAtMs, clockMs, hourStartMs + HOUR_MS - 1));
 }
 
+/**
+ * How many hours back zero reporting looks: a zero record older than this could not be sent before its carry
+ * deadline with room for retries, and a running sidecar seals every hour within the hour after it closes.
+ */
+export const ZERO_USAGE_LOOKBACK_HOURS = 4;
+
+/**
+ * The hours zero reporting may seal at `clockMs` for a sidecar that started at `fromMs`: from the hour it started
+ * in (never an hour before) or {@link ZERO_USAGE_LOOKBACK_HOURS} back, whichever is later, to the last hour that
+ * may be sealed ({@link maySeal}: the open one too at shutdown).
+ */
+export function zeroUsageHours(fromMs: number, clockMs: number, includeOpen: boolean): number[] {
+  const lastMs = hourStart(clockMs) - (includeOpen ? 0 : HOUR_MS);
+  const firstMs = Math.max(hourStart(fromMs), hourStart(clockMs) - ZERO_USAGE_LOOKBACK_HOURS * HOUR_MS);
+  const hours: number[] = [];
+  for (let hourMs = firstMs; hourMs <= lastMs; hourMs += HOUR_MS) hours.push(hourMs);
+  return hours;
+}
+
 /** Usage of one tag set in one (dimension, hour). */
 export interface Bucket {
   readonly tagsKey: string;

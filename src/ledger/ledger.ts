@@ -112,6 +112,11 @@ export interface LedgerOptions {
    * oldest key still kept (the shorter window in which a resend is still recognised).
    */
   readonly onKeysEvicted?: (evicted: number, oldestKeptAtMs: number | undefined) => void;
+  /**
+   * Zero reporting (METERING_ZERO_USAGE): a record of quantity 0 for each of `dimensions` in every hour without
+   * usage from `fromMs` (when this sidecar started) on. Undefined: hours without usage send nothing.
+   */
+  readonly zeroUsage?: { readonly dimensions: readonly string[]; readonly fromMs: number };
   /** How long settled records are kept (METERING_RETENTION_DAYS); default `DEFAULT_RETENTION_MS` (./keys.ts). */
   readonly retentionMs?: number;
   /**

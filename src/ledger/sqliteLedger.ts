@@ -32,6 +32,8 @@ import {
   meterUsageRequest,
   recordTimestamp,
   seal,
+  zeroUsageHours,
+  type Seal,
   type Tag,
 } from './hours.js';
 import { HandoffStore } from './handoffStore.js';
@@ -298,24 +300,13 @@ export class SqliteLedger {
     if (this.#broken !== undefined) throw this.#broken;
     this.#timeNow(clockMs); // keeps the high-water mark moving with the clock
     const stmt = this.#stmt;
-    const sealedNow: { dimension: string; hourMs: number }[] = [];
+    const sealedNow = new Set<string>();
+    const sealedKey = (dimension: string, hourMs: number): string => `${hourMs}\n${dimension}`;
     try {
       const tagsCache = new Map<string, readonly Tag[]>();
       const records = this.#db.transaction(() => {
         const out: StoredRecord[] = [];
-        const hours = stmt.bucketHours.all() as { dimension: string; hour_ms: number }[];
-        for (const { dimension, hour_ms: hourMs } of hours) {
-          if (!maySeal(hourMs, clockMs, includeOpen) || this.#isSealed(dimension, hourMs)) continue;
-          const buckets = (
-            stmt.bucketsOf.all(dimension, hourMs) as { tags: string; quantity: number; first_at_ms: number }[]
-          ).map((b) => ({ tagsKey: b.tags, quantity: b.quantity, firstAtMs: b.first_at_ms }));
-          stmt.deleteBuckets.run(dimension, hourMs);
-          const bucketSeal = seal(buckets);
-          if (bucketSeal === undefined) continue; // Zero usage: nothing to send, and the hour stays unlocked.
-          const sealed = {
-            ...bucketSeal,
-            timestampMs: recordTimestamp(bucketSeal.timestampMs, hourMs, clockMs),
-          };
+        const insert = (dimension: string, hourMs: number, sealed: Seal): void => {
           const token = clientToken(this.#ledgerId, dimension, hourMs);
           const request = meterUsageRequest({
             productCode: this.#options.productCode,
@@ -337,15 +328,46 @@ export class SqliteLedger {
             clockMs,
             this.#options.identity ?? null,
           ) as RecordRow;
-          sealedNow.push({ dimension, hourMs });
+          sealedNow.add(sealedKey(dimension, hourMs));
           out.push(toRecord(row));
+        };
+        const hours = stmt.bucketHours.all() as { dimension: string; hour_ms: number }[];
+        for (const { dimension, hour_ms: hourMs } of hours) {
+          if (!maySeal(hourMs, clockMs, includeOpen) || this.#isSealed(dimension, hourMs)) continue;
+          const buckets = (
+            stmt.bucketsOf.all(dimension, hourMs) as { tags: string; quantity: number; first_at_ms: number }[]
+          ).map((b) => ({ tagsKey: b.tags, quantity: b.quantity, firstAtMs: b.first_at_ms }));
+          stmt.deleteBuckets.run(dimension, hourMs);
+          const bucketSeal = seal(buckets);
+          if (bucketSeal === undefined) continue; // Zero usage: nothing to send, and the hour stays unlocked.
+          insert(dimension, hourMs, {
+            ...bucketSeal,
+            timestampMs: recordTimestamp(bucketSeal.timestampMs, hourMs, clockMs),
+          });
           // The cap's excess is carried into the next hour that can take it, keeping its tag sets.
-          if (sealed.excess.length > 0)
-            this.#buckets.placeCarried(dimension, hourMs + HOUR_MS, sealed.excess);
+          if (bucketSeal.excess.length > 0)
+            this.#buckets.placeCarried(dimension, hourMs + HOUR_MS, bucketSeal.excess);
+        }
+        const zero = this.#options.zeroUsage;
+        if (zero !== undefined) {
+          // Zero reporting: every configured dimension without a record gets one of quantity 0 for each hour this
+          // sidecar ran in, from the moment it started (never earlier), so a buyer sees the product metered.
+          for (const hourMs of zeroUsageHours(zero.fromMs, clockMs, includeOpen)) {
+            for (const dimension of zero.dimensions) {
+              if (this.#isSealed(dimension, hourMs) || sealedNow.has(sealedKey(dimension, hourMs))) continue;
+              if (stmt.tagsOf.get(dimension, hourMs) !== undefined) continue; // usage arrived: not zero
+              insert(dimension, hourMs, {
+                quantity: 0,
+                timestampMs: recordTimestamp(Math.max(hourMs, zero.fromMs), hourMs, clockMs),
+                allocations: [],
+                excess: [],
+              });
+            }
+          }
         }
         return out;
       })();
-      for (const { dimension, hourMs } of sealedNow) this.#markSealed(dimension, hourMs);
+      for (const record of records) this.#markSealed(record.dimension, record.hourStartMs);
       return records;
     } catch (err) {
       throw new StorageUnavailableError(`the ledger could not seal (${describeError(err)})`, { cause: err });

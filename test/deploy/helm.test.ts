@@ -145,6 +145,7 @@ const FULL = {
     retentionDays: 60,
     logLevel: 'debug',
     dryRun: true,
+    zeroUsage: true,
     listen: '127.0.0.1:18181',
     adminPort: 19181,
     region: 'eu-west-1',

@@ -140,6 +140,41 @@ describe('metering-sidecar CLI', () => {
     expect(sidecar.logLines().some((l) => l['msg'] === 'usage metered')).toBe(true);
   });
 
+  it('with METERING_ZERO_USAGE, meters 0 for each listed dimension without usage at shutdown', async () => {
+    const dir = tempDir();
+    const socket = join(dir, 'metering.sock');
+    const sidecar = SidecarProcess.spawn(
+      {
+        METERING_ENTITLEMENT: 'none',
+        METERING_STATE_DIR: join(dir, 'state'),
+        METERING_SOCKET: socket,
+        METERING_LISTEN: 'off',
+        METERING_ADMIN_LISTEN: 'off',
+        METERING_DIMENSIONS: 'requests,gb,nodes',
+        METERING_ZERO_USAGE: 'true',
+      },
+      ['run', '--local'],
+    );
+    cleanups.push(() => {
+      sidecar.child.kill('SIGKILL');
+    });
+    await sidecar.ready();
+    expect((await cli(['report', 'requests', '5'], { METERING_SOCKET: socket })).code).toBe(0);
+    const exit = await sidecar.stop('SIGTERM');
+
+    expect(exit.code).toBe(0);
+    const calls = sidecar
+      .logLines()
+      .filter((l) => l['msg'] === 'emulator call' && l['operation'] === 'MeterUsage')
+      .map((l) => l['input'] as { UsageDimension: string; UsageQuantity: number });
+    expect(calls.map((c) => [c.UsageDimension, c.UsageQuantity]).sort()).toEqual([
+      ['gb', 0],
+      ['nodes', 0],
+      ['requests', 5],
+    ]);
+    expect(sidecar.logLines().filter((l) => l['msg'] === 'usage metered')).toHaveLength(3);
+  });
+
   it('report fails clearly when no sidecar listens', async () => {
     const dir = tempDir();
     const result = await cli(['report', 'requests', '1'], { METERING_SOCKET: join(dir, 'none.sock') });

@@ -172,6 +172,22 @@ describe('loadConfig', () => {
       ]);
   });
 
+  it('takes METERING_ZERO_USAGE only with the dimensions it sends 0 for', () => {
+    expect(loadConfig(REQUIRED).zeroUsage).toBe(false);
+    expect(loadConfig({ ...REQUIRED, METERING_ZERO_USAGE: 'true' }).zeroUsage).toBe(true);
+    expect(problemsOf({ METERING_LOCAL: 'true', METERING_ZERO_USAGE: 'true' })).toEqual([
+      {
+        variable: 'METERING_ZERO_USAGE',
+        value: 'true',
+        expected:
+          'false unless METERING_DIMENSIONS is set (zero reporting sends 0 for each dimension listed there)',
+      },
+    ]);
+    expect(problemsOf({ ...REQUIRED, METERING_ZERO_USAGE: 'sometimes' })).toEqual([
+      { variable: 'METERING_ZERO_USAGE', value: 'sometimes', expected: 'true or false' },
+    ]);
+  });
+
   it('reads the pod identity the chart sets from the downward API, each part optional', () => {
     expect(loadConfig(REQUIRED).pod).toEqual({});
     expect(

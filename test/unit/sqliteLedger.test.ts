@@ -611,6 +611,71 @@ describe('SqliteLedger', () => {
     });
   });
 
+  describe('zero reporting', () => {
+    function zeroLedger(startMs: number): { clock: ManualClock; ledger: SqliteLedger } {
+      const clock = new ManualClock(startMs);
+      const ledger = SqliteLedger.open({
+        stateDir: dirs.make(),
+        productCode: 'prod',
+        dryRun: false,
+        clock,
+        zeroUsage: { dimensions: ['a', 'b'], fromMs: startMs },
+      });
+      open.push(ledger);
+      return { clock, ledger };
+    }
+
+    it('seals 0 for each listed dimension without usage in an hour it ran in, never before it started', async () => {
+      const started = H10 + 20 * 60_000;
+      const { clock, ledger } = zeroLedger(started);
+      await recorded(ledger, [report('a', 5)]);
+      clock.set(H11 + 60_000);
+      const records = ledger.seal(clock.now(), false);
+      expect(records.map((r) => [r.dimension, r.hourStartMs, r.quantity, r.timestampMs])).toEqual([
+        ['a', H10, 5, started],
+        // Stamped when the sidecar started, not at the start of the hour.
+        ['b', H10, 0, started],
+      ]);
+      expect(records[1].request).toEqual({
+        ProductCode: 'prod',
+        TimestampMs: started,
+        UsageDimension: 'b',
+        UsageQuantity: 0,
+        ClientToken: records[1].clientToken,
+      });
+      // Sealed once: the next pass in the same hour adds nothing, the next hour gets its own zeros.
+      expect(ledger.seal(clock.now(), false)).toEqual([]);
+      clock.set(H12 + 60_000);
+      expect(ledger.seal(clock.now(), false).map((r) => [r.dimension, r.hourStartMs, r.quantity])).toEqual([
+        ['a', H11, 0],
+        ['b', H11, 0],
+      ]);
+    });
+
+    it('seals the open hour too at shutdown, and an hour whose usage summed to 0', async () => {
+      const { clock, ledger } = zeroLedger(H10 + 60_000);
+      await recorded(ledger, [report('a', 0)]);
+      clock.set(H10 + 30 * 60_000);
+      const records = ledger.seal(clock.now(), true);
+      expect(records.map((r) => [r.dimension, r.hourStartMs, r.quantity])).toEqual([
+        ['a', H10, 0],
+        ['b', H10, 0],
+      ]);
+      // Usage after the shutdown seal goes to the next hour, as for any sealed hour.
+      await recorded(ledger, [report('b', 2)]);
+      expect(ledger.status(clock.now()).open).toMatchObject([
+        { dimension: 'b', hourStartMs: H11, quantity: 2 },
+      ]);
+    });
+
+    it('looks back at most four hours after a long stop of the clock', () => {
+      const { clock, ledger } = zeroLedger(H10 + 60_000);
+      clock.set(H10 + 10 * HOUR_MS + 60_000);
+      const hours = [...new Set(ledger.seal(clock.now(), false).map((r) => r.hourStartMs))];
+      expect(hours).toEqual([6, 7, 8, 9].map((h) => H10 + h * HOUR_MS));
+    });
+  });
+
   it('keeps settled records for the retention it is given, and failed records until a human acts', async () => {
     const dir = dirs.make();
     const clock = new ManualClock(H10 + 60_000);

@@ -232,6 +232,8 @@ Usage from a parent chart:
       value: {{ $v.logLevel | quote }}
     - name: METERING_DRY_RUN
       value: {{ $v.dryRun | toString | quote }}
+    - name: METERING_ZERO_USAGE
+      value: {{ $v.zeroUsage | toString | quote }}
     {{- if $s.Values.handoff.existingClaim }}
     - name: METERING_HANDOFF_DIR
       value: {{ include "metering-sidecar.handoffDir" $s | quote }}
