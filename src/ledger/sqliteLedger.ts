@@ -44,8 +44,6 @@ import type { StateLock } from './stateLock.js';
 import { openDatabase, probeWritable } from './database.js';
 import { WalSync } from './walSync.js';
 
-/** Settled (sent or carried) records are kept this long for status and audits; failed ones until a human acts. */
-
 interface Queued {
   readonly batch: UsageBatch;
   readonly arrivalMs: number;
@@ -348,6 +346,9 @@ export class SqliteLedger {
           if (bucketSeal.excess.length > 0)
             this.#buckets.placeCarried(dimension, hourMs + HOUR_MS, bucketSeal.excess);
         }
+        // The clock that sealed is saved with the seal: once retention has pruned the record, the saved mark still
+        // keeps a clock set back after a restart from stamping usage into an hour that was sealed.
+        stmt.setHighWater.run(String(this.#highWaterMs));
         const zero = this.#options.zeroUsage;
         if (zero !== undefined) {
           // Zero reporting: every configured dimension without a record gets one of quantity 0 for each hour this

@@ -701,6 +701,33 @@ describe('SqliteLedger', () => {
     expect(ledger.status(clock.now()).records).toMatchObject({ sent: 0, failed: 1 });
   });
 
+  // Regression: pruning took the only trace of a seal made by a clock running fast; after a restart with the
+  // clock corrected, usage went into the sealed hour again and its record was refused by AWS as a duplicate.
+  it('never stamps usage into an hour it sealed, after retention pruned the record and the clock was set back', async () => {
+    const dir = dirs.make();
+    const clock = new ManualClock(H10 + 50 * 60_000);
+    const options = { stateDir: dir, productCode: 'prod', dryRun: false, clock, retentionMs: 24 * HOUR_MS };
+    const first = SqliteLedger.open(options);
+    open.push(first);
+    await recorded(first, [report('a', 5)]);
+    clock.set(H11 + 5 * 60_000); // ten minutes fast
+    const [sealed] = first.seal(clock.now(), false);
+    first.markSent(sealed.id, 'mrid', clock.now());
+    clock.set(H11 + 5 * 60_000 + 2 * 24 * HOUR_MS);
+    first.prune(clock.now());
+    expect(first.status(clock.now()).records.sent).toBe(0);
+    first.close();
+    open.splice(open.indexOf(first), 1);
+
+    clock.set(H10 + 57 * 60_000); // the clock corrected, back before the seal
+    const second = SqliteLedger.open(options);
+    open.push(second);
+    await recorded(second, [report('a', 7)]);
+    expect(second.status(clock.now()).open).toMatchObject([
+      { dimension: 'a', hourStartMs: H11, quantity: 7 },
+    ]);
+  });
+
   it('keeps settled records 45 days by default', async () => {
     const { clock, ledger } = setup(H10 + 60_000);
     await recorded(ledger, [report('sent', 1)]);
