@@ -19,6 +19,7 @@ export const RECORD_COLUMNS = [
   'timestamp',
   'quantity',
   'state',
+  'dry_run',
   'maybe_delivered',
   'carried_to',
   'handoff_id',
@@ -45,6 +46,7 @@ export const DAILY_COLUMNS = [
   'records',
   'uncertain_quantity',
   'pending_quantity',
+  'dry_run_quantity',
 ] as const;
 
 type Row = Readonly<Record<string, string | number | boolean | null | object>>;
@@ -60,6 +62,7 @@ export function recordRow(record: ExportedRecord): Row {
     timestamp: iso(record.timestampMs),
     quantity: record.quantity,
     state: record.state,
+    dry_run: record.dryRun,
     maybe_delivered: record.maybeDelivered,
     carried_to: iso(record.carriedToHourMs),
     handoff_id: record.handoffId ?? null,
@@ -80,39 +83,68 @@ export function recordRow(record: ExportedRecord): Row {
 }
 
 /**
- * The daily rollup: per UTC day of the record's Timestamp (of its hour, for a handed-off record) and dimension,
- * the quantity AWS accepted (`usage_quantity`, from sent records, which is what AWS bills), how many records
- * that was, and beside it what AWS may hold (`uncertain_quantity`) and what is still to be sent
- * (`pending_quantity`). Carried and failed records bill nothing themselves: a carried record's usage is in the
- * later hour's record. Ordered by day, then dimension.
+ * The daily rollup, built as records stream past: per UTC day of the record's Timestamp (of its hour, for a
+ * handed-off record) and dimension, the quantity AWS accepted (`usage_quantity`, from sent records, which is what
+ * AWS bills), how many records that was, and beside it what AWS may hold (`uncertain_quantity`), what is still to
+ * be sent (`pending_quantity`) and what was sent with DryRun (`dry_run_quantity`, billed nothing). Carried and
+ * failed records bill nothing themselves: a carried record's usage is in the later hour's record.
  */
-export function dailyRollup(records: readonly ExportedRecord[]): Row[] {
-  const days = new Map<string, { usage: number; records: number; uncertain: number; pending: number }>();
-  for (const r of records) {
-    if (r.state !== 'sent' && r.state !== 'uncertain' && r.state !== 'pending') continue;
+export class DailyRollup {
+  readonly #days = new Map<
+    string,
+    { usage: number; records: number; uncertain: number; pending: number; dryRun: number }
+  >();
+
+  add(r: ExportedRecord): void {
+    if (r.state !== 'sent' && r.state !== 'uncertain' && r.state !== 'pending') return;
     const date = new Date(r.timestampMs ?? r.hourStartMs).toISOString().slice(0, 10);
     const key = `${date}\n${r.dimension}`;
-    const day = days.get(key) ?? { usage: 0, records: 0, uncertain: 0, pending: 0 };
-    if (r.state === 'sent') {
+    const day = this.#days.get(key) ?? { usage: 0, records: 0, uncertain: 0, pending: 0, dryRun: 0 };
+    if (r.dryRun) day.dryRun += r.quantity;
+    else if (r.state === 'sent') {
       day.usage += r.quantity;
       day.records++;
     } else if (r.state === 'uncertain') day.uncertain += r.quantity;
     else day.pending += r.quantity;
-    days.set(key, day);
+    this.#days.set(key, day);
   }
-  return [...days.entries()]
-    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
-    .map(([key, day]) => {
-      const [date, dimension] = key.split('\n') as [string, string];
-      return {
-        usage_date: date,
-        dimension_key: dimension,
-        usage_quantity: day.usage,
-        records: day.records,
-        uncertain_quantity: day.uncertain,
-        pending_quantity: day.pending,
-      };
-    });
+
+  /** The rows of {@link DAILY_COLUMNS}, by day, then dimension. */
+  rows(): Row[] {
+    return [...this.#days.entries()]
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+      .map(([key, day]) => {
+        const [date, dimension] = key.split('\n') as [string, string];
+        return {
+          usage_date: date,
+          dimension_key: dimension,
+          usage_quantity: day.usage,
+          records: day.records,
+          uncertain_quantity: day.uncertain,
+          pending_quantity: day.pending,
+          dry_run_quantity: day.dryRun,
+        };
+      });
+  }
+}
+
+/** {@link DailyRollup} of `records`. */
+export function dailyRollup(records: readonly ExportedRecord[]): Row[] {
+  const rollup = new DailyRollup();
+  for (const r of records) rollup.add(r);
+  return rollup.rows();
+}
+
+/** The CSV header line of `columns` (none for JSON lines). */
+export function header(columns: readonly string[], format: ExportFormat): string {
+  return format === 'csv' ? `${columns.join(',')}\r\n` : '';
+}
+
+/** One row as a line of `format`. */
+export function line(row: Row, columns: readonly string[], format: ExportFormat): string {
+  return format === 'jsonl'
+    ? `${JSON.stringify(row)}\n`
+    : `${columns.map((c) => csvField(row[c] ?? null)).join(',')}\r\n`;
 }
 
 /** Writes `rows` with `columns` in `format`, one line at a time through `write`. */
@@ -122,12 +154,9 @@ export function writeRows(
   format: ExportFormat,
   write: (line: string) => void,
 ): void {
-  if (format === 'jsonl') {
-    for (const row of rows) write(`${JSON.stringify(row)}\n`);
-    return;
-  }
-  write(`${columns.join(',')}\r\n`);
-  for (const row of rows) write(`${columns.map((c) => csvField(row[c] ?? null)).join(',')}\r\n`);
+  const head = header(columns, format);
+  if (head !== '') write(head);
+  for (const row of rows) write(line(row, columns, format));
 }
 
 /**

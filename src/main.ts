@@ -231,7 +231,7 @@ async function exportRecords(args: readonly string[]): Promise<number> {
   });
   const [
     { LedgerExport },
-    { DAILY_COLUMNS, EXPORT_FORMATS, RECORD_COLUMNS, dailyRollup, recordRow, writeRows },
+    { DAILY_COLUMNS, EXPORT_FORMATS, RECORD_COLUMNS, DailyRollup, header, line, recordRow },
   ] = await Promise.all([import('./ledger/exportReader.js'), import('./export.js')]);
   const format = EXPORT_FORMATS.find((f) => f === values.format);
   if (format === undefined)
@@ -241,14 +241,24 @@ async function exportRecords(args: readonly string[]): Promise<number> {
   if (sinceMs !== undefined && untilMs !== undefined && sinceMs >= untilMs)
     throw new UsageError('--since must be before --until');
   const stateDir = values['state-dir'] ?? loadStateDir(process.env, { local: values.local === true });
-  let records;
+  const range = {
+    ...(sinceMs !== undefined ? { sinceMs } : {}),
+    ...(untilMs !== undefined ? { untilMs } : {}),
+  };
+  const out = new BufferedStdout();
   try {
     const ledger = LedgerExport.open(resolve(stateDir));
     try {
-      records = ledger.records({
-        ...(sinceMs !== undefined ? { sinceMs } : {}),
-        ...(untilMs !== undefined ? { untilMs } : {}),
-      });
+      if (values.daily === true) {
+        const rollup = new DailyRollup();
+        ledger.each(range, (record) => rollup.add(record));
+        out.write(header(DAILY_COLUMNS, format));
+        for (const row of rollup.rows()) out.write(line(row, DAILY_COLUMNS, format));
+      } else {
+        // Each record is written as it is read: the export never holds the ledger in memory.
+        out.write(header(RECORD_COLUMNS, format));
+        ledger.each(range, (record) => out.write(line(recordRow(record), RECORD_COLUMNS, format)));
+      }
     } finally {
       ledger.close();
     }
@@ -257,21 +267,24 @@ async function exportRecords(args: readonly string[]): Promise<number> {
     process.stderr.write(`metering-sidecar: ${err.message}\n`);
     return err instanceof StorageUnavailableError ? EXIT.config : EXIT.unexpected;
   }
-  const out = new BufferedStdout();
-  if (values.daily === true) writeRows(dailyRollup(records), DAILY_COLUMNS, format, out.write);
-  else writeRows(records.map(recordRow), RECORD_COLUMNS, format, out.write);
   out.flush();
   return EXIT.ok;
 }
 
 /** An ISO 8601 date (UTC midnight) or a time with its zone, as epoch milliseconds. */
 function isoTime(option: string, text: string): number {
-  const ms = ISO_TIME.test(text) ? Date.parse(text) : NaN;
+  const ms = ISO_TIME.test(text) && realDate(text.slice(0, 10)) ? Date.parse(text) : NaN;
   if (!Number.isFinite(ms))
     throw new UsageError(
       `${option} takes an ISO 8601 date (2026-11-01) or a time with its zone (2026-11-01T10:00:00Z), got ${JSON.stringify(text)}`,
     );
   return ms;
+}
+
+/** Whether YYYY-MM-DD names a day of the calendar (2026-02-30 does not). */
+function realDate(date: string): boolean {
+  const ms = Date.parse(`${date}T00:00:00Z`);
+  return Number.isFinite(ms) && new Date(ms).toISOString().startsWith(date);
 }
 
 const ISO_TIME = /^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,3})?)?(Z|[+-]\d{2}:\d{2}))?$/;

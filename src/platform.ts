@@ -78,13 +78,23 @@ function field<K extends string>(name: K, value: unknown): Partial<Record<K, str
     : {};
 }
 
-/** GET of a JSON document over plain HTTP (the metadata endpoint is link-local, never TLS). */
+/** Largest task metadata answer read; a real one is a few kilobytes. */
+const METADATA_MAX_BYTES = 1024 * 1024;
+
+/**
+ * GET of a JSON document over plain HTTP (the metadata endpoint is link-local, never TLS), answered whole within
+ * `timeoutMs`, however slowly it trickles in.
+ */
 function getJson(url: string, timeoutMs: number): Promise<unknown> {
   return new Promise((resolve, reject) => {
-    const req = request(url, { method: 'GET', timeout: timeoutMs }, (res) => {
+    const deadline = setTimeout(() => req.destroy(new Error(`no answer in ${timeoutMs} ms`)), timeoutMs);
+    const req = request(url, { method: 'GET' }, (res) => {
       let body = '';
       res.setEncoding('utf8');
-      res.on('data', (chunk: string) => (body += chunk));
+      res.on('data', (chunk: string) => {
+        body += chunk;
+        if (body.length > METADATA_MAX_BYTES) req.destroy(new Error('answer over 1 MiB'));
+      });
       res.on('end', () => {
         if (res.statusCode !== 200) return reject(new Error(`HTTP ${res.statusCode}`));
         try {
@@ -95,8 +105,8 @@ function getJson(url: string, timeoutMs: number): Promise<unknown> {
       });
       res.on('error', reject);
     });
-    req.on('timeout', () => req.destroy(new Error(`no answer in ${timeoutMs} ms`)));
     req.on('error', reject);
+    req.on('close', () => clearTimeout(deadline));
     req.end();
   });
 }

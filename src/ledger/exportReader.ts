@@ -2,11 +2,13 @@
  * Reading a ledger for the reconciliation export (`metering-sidecar export`, docs/operations.md): every record
  * it holds, with its state, as one consistent snapshot. The file is opened read-only, without the state
  * directory's lock, so a running sidecar goes on writing meanwhile (SQLite's write-ahead log lets a reader see
- * the last commit while the writer adds more), and a stopped sidecar's ledger reads the same way. Nothing is
+ * the last commit while the writer adds more); a stopped sidecar's ledger is read from a copy in the temporary
+ * directory, so nothing is written beside it and a volume mounted read-only reads as well. Nothing is
  * migrated or repaired: a ledger of a newer schema is refused, and one older than schema 3 must be opened by the
  * sidecar once first.
  */
-import { existsSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { LedgerCorruptError, StorageUnavailableError, describeError } from '../errors.js';
@@ -48,6 +50,8 @@ export interface ExportedRecord {
     readonly quantity: number;
   }[];
   readonly state: ExportState;
+  /** Sent with DryRun (METERING_DRY_RUN): AWS checked it and billed nothing. */
+  readonly dryRun: boolean;
   readonly maybeDelivered: boolean;
   readonly carriedToHourMs: number | undefined;
   readonly handoffId: string | undefined;
@@ -73,11 +77,19 @@ export class LedgerExport {
   readonly #db: Database.Database;
   readonly #ledgerId: string;
   readonly #hasSealedBy: boolean;
+  /** The directory of the copy read instead of a stopped ledger, removed at {@link close}. */
+  readonly #copy: string | undefined;
 
-  private constructor(db: Database.Database, ledgerId: string, hasSealedBy: boolean) {
+  private constructor(
+    db: Database.Database,
+    ledgerId: string,
+    hasSealedBy: boolean,
+    copy: string | undefined,
+  ) {
     this.#db = db;
     this.#ledgerId = ledgerId;
     this.#hasSealedBy = hasSealedBy;
+    this.#copy = copy;
   }
 
   /**
@@ -93,10 +105,21 @@ export class LedgerExport {
       );
     }
     let db: Database.Database;
+    let copy: string | undefined;
     try {
-      db = new Database(path, { readonly: true, fileMustExist: true });
+      // A ledger with no write-ahead log has no sidecar writing it (a running one keeps its log open), and the
+      // file alone is the whole ledger: a copy of it is read, as SQLite's read-only connection would otherwise
+      // create a log and its index beside the file, and cannot on a volume mounted read-only. A running
+      // sidecar's ledger is read in place, beside the writer.
+      if (existsSync(`${path}-wal`)) db = new Database(path, { readonly: true, fileMustExist: true });
+      else {
+        copy = mkdtempSync(join(tmpdir(), 'metering-export-'));
+        copyFileSync(path, join(copy, LEDGER_FILE));
+        db = new Database(join(copy, LEDGER_FILE), { readonly: true, fileMustExist: true });
+      }
       db.pragma('busy_timeout = 5000');
     } catch (err) {
+      if (copy !== undefined) rmSync(copy, { recursive: true, force: true });
       throw new StorageUnavailableError(`cannot open the ledger at ${path} (${describeError(err)})`, {
         cause: err,
       });
@@ -118,9 +141,11 @@ export class LedgerExport {
         db,
         id,
         columns.some((c) => c.name === 'sealed_by'),
+        copy,
       );
     } catch (err) {
       db.close();
+      if (copy !== undefined) rmSync(copy, { recursive: true, force: true });
       if (err instanceof LedgerCorruptError) throw err;
       throw new LedgerCorruptError(`cannot read the ledger at ${path} (${describeError(err)})`, {
         cause: err,
@@ -134,34 +159,40 @@ export class LedgerExport {
   }
 
   /**
-   * The records in `range`, oldest hour first, read in one transaction so that the export is one consistent
-   * state of the ledger however long the caller takes to write it out.
+   * Calls `visit` with each record in `range` as it is read: this ledger's own, oldest hour first, then the
+   * uncertain records adopted with handoffs. One read transaction, so the export is one consistent state of the
+   * ledger, and one row in memory at a time, however large the ledger.
    */
-  records(range: ExportRange = {}): ExportedRecord[] {
+  each(range: ExportRange, visit: (record: ExportedRecord) => void): void {
     const since = range.sinceMs ?? Number.MIN_SAFE_INTEGER;
     const until = range.untilMs ?? Number.MAX_SAFE_INTEGER;
     const sealedBy = this.#hasSealedBy ? '' : ', NULL AS sealed_by';
-    const read = this.#db.transaction(() => {
-      const own = this.#db
-        .prepare(
-          `SELECT *${sealedBy} FROM records WHERE hour_ms >= ? AND hour_ms < ? ORDER BY hour_ms, dimension, id`,
-        )
-        .all(since, until) as RecordRow[];
-      const adopted = this.#db
-        .prepare(
-          `SELECT handoff_id, origin_ledger_id, dimension, hour_ms, quantity, client_token, error
-             FROM uncertain_records WHERE hour_ms >= ? AND hour_ms < ? ORDER BY hour_ms, dimension, client_token`,
-        )
-        .all(since, until) as UncertainRow[];
-      return { own, adopted };
-    });
-    const { own, adopted } = read.deferred();
-    const records = [...own.map((row) => this.#fromRow(row)), ...adopted.map((row) => fromUncertain(row))];
-    return records.sort((a, b) => a.hourStartMs - b.hourStartMs || compare(a.dimension, b.dimension));
+    const own = this.#db.prepare(
+      `SELECT *${sealedBy} FROM records WHERE hour_ms >= ? AND hour_ms < ? ORDER BY hour_ms, dimension, id`,
+    );
+    const adopted = this.#db.prepare(
+      `SELECT handoff_id, origin_ledger_id, dimension, hour_ms, quantity, client_token, error
+         FROM uncertain_records WHERE hour_ms >= ? AND hour_ms < ? ORDER BY hour_ms, dimension, client_token`,
+    );
+    this.#db
+      .transaction(() => {
+        for (const row of own.iterate(since, until) as IterableIterator<RecordRow>) visit(this.#fromRow(row));
+        for (const row of adopted.iterate(since, until) as IterableIterator<UncertainRow>)
+          visit(fromUncertain(row));
+      })
+      .deferred();
+  }
+
+  /** The records {@link each} visits, as an array (for a small range, and for tests). */
+  records(range: ExportRange = {}): ExportedRecord[] {
+    const out: ExportedRecord[] = [];
+    this.each(range, (record) => out.push(record));
+    return out;
   }
 
   close(): void {
     this.#db.close();
+    if (this.#copy !== undefined) rmSync(this.#copy, { recursive: true, force: true });
   }
 
   #fromRow(row: RecordRow): ExportedRecord {
@@ -179,6 +210,7 @@ export class LedgerExport {
         quantity: a.quantity,
       })),
       state: row.status === 'failed' && maybeDelivered ? 'uncertain' : row.status,
+      dryRun: request.DryRun === true,
       maybeDelivered,
       carriedToHourMs: row.carried_to_hour_ms ?? undefined,
       handoffId: row.handoff_id ?? undefined,
@@ -203,6 +235,7 @@ function fromUncertain(row: UncertainRow): ExportedRecord {
     quantity: row.quantity,
     allocations: [],
     state: 'uncertain',
+    dryRun: false,
     maybeDelivered: true,
     carriedToHourMs: undefined,
     handoffId: row.handoff_id,
@@ -214,8 +247,4 @@ function fromUncertain(row: UncertainRow): ExportedRecord {
     settledAtMs: undefined,
     sealedBy: undefined,
   };
-}
-
-function compare(a: string, b: string): number {
-  return a < b ? -1 : a > b ? 1 : 0;
 }

@@ -108,8 +108,8 @@ describe('metering-sidecar export', () => {
     expect(csvLines).toHaveLength(3);
     const today = new Date().toISOString().slice(0, 10);
     expect(daily.stdout).toBe(
-      `usage_date,dimension_key,usage_quantity,records,uncertain_quantity,pending_quantity\r\n` +
-        `${today},gb,7,1,0,0\r\n${today},requests,5,1,0,0\r\n`,
+      `usage_date,dimension_key,usage_quantity,records,uncertain_quantity,pending_quantity,dry_run_quantity\r\n` +
+        `${today},gb,7,1,0,0,0\r\n${today},requests,5,1,0,0,0\r\n`,
     );
     // Beside a running sidecar: the same records, and the sidecar goes on taking usage.
     expect(running.code).toBe(0);
@@ -159,6 +159,9 @@ describe('metering-sidecar export', () => {
     const badTime = await cli(['export', '--since', '2026-11-01T10:00'], { METERING_STATE_DIR: dir });
     expect(badTime.code).toBe(64);
     expect(badTime.stderr).toContain('--since takes an ISO 8601 date (2026-11-01) or a time with its zone');
+    const noSuchDay = await cli(['export', '--until', '2026-02-30'], { METERING_STATE_DIR: dir });
+    expect(noSuchDay.code).toBe(64);
+    expect(noSuchDay.stderr).toContain('got "2026-02-30"');
     const backwards = await cli(['export', '--since', '2026-11-02', '--until', '2026-11-01'], {
       METERING_STATE_DIR: dir,
     });

@@ -1,4 +1,4 @@
-import { copyFileSync } from 'node:fs';
+import { copyFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -188,6 +188,24 @@ describe('LedgerExport', () => {
     ledger.close();
     open.splice(open.indexOf(ledger), 1);
     expect(exportOf(dir).records()).toHaveLength(7);
+    // A stopped ledger is read as it is: no log or index is left beside it (a read-only volume reads the same).
+    expect(existsSync(join(dir, `${LEDGER_FILE}-wal`))).toBe(false);
+    expect(existsSync(join(dir, `${LEDGER_FILE}-shm`))).toBe(false);
+  });
+
+  it('marks records sent with DryRun, which AWS billed nothing for', async () => {
+    const dir = dirs.make();
+    const clock = new ManualClock(H10 + 60_000);
+    const ledger = SqliteLedger.open({ stateDir: dir, productCode: 'prod', dryRun: true, clock });
+    open.push(ledger);
+    await ledger.record(usageBatch([report('d', 5)]));
+    clock.set(H11 + 60_000);
+    const [sealed] = ledger.seal(clock.now(), false);
+    ledger.markSent(sealed.id, 'dry-run', clock.now());
+    await ledger.durable();
+    const [exported] = exportOf(dir).records();
+    expect(exported).toMatchObject({ state: 'sent', dryRun: true, quantity: 5 });
+    expect(dailyRollup([exported])).toMatchObject([{ usage_quantity: 0, records: 0, dry_run_quantity: 5 }]);
   });
 
   it('refuses a missing ledger, a newer schema and one older than schema 3, changing nothing', () => {
@@ -277,6 +295,7 @@ describe('dailyRollup', () => {
     quantity: 1,
     allocations: [],
     state: 'sent',
+    dryRun: false,
     maybeDelivered: false,
     carriedToHourMs: undefined,
     handoffId: undefined,
@@ -290,7 +309,7 @@ describe('dailyRollup', () => {
     ...over,
   });
 
-  it('sums what AWS accepted per UTC day and dimension, beside what may be held and what is still to send', () => {
+  it('sums what AWS accepted per UTC day and dimension, beside what may be held, what is still to send and dry runs', () => {
     const nextDay = Date.parse('2026-03-02T00:00:00Z');
     const rows = dailyRollup([
       record({ quantity: 5 }),
@@ -302,6 +321,7 @@ describe('dailyRollup', () => {
       record({ quantity: 4, source: 'handoff', state: 'uncertain', timestampMs: undefined }),
       record({ quantity: 11, dimension: 'api', hourStartMs: nextDay, timestampMs: nextDay + 59 * 60_000 }),
       record({ quantity: 1, dimension: 'api' }),
+      record({ quantity: 50, dimension: 'api', dryRun: true }),
     ]);
     expect(rows).toEqual([
       {
@@ -311,6 +331,7 @@ describe('dailyRollup', () => {
         records: 1,
         uncertain_quantity: 0,
         pending_quantity: 0,
+        dry_run_quantity: 50,
       },
       {
         usage_date: '2026-03-01',
@@ -319,6 +340,7 @@ describe('dailyRollup', () => {
         records: 2,
         uncertain_quantity: 7,
         pending_quantity: 2,
+        dry_run_quantity: 0,
       },
       {
         usage_date: '2026-03-02',
@@ -327,15 +349,16 @@ describe('dailyRollup', () => {
         records: 1,
         uncertain_quantity: 0,
         pending_quantity: 0,
+        dry_run_quantity: 0,
       },
     ]);
     const lines: string[] = [];
     writeRows(rows, DAILY_COLUMNS, 'csv', (l) => lines.push(l));
     expect(lines).toEqual([
-      'usage_date,dimension_key,usage_quantity,records,uncertain_quantity,pending_quantity\r\n',
-      '2026-03-01,api,1,1,0,0\r\n',
-      '2026-03-01,gb,12,2,7,2\r\n',
-      '2026-03-02,api,11,1,0,0\r\n',
+      'usage_date,dimension_key,usage_quantity,records,uncertain_quantity,pending_quantity,dry_run_quantity\r\n',
+      '2026-03-01,api,1,1,0,0,50\r\n',
+      '2026-03-01,gb,12,2,7,2,0\r\n',
+      '2026-03-02,api,11,1,0,0,0\r\n',
     ]);
   });
 });

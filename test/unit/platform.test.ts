@@ -74,6 +74,22 @@ describe('platformIdentity', () => {
     expect(Date.now() - started).toBeGreaterThanOrEqual(1900);
   });
 
+  it('gives up within two seconds on an endpoint that trickles its answer', async () => {
+    const server = createServer((_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.write('{"TaskARN":');
+      const drip = setInterval(() => res.write(' '), 200);
+      res.on('close', () => clearInterval(drip));
+    });
+    servers.push(server);
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const uri = `http://127.0.0.1:${(server.address() as AddressInfo).port}/v4/x`;
+    const started = Date.now();
+    const result = await platformIdentity({ ECS_CONTAINER_METADATA_URI_V4: uri }, {}, 'h');
+    expect(result.problem).toMatch(/no answer in 2000 ms/);
+    expect(Date.now() - started).toBeLessThan(3000);
+  });
+
   it('names the pod from the downward API on Kubernetes', async () => {
     expect(
       await platformIdentity(
