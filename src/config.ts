@@ -346,11 +346,7 @@ function readSending(r: Reader) {
     r.problem,
   );
 
-  const pod: PodIdentity = {
-    ...optional('namespace', r.get('METERING_POD_NAMESPACE')),
-    ...optional('name', r.get('METERING_POD_NAME')),
-    ...optional('uid', r.get('METERING_POD_UID')),
-  };
+  const pod = loadPodIdentity(r.env);
 
   const logLevelRaw = (r.get('METERING_LOG_LEVEL') ?? DEFAULTS.logLevel).toLowerCase();
   const logLevel = LOG_LEVELS.find((l) => l === logLevelRaw);
@@ -431,6 +427,16 @@ export function loadStateDir(env: Env, overrides: ConfigOverrides = {}): string 
   const local = overrides.local === true || parseBoolean(env, 'METERING_LOCAL', false, problem);
   if (problems.length > 0) throw new ConfigError(problems);
   return stateDirOf(env['METERING_STATE_DIR']?.trim() || undefined, local);
+}
+
+/** The pod's identity from METERING_POD_NAMESPACE, _NAME and _UID (the downward API); each part optional. */
+export function loadPodIdentity(env: Env): PodIdentity {
+  const get = (variable: string): string | undefined => env[variable]?.trim() || undefined;
+  return {
+    ...optional('namespace', get('METERING_POD_NAMESPACE')),
+    ...optional('name', get('METERING_POD_NAME')),
+    ...optional('uid', get('METERING_POD_UID')),
+  };
 }
 
 function optional<K extends string>(key: K, value: string | undefined): Partial<Record<K, string>> {

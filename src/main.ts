@@ -18,7 +18,7 @@ import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { SidecarClient, type ApiAddress } from './client/client.js';
 import { systemClock } from './clock.js';
-import { loadClientConfig, loadConfig, loadStateDir } from './config.js';
+import { loadClientConfig, loadConfig, loadPodIdentity, loadStateDir } from './config.js';
 import {
   AgentError,
   AwsUnavailableError,
@@ -48,6 +48,8 @@ Usage:
   metering-sidecar export [--since T] [--until T] [--format csv|jsonl] [--daily] [--state-dir DIR]
                                                    print the ledger's records (or their daily rollup) for
                                                    reconciliation; T is an ISO 8601 date or UTC time
+  metering-sidecar doctor [--json]                 check the platform: credentials, Region, endpoint, route,
+                                                   clock; exit 1 when metering cannot work as it is
   metering-sidecar healthcheck                     exit 0 when ready, 1 otherwise (for Docker and ECS)
   metering-sidecar --version | --help
 
@@ -76,6 +78,8 @@ async function main(argv: readonly string[]): Promise<number> {
       return exportRecords(rest);
     case 'healthcheck':
       return healthcheck(rest);
+    case 'doctor':
+      return doctor(rest);
     case 'help':
       process.stdout.write(`${HELP}\n`);
       return EXIT.ok;
@@ -126,6 +130,12 @@ async function run(args: readonly string[]): Promise<number> {
     // A signal during startup (for instance while entitlement is retried) is a shutdown, not a failure.
     if (signalled !== undefined) return stopped;
     logFatal(logger, err);
+    if (!config.local && (err instanceof AwsUnavailableError || err instanceof NotEntitledError)) {
+      // Why AWS could not be reached or refused: the doctor's findings, as named reasons beside the failure.
+      const { diagnose } = await import('./doctor.js');
+      const { findings } = await diagnose(process.env, { pod: config.pod, timeoutMs: 2000 });
+      for (const f of findings) logger.error({ code: f.code, fix: f.fix }, `doctor: ${f.problem}`);
+    }
     return exitCodeOf(err);
   }
   return Promise.race([stopped, failed]);
@@ -305,6 +315,44 @@ class BufferedStdout {
     this.#chunk = [];
     this.#size = 0;
   }
+}
+
+/** `doctor` (docs/operations.md, "Doctor"): the platform, and each finding with its fix; exit 1 on an error. */
+async function doctor(args: readonly string[]): Promise<number> {
+  const { values } = parse(args, { json: { type: 'boolean' } });
+  const { diagnose } = await import('./doctor.js');
+  const report = await diagnose(process.env, { pod: loadPodIdentity(process.env) });
+  const failed = report.findings.some((f) => f.severity === 'error');
+  if (values.json === true) {
+    process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
+    return failed ? EXIT.unexpected : EXIT.ok;
+  }
+  const p = report.platform;
+  const where =
+    p.platform === 'ecs'
+      ? `ecs${p.launchType ? ` (${p.launchType})` : ''}${p.taskArn ? `, task ${p.taskArn}` : ''}`
+      : p.platform === 'kubernetes'
+        ? `kubernetes${p.podName ? `, pod ${p.podNamespace ?? ''}/${p.podName}` : ''}`
+        : 'other (neither ECS nor Kubernetes)';
+  const clock =
+    report.clockOffsetMs === undefined
+      ? ''
+      : `  (clock offset ${(report.clockOffsetMs / 1000).toFixed(1)} s)`;
+  const lines = [
+    `platform     ${where}`,
+    `credentials  ${report.credentials}`,
+    `region       ${report.region ?? '(unset)'}`,
+    `endpoint     ${report.endpoint ?? '(none)'}${clock}`,
+    '',
+    ...(report.findings.length === 0
+      ? ['no problems found']
+      : report.findings.flatMap((f) => [
+          `${f.severity.padEnd(8)} ${f.code}: ${f.problem}`,
+          `         fix: ${f.fix}`,
+        ])),
+  ];
+  process.stdout.write(`${lines.join('\n')}\n`);
+  return failed ? EXIT.unexpected : EXIT.ok;
 }
 
 /** Longest a health check may take: Docker and ECS run it often and need a quick answer. */

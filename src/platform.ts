@@ -16,6 +16,8 @@ export interface PlatformIdentity {
   readonly launchType?: string;
   readonly taskArn?: string;
   readonly cluster?: string;
+  /** ECS: the availability zone the task runs in (its Region is the zone without the final letter). */
+  readonly availabilityZone?: string;
   readonly podNamespace?: string;
   readonly podName?: string;
   readonly podUid?: string;
@@ -69,6 +71,7 @@ function ecsFields(task: unknown): Partial<PlatformIdentity> {
     ...field('taskArn', t['TaskARN']),
     ...field('cluster', t['Cluster']),
     ...field('launchType', t['LaunchType']),
+    ...field('availabilityZone', t['AvailabilityZone']),
   };
 }
 

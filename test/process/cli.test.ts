@@ -175,6 +175,38 @@ describe('metering-sidecar CLI', () => {
     expect(sidecar.logLines().filter((l) => l['msg'] === 'usage metered')).toHaveLength(3);
   });
 
+  it('doctor names what keeps metering from working, with the fix, and exits 1', async () => {
+    const bad = await cli(['doctor', '--json'], {
+      AWS_REGION: 'us-east-1',
+      AWS_ACCESS_KEY_ID: 'AKIAEXAMPLE',
+      AWS_ENDPOINT_URL_MARKETPLACE_METERING: 'http://127.0.0.1:1',
+      HOME: tempDir(),
+    });
+    expect(bad.code).toBe(1);
+    const report = JSON.parse(bad.stdout) as {
+      credentials: string;
+      findings: { code: string; fix: string }[];
+    };
+    expect(report.credentials).toBe('static-keys');
+    expect(report.findings.map((f) => f.code)).toEqual([
+      'DOCTOR_STATIC_KEYS',
+      'DOCTOR_ENDPOINT_OVERRIDE',
+      'DOCTOR_NO_ROUTE',
+    ]);
+    const text = await cli(['doctor'], {
+      AWS_REGION: 'us-east-1',
+      AWS_CONTAINER_CREDENTIALS_FULL_URI: 'http://169.254.170.23/v1/credentials',
+      AWS_ENDPOINT_URL_MARKETPLACE_METERING: 'http://127.0.0.1:1',
+      KUBERNETES_SERVICE_HOST: '10.0.0.1',
+      HOME: tempDir(),
+    });
+    expect(text.code).toBe(1);
+    expect(text.stdout).toContain('credentials  eks-pod-identity');
+    expect(text.stdout).toMatch(
+      /error {4}DOCTOR_POD_IDENTITY: .*\n {9}fix: delete the pod identity association/,
+    );
+  });
+
   it('report fails clearly when no sidecar listens', async () => {
     const dir = tempDir();
     const result = await cli(['report', 'requests', '1'], { METERING_SOCKET: join(dir, 'none.sock') });

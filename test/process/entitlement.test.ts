@@ -180,6 +180,19 @@ describe('entitlement at startup (built CLI against the emulator)', () => {
     expect(sidecar.fatal()['code']).toBe('ERR_AWS_UNAVAILABLE');
   });
 
+  it('logs the doctor’s findings, each with its fix, beside the failure when it exits 69', async () => {
+    const { emulator, spawn } = await setup();
+    emulator.failNext('RegisterUsage', 'ThrottlingException', 10_000);
+    const sidecar = spawn({ METERING_ENTITLEMENT_RETRY_SECONDS: '1', AWS_ACCESS_KEY_ID: 'AKIAEXAMPLE' });
+    expect((await sidecar.exited).code).toBe(69);
+    const doctor = sidecar.logLines().filter((l) => String(l['msg']).startsWith('doctor: '));
+    expect(doctor.map((l) => l['code'])).toEqual(
+      expect.arrayContaining(['DOCTOR_STATIC_KEYS', 'DOCTOR_ENDPOINT_OVERRIDE']),
+    );
+    for (const line of doctor)
+      expect(line).toMatchObject({ level: 'error', fix: expect.any(String) as unknown });
+  });
+
   it('stops cleanly on SIGTERM while entitlement is being retried', async () => {
     const { emulator, spawn } = await setup();
     emulator.failNext('RegisterUsage', 'ThrottlingException', 10_000);
