@@ -15,7 +15,7 @@
  * the scheduler seals everything including the open hour and sends until the shutdown deadline, then the
  * ledger and the clients close. `stop()` is idempotent.
  */
-import { hostname } from 'node:os';
+import { homedir, hostname } from 'node:os';
 import type { MarketplaceMeteringClient } from '@aws-sdk/client-marketplace-metering';
 import { HOUR_MS, type Clock } from './clock.js';
 import type { Config } from './config.js';
@@ -67,6 +67,8 @@ export class Agent {
   readonly #logger: Logger;
   readonly #clock: Clock;
   readonly #env: Readonly<Record<string, string | undefined>>;
+  /** What the environment shows would stop metering (../doctor.ts), found at startup; none in local mode. */
+  #findings: readonly { code: string; problem: string; fix: string }[] = [];
   readonly #metrics: Metrics;
   readonly #readiness: Readiness;
   readonly #abort = new AbortController();
@@ -99,7 +101,11 @@ export class Agent {
     });
     this.#readiness = new Readiness({
       ledger,
-      entitlement: () => this.#entitlement?.readiness() ?? NOT_STARTED.readiness,
+      entitlement: () => {
+        const check = this.#entitlement?.readiness() ?? NOT_STARTED.readiness;
+        // Not entitled (yet): the environment's own problems are the likeliest reasons, named beside it.
+        return check.ok || this.#findings.length === 0 ? check : { ...check, findings: this.#findings };
+      },
       intakeListening: () => this.#pipeline?.intake.listening === true,
       clock: this.#clock,
       logger: this.#logger,
@@ -249,6 +255,12 @@ export class Agent {
     const { identity, problem } = await platformIdentity(this.#env, this.#config.pod);
     if (problem !== undefined) this.#logger.warn({ code: CODES.platformIdentity }, problem);
     this.#logger.info({ identity }, 'platform identity');
+    if (!this.#config.local) {
+      const { environmentFindings } = await import('./doctor.js');
+      this.#findings = environmentFindings(this.#env, identity, homedir())
+        .filter((f) => f.severity === 'error')
+        .map(({ code, problem: p, fix }) => ({ code, problem: p, fix }));
+    }
     return identity;
   }
 

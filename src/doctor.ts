@@ -84,35 +84,9 @@ export async function diagnose(env: Env, options: DoctorOptions = {}): Promise<D
     });
   }
   const credentials = credentialSource(env, options.homeDir ?? homedir());
-  findings.push(...credentialFindings(credentials, platform));
-
+  findings.push(...environmentFindings(env, platform, options.homeDir ?? homedir()));
   const region = env['AWS_REGION']?.trim() || undefined;
-  const platformRegion = regionOf(platform.availabilityZone);
-  if (region === undefined) {
-    findings.push({
-      code: 'DOCTOR_NO_REGION',
-      severity: 'error',
-      problem: `AWS_REGION is not set${env['AWS_DEFAULT_REGION'] ? ' (the SDK does not read AWS_DEFAULT_REGION)' : ''}`,
-      fix: `set AWS_REGION to the Region the task or pod runs in${platformRegion ? ` (${platformRegion})` : ''}: ECS sets it; on EKS the chart's sidecar.region, or the IRSA webhook's Region`,
-    });
-  } else if (platformRegion !== undefined && platformRegion !== region) {
-    findings.push({
-      code: 'DOCTOR_REGION_MISMATCH',
-      severity: 'error',
-      problem: `AWS_REGION is ${region}, but the task runs in ${platformRegion} (${platform.availabilityZone})`,
-      fix: `set AWS_REGION=${platformRegion}: AWS Marketplace refuses metering from another Region (InvalidEndpointRegionException); never hard-code it`,
-    });
-  }
-
   const override = endpointOverride(env);
-  if (override !== undefined) {
-    findings.push({
-      code: 'DOCTOR_ENDPOINT_OVERRIDE',
-      severity: 'error',
-      problem: `${override.variable}=${override.url}: metering would go there, not to AWS Marketplace`,
-      fix: `unset ${override.variable} (it is for local tests against the emulator; run --local for that)`,
-    });
-  }
   const endpoint =
     override?.url ??
     (region === undefined
@@ -145,6 +119,41 @@ export async function diagnose(env: Env, options: DoctorOptions = {}): Promise<D
     });
   }
   return { platform, credentials, region, endpoint, clockOffsetMs, findings };
+}
+
+/**
+ * The findings the environment alone shows (no network): the credential source, the Region against the task's
+ * zone, an endpoint override. Cheap enough for `/readyz`, which names them beside a failed entitlement check.
+ */
+export function environmentFindings(env: Env, platform: PlatformIdentity, homeDir: string): Finding[] {
+  const findings = credentialFindings(credentialSource(env, homeDir), platform);
+  const region = env['AWS_REGION']?.trim() || undefined;
+  const platformRegion = regionOf(platform.availabilityZone);
+  if (region === undefined) {
+    findings.push({
+      code: 'DOCTOR_NO_REGION',
+      severity: 'error',
+      problem: `AWS_REGION is not set${env['AWS_DEFAULT_REGION'] ? ' (the SDK does not read AWS_DEFAULT_REGION)' : ''}`,
+      fix: `set AWS_REGION to the Region the task or pod runs in${platformRegion ? ` (${platformRegion})` : ''}: ECS sets it; on EKS the chart's sidecar.region, or the IRSA webhook's Region`,
+    });
+  } else if (platformRegion !== undefined && platformRegion !== region) {
+    findings.push({
+      code: 'DOCTOR_REGION_MISMATCH',
+      severity: 'error',
+      problem: `AWS_REGION is ${region}, but the task runs in ${platformRegion} (${platform.availabilityZone})`,
+      fix: `set AWS_REGION=${platformRegion}: AWS Marketplace refuses metering from another Region (InvalidEndpointRegionException); never hard-code it`,
+    });
+  }
+  const override = endpointOverride(env);
+  if (override !== undefined) {
+    findings.push({
+      code: 'DOCTOR_ENDPOINT_OVERRIDE',
+      severity: 'error',
+      problem: `${override.variable}=${override.url}: metering would go there, not to AWS Marketplace`,
+      fix: `unset ${override.variable} (it is for local tests against the emulator; run --local for that)`,
+    });
+  }
+  return findings;
 }
 
 /** The provider the SDK's default chain would take, in the chain's order (docs/aws-rules.md §4.3). */

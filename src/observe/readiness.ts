@@ -13,6 +13,11 @@ import type { Metrics } from './metrics.js';
 export interface ReadinessCheck {
   readonly ok: boolean;
   readonly reason?: string;
+  /**
+   * Beside a failed entitlement check: what the environment shows would stop metering (../doctor.ts), each as a
+   * named reason with its fix.
+   */
+  readonly findings?: readonly { readonly code: string; readonly problem: string; readonly fix: string }[];
 }
 
 /** How long one write probe's answer is reused. */

@@ -117,10 +117,17 @@ describe('entitlement at startup (built CLI against the emulator)', () => {
     expect(readyz.status).toBe(503);
     const body = (await readyz.json()) as {
       ready: boolean;
-      checks: { entitlement: { ok: boolean; reason: string } };
+      checks: { entitlement: { ok: boolean; reason: string; findings?: { code: string; fix: string }[] } };
     };
     expect(body.ready).toBe(false);
     expect(body.checks.entitlement.reason).toContain('InternalServiceErrorException');
+    // The doctor's findings in the environment, as named reasons beside it (here: the emulator's endpoint).
+    expect(body.checks.entitlement.findings).toContainEqual(
+      expect.objectContaining({
+        code: 'DOCTOR_ENDPOINT_OVERRIDE',
+        fix: expect.stringContaining('unset') as unknown,
+      }),
+    );
     expect((await fetch(`http://127.0.0.1:${port}/healthz`)).status).toBe(200);
     const client = new SidecarClient({ socketPath });
     const refused = await client.report({ dimension: 'requests', quantity: 1 });
@@ -129,7 +136,11 @@ describe('entitlement at startup (built CLI against the emulator)', () => {
 
     emulator.reset(); // AWS recovers
     await sidecar.ready(30_000);
-    expect((await fetch(`http://127.0.0.1:${port}/readyz`)).status).toBe(200);
+    const ready = await fetch(`http://127.0.0.1:${port}/readyz`);
+    expect(ready.status).toBe(200);
+    expect(((await ready.json()) as { checks: { entitlement: object } }).checks.entitlement).toEqual({
+      ok: true,
+    });
     expect((await client.report({ dimension: 'requests', quantity: 1 })).status).toBe(202);
     client.close();
     expect((await sidecar.stop('SIGTERM')).code).toBe(0);
