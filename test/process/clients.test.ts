@@ -4,29 +4,27 @@
  * was lost with the same idempotency key so that it is counted once, and stops at once on a refusal.
  */
 import { execFile, execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { cli } from '../helpers/cli.js';
 import { curlEnv } from '../helpers/curl.js';
 import { SidecarProcess } from '../helpers/sidecarProcess.js';
+import { TempDirs } from '../helpers/tmp.js';
 
 const PYTHON_CLIENT = fileURLToPath(new URL('../../clients/python/metering_client.py', import.meta.url));
 const SHELL_CLIENT = fileURLToPath(new URL('../../clients/shell/metering-report.sh', import.meta.url));
 
 const cleanups: (() => Promise<void> | void)[] = [];
+const dirs = new TempDirs();
 afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+  dirs.cleanup();
 });
 
-function tempDir(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'metering-clients-'));
-  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
+const tempDir = (): string => dirs.make('metering-clients-');
 
 function sidecarIn(dir: string): SidecarProcess {
   const sidecar = SidecarProcess.spawn(

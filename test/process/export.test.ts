@@ -3,24 +3,21 @@
  * running one, with the task or pod identity the platform told, as CSV, JSON lines and the daily rollup.
  */
 import { createServer } from 'node:http';
-import { mkdtempSync, rmSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { cli } from '../helpers/cli.js';
 import { SidecarProcess } from '../helpers/sidecarProcess.js';
+import { TempDirs } from '../helpers/tmp.js';
 
 const cleanups: (() => Promise<void> | void)[] = [];
+const dirs = new TempDirs();
 afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+  dirs.cleanup();
 });
 
-function tempDir(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'metering-export-'));
-  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
+const tempDir = (): string => dirs.make('metering-export-');
 
 /** A local sidecar on `dir`; stopped by the test or at cleanup. */
 async function localSidecar(dir: string, extra: Record<string, string> = {}): Promise<SidecarProcess> {
