@@ -278,7 +278,13 @@ export class Agent {
       idempotencyKeysMax: config.idempotencyKeysMax,
       retentionMs: config.retentionDays * 24 * HOUR_MS,
       ...(config.zeroUsage && config.dimensions !== undefined
-        ? { zeroUsage: { dimensions: config.dimensions, fromMs: this.#clock.now() } }
+        ? {
+            zeroUsage: {
+              dimensions: config.dimensions,
+              fromMs: this.#clock.now(),
+              fromMonotonicMs: this.#clock.monotonicMs(),
+            },
+          }
         : {}),
       identity: JSON.stringify(identity),
       onKeysEvicted: keyEvictionReporter({

@@ -94,8 +94,18 @@ export async function diagnose(env: Env, options: DoctorOptions = {}): Promise<D
       : `https://metering.marketplace.${region}.amazonaws.com${region.startsWith('cn-') ? '.cn' : ''}`);
 
   let clockOffsetMs: number | undefined;
-  if (endpoint !== undefined) {
-    const url = new URL(endpoint);
+  let url: URL | undefined;
+  try {
+    url = endpoint === undefined ? undefined : new URL(endpoint);
+  } catch {
+    findings.push({
+      code: 'DOCTOR_NO_ROUTE',
+      severity: 'error',
+      problem: `the endpoint ${withoutUserinfo(endpoint ?? '')} is not a URL`,
+      fix: `set ${override?.variable ?? 'AWS_REGION'} right, or unset the override`,
+    });
+  }
+  if (url !== undefined) {
     const port = Number(url.port || (url.protocol === 'https:' ? 443 : 80));
     try {
       await tcpConnect(url.hostname, port, timeoutMs);
@@ -118,7 +128,14 @@ export async function diagnose(env: Env, options: DoctorOptions = {}): Promise<D
       fix: 'synchronise the host clock (chrony or NTP; on EC2 the Amazon Time Sync Service at 169.254.169.123): AWS refuses signed requests and records stamped that far off',
     });
   }
-  return { platform, credentials, region, endpoint, clockOffsetMs, findings };
+  return {
+    platform,
+    credentials,
+    region,
+    endpoint: endpoint === undefined ? undefined : withoutUserinfo(endpoint),
+    clockOffsetMs,
+    findings,
+  };
 }
 
 /**
@@ -148,9 +165,9 @@ export function environmentFindings(env: Env, platform: PlatformIdentity, homeDi
   if (override !== undefined) {
     findings.push({
       code: 'DOCTOR_ENDPOINT_OVERRIDE',
-      severity: 'error',
-      problem: `${override.variable}=${override.url}: metering would go there, not to AWS Marketplace`,
-      fix: `unset ${override.variable} (it is for local tests against the emulator; run --local for that)`,
+      severity: 'warning',
+      problem: `${override.variable}=${withoutUserinfo(override.url)}: metering goes there instead of AWS Marketplace's regional endpoint`,
+      fix: `unset ${override.variable} unless it names a VPC endpoint of Marketplace Metering (with private DNS none is needed); for local tests run --local`,
     });
   }
   return findings;
@@ -159,12 +176,12 @@ export function environmentFindings(env: Env, platform: PlatformIdentity, homeDi
 /** The provider the SDK's default chain would take, in the chain's order (docs/aws-rules.md §4.3). */
 export function credentialSource(env: Env, homeDir: string): CredentialSource {
   const set = (name: string): boolean => (env[name]?.trim() ?? '') !== '';
-  if (set('AWS_ACCESS_KEY_ID') && !set('AWS_PROFILE')) return 'static-keys';
-  const sharedFiles = [
-    env['AWS_SHARED_CREDENTIALS_FILE'] ?? join(homeDir, '.aws', 'credentials'),
-    env['AWS_CONFIG_FILE'] ?? join(homeDir, '.aws', 'config'),
-  ];
-  if (set('AWS_PROFILE') || sharedFiles.some((f) => existsSync(f))) return 'shared-config';
+  if (set('AWS_ACCESS_KEY_ID') && set('AWS_SECRET_ACCESS_KEY') && !set('AWS_PROFILE')) return 'static-keys';
+  // A credentials file is taken before IRSA or the task role; a config file alone (a Region, say) is, only when
+  // AWS_PROFILE names a profile that could hold a role or SSO settings. Otherwise the chain falls through.
+  const credentialsFile = env['AWS_SHARED_CREDENTIALS_FILE'] ?? join(homeDir, '.aws', 'credentials');
+  const configFile = env['AWS_CONFIG_FILE'] ?? join(homeDir, '.aws', 'config');
+  if (existsSync(credentialsFile) || (set('AWS_PROFILE') && existsSync(configFile))) return 'shared-config';
   if (set('AWS_WEB_IDENTITY_TOKEN_FILE') && set('AWS_ROLE_ARN')) return 'irsa';
   if (set('AWS_CONTAINER_CREDENTIALS_RELATIVE_URI')) return 'ecs-task-role';
   const full = env['AWS_CONTAINER_CREDENTIALS_FULL_URI']?.trim();
@@ -251,6 +268,11 @@ function credentialFindings(source: CredentialSource, platform: PlatformIdentity
     case 'ecs-task-role':
       return [];
   }
+}
+
+/** `url` without a user name or password in it, for logs and answers. */
+function withoutUserinfo(url: string): string {
+  return url.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/@]*@/i, '$1');
 }
 
 /** The Region of an availability zone (`us-east-2b`, `use1-az1` has none). */

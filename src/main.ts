@@ -132,9 +132,17 @@ async function run(args: readonly string[]): Promise<number> {
     logFatal(logger, err);
     if (!config.local && (err instanceof AwsUnavailableError || err instanceof NotEntitledError)) {
       // Why AWS could not be reached or refused: the doctor's findings, as named reasons beside the failure.
-      const { diagnose } = await import('./doctor.js');
-      const { findings } = await diagnose(process.env, { pod: config.pod, timeoutMs: 2000 });
-      for (const f of findings) logger.error({ code: f.code, fix: f.fix }, `doctor: ${f.problem}`);
+      try {
+        const { diagnose } = await import('./doctor.js');
+        const { findings } = await diagnose(process.env, { pod: config.pod, timeoutMs: 2000 });
+        for (const f of findings)
+          logger[f.severity === 'error' ? 'error' : 'warn'](
+            { code: f.code, fix: f.fix },
+            `doctor: ${f.problem}`,
+          );
+      } catch (doctorErr) {
+        logger.warn({ err: doctorErr }, 'the doctor could not run');
+      }
     }
     return exitCodeOf(err);
   }

@@ -129,6 +129,8 @@ export class HandoffStore {
     const recordIds: number[] = [];
     for (const r of this.#sql.pending.all() as PendingRow[]) {
       recordIds.push(r.id);
+      // A zero record (METERING_ZERO_USAGE) bills nothing: it is taken out with the rest, and hands nothing on.
+      if (r.quantity === 0) continue;
       if (r.maybe_delivered === 1 || r.in_flight === 1) {
         uncertain.push({
           dimension: r.dimension,

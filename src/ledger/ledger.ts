@@ -116,7 +116,12 @@ export interface LedgerOptions {
    * Zero reporting (METERING_ZERO_USAGE): a record of quantity 0 for each of `dimensions` in every hour without
    * usage from `fromMs` (when this sidecar started) on. Undefined: hours without usage send nothing.
    */
-  readonly zeroUsage?: { readonly dimensions: readonly string[]; readonly fromMs: number };
+  readonly zeroUsage?: {
+    readonly dimensions: readonly string[];
+    /** The clock, and the monotonic clock, when the sidecar started. */
+    readonly fromMs: number;
+    readonly fromMonotonicMs: number;
+  };
   /** How long settled records are kept (METERING_RETENTION_DAYS); default `DEFAULT_RETENTION_MS` (./keys.ts). */
   readonly retentionMs?: number;
   /**

@@ -66,6 +66,11 @@ export class SqliteLedger {
   #commits = 0;
   /** The latest time the ledger has used; see {@link SqliteLedger.#timeNow}. */
   #highWaterMs: number;
+  /**
+   * The newest hour of a record retention pruned: every hour up to it counts as sealed for every dimension, so
+   * that a clock set far back (after a restart, say) cannot stamp usage into an hour whose record is gone.
+   */
+  #prunedThroughMs: number;
   readonly #stmt: Statements;
   readonly #keys: KeyStore;
   readonly #buckets: Buckets;
@@ -108,6 +113,11 @@ export class SqliteLedger {
           .get() as (number | null)[]
       ).map((v) => v ?? 0),
     );
+    this.#prunedThroughMs =
+      (this.#db
+        .prepare("SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'pruned_through_ms'")
+        .pluck()
+        .get() as number | undefined) ?? Number.MIN_SAFE_INTEGER;
     // A record that was being sent when the process died may have reached AWS: never carry it.
     this.#db.prepare('UPDATE records SET maybe_delivered = 1, in_flight = 0 WHERE in_flight = 1').run();
     for (const row of this.#db.prepare('SELECT dimension, hour_ms FROM records').all() as {
@@ -346,20 +356,22 @@ export class SqliteLedger {
           if (bucketSeal.excess.length > 0)
             this.#buckets.placeCarried(dimension, hourMs + HOUR_MS, bucketSeal.excess);
         }
-        // The clock that sealed is saved with the seal: once retention has pruned the record, the saved mark still
-        // keeps a clock set back after a restart from stamping usage into an hour that was sealed.
-        stmt.setHighWater.run(String(this.#highWaterMs));
         const zero = this.#options.zeroUsage;
         if (zero !== undefined) {
           // Zero reporting: every configured dimension without a record gets one of quantity 0 for each hour this
           // sidecar ran in, from the moment it started (never earlier), so a buyer sees the product metered.
-          for (const hourMs of zeroUsageHours(zero.fromMs, clockMs, includeOpen)) {
+          // When it started, by the clock as it reads now: a clock corrected since the start (it was behind)
+          // must not reach back into hours before the start.
+          const elapsedMs = this.#options.clock.monotonicMs() - zero.fromMonotonicMs;
+          // Whole milliseconds (the monotonic clock has fractions), rounded up: never before the start.
+          const startedMs = Math.ceil(Math.max(zero.fromMs, clockMs - elapsedMs));
+          for (const hourMs of zeroUsageHours(startedMs, clockMs, includeOpen)) {
             for (const dimension of zero.dimensions) {
               if (this.#isSealed(dimension, hourMs) || sealedNow.has(sealedKey(dimension, hourMs))) continue;
               if (stmt.tagsOf.get(dimension, hourMs) !== undefined) continue; // usage arrived: not zero
               insert(dimension, hourMs, {
                 quantity: 0,
-                timestampMs: recordTimestamp(Math.max(hourMs, zero.fromMs), hourMs, clockMs),
+                timestampMs: recordTimestamp(Math.max(hourMs, startedMs), hourMs, clockMs),
                 allocations: [],
                 excess: [],
               });
@@ -489,14 +501,23 @@ export class SqliteLedger {
    */
   prune(nowMs: number): void {
     this.#write(() => this.#keys.prune(nowMs));
-    const unsealed = this.#write(
-      () =>
-        this.#stmt.pruneSettled.all(nowMs - (this.#options.retentionMs ?? DEFAULT_RETENTION_MS)) as {
+    const retentionMs = this.#options.retentionMs ?? DEFAULT_RETENTION_MS;
+    const throughMs = this.#write(() =>
+      this.#db.transaction(() => {
+        const pruned = this.#stmt.pruneSettled.all(nowMs - retentionMs) as {
           dimension: string;
           hour_ms: number;
-        }[],
+        }[];
+        if (pruned.length === 0) return this.#prunedThroughMs;
+        const newest = pruned.reduce((max, r) => Math.max(max, r.hour_ms), this.#prunedThroughMs);
+        this.#stmt.setPrunedThrough.run(String(newest));
+        return newest;
+      })(),
     );
-    for (const row of unsealed) this.#sealed.get(row.dimension)?.delete(row.hour_ms);
+    // Hours up to the newest pruned one stay sealed by the floor; only later ones are kept in memory.
+    this.#prunedThroughMs = throughMs;
+    for (const hours of this.#sealed.values())
+      for (const hourMs of hours) if (hourMs <= throughMs) hours.delete(hourMs);
   }
 
   /** Commits every queued batch, then closes the database. Idempotent. */
@@ -538,7 +559,7 @@ export class SqliteLedger {
   }
 
   #isSealed(dimension: string, hourMs: number): boolean {
-    return this.#sealed.get(dimension)?.has(hourMs) ?? false;
+    return hourMs <= this.#prunedThroughMs || (this.#sealed.get(dimension)?.has(hourMs) ?? false);
   }
 
   #markSealed(dimension: string, hourMs: number): void {

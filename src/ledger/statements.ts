@@ -117,6 +117,9 @@ const SQL = {
   setKeyHorizon: {
     sql: "INSERT INTO meta (key, value) VALUES ('key_horizon_ms', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
   },
+  setPrunedThrough: {
+    sql: "INSERT INTO meta (key, value) VALUES ('pruned_through_ms', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
+  },
   pruneSettled: {
     sql: "DELETE FROM records WHERE status IN ('sent', 'carried') AND settled_at_ms < ? RETURNING dimension, hour_ms",
   },

@@ -179,6 +179,7 @@ describe('metering-sidecar CLI', () => {
     const bad = await cli(['doctor', '--json'], {
       AWS_REGION: 'us-east-1',
       AWS_ACCESS_KEY_ID: 'AKIAEXAMPLE',
+      AWS_SECRET_ACCESS_KEY: 'secret',
       AWS_ENDPOINT_URL_MARKETPLACE_METERING: 'http://127.0.0.1:1',
       HOME: tempDir(),
     });

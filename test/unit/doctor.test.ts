@@ -44,8 +44,27 @@ describe('credentialSource', () => {
   const home = (): string => dirs.make();
 
   it('follows the default chain: static keys, shared config, IRSA, task role, Pod Identity, instance role', () => {
-    expect(credentialSource({ AWS_ACCESS_KEY_ID: 'AKIA' }, home())).toBe('static-keys');
-    expect(credentialSource({ AWS_ACCESS_KEY_ID: 'AKIA', AWS_PROFILE: 'p' }, home())).toBe('shared-config');
+    expect(credentialSource({ AWS_ACCESS_KEY_ID: 'AKIA', AWS_SECRET_ACCESS_KEY: 's' }, home())).toBe(
+      'static-keys',
+    );
+    // A key id alone is not taken (the SDK needs the secret too), nor keys with AWS_PROFILE set.
+    expect(credentialSource({ AWS_ACCESS_KEY_ID: 'AKIA' }, home())).toBe('instance-role');
+    const withConfig = home();
+    mkdirSync(join(withConfig, '.aws'));
+    writeFileSync(join(withConfig, '.aws', 'config'), '[default]\nregion = us-east-1\n');
+    expect(
+      credentialSource(
+        { AWS_ACCESS_KEY_ID: 'AKIA', AWS_SECRET_ACCESS_KEY: 's', AWS_PROFILE: 'p' },
+        withConfig,
+      ),
+    ).toBe('shared-config');
+    // A config file alone (a Region) leaves the chain to IRSA, as does a profile with no file to hold it.
+    expect(credentialSource({ AWS_ROLE_ARN: 'arn', AWS_WEB_IDENTITY_TOKEN_FILE: '/t' }, withConfig)).toBe(
+      'irsa',
+    );
+    expect(
+      credentialSource({ AWS_PROFILE: 'p', AWS_ROLE_ARN: 'arn', AWS_WEB_IDENTITY_TOKEN_FILE: '/t' }, home()),
+    ).toBe('irsa');
     const withFile = home();
     mkdirSync(join(withFile, '.aws'));
     writeFileSync(join(withFile, '.aws', 'credentials'), '[default]\n');
@@ -112,7 +131,6 @@ describe('diagnose', () => {
       'DOCTOR_STATIC_KEYS',
       /remove AWS_ACCESS_KEY_ID/,
     ],
-    [{ AWS_PROFILE: 'default' }, 'DOCTOR_SHARED_CONFIG', /remove AWS_PROFILE/],
     [
       {
         AWS_CONTAINER_CREDENTIALS_FULL_URI: 'http://169.254.170.23/v1/credentials',
@@ -138,6 +156,39 @@ describe('diagnose', () => {
     expect(d.platform).toMatchObject({ platform: 'kubernetes', podName: 'app-0' });
     expect(codes(d)).toEqual([code, 'DOCTOR_ENDPOINT_OVERRIDE']);
     expect(d.findings[0]).toMatchObject({ severity: 'error', fix: expect.stringMatching(fix) as unknown });
+  });
+
+  it('names a credentials file in the image, which would win over IRSA', async () => {
+    const home = dirs.make();
+    mkdirSync(join(home, '.aws'));
+    writeFileSync(join(home, '.aws', 'credentials'), '[default]\n');
+    const endpoint = await standIn('{}');
+    const d = await diagnose(
+      {
+        KUBERNETES_SERVICE_HOST: '10.0.0.1',
+        AWS_REGION: 'eu-west-1',
+        AWS_ROLE_ARN: 'arn:aws:iam::111122223333:role/metering',
+        AWS_WEB_IDENTITY_TOKEN_FILE: '/var/run/secrets/eks.amazonaws.com/serviceaccount/token',
+        AWS_ENDPOINT_URL_MARKETPLACE_METERING: endpoint,
+      },
+      { homeDir: home },
+    );
+    expect(d.credentials).toBe('shared-config');
+    expect(d.findings[0]).toMatchObject({
+      code: 'DOCTOR_SHARED_CONFIG',
+      fix: expect.stringMatching(/~\/\.aws/) as unknown,
+    });
+  });
+
+  it('never rejects, and never shows the user and password of an endpoint URL', async () => {
+    const env = await ecsTask();
+    const bad = await diagnose({ ...env, AWS_ENDPOINT_URL: 'not a url' }, { homeDir: dirs.make() });
+    expect(codes(bad)).toEqual(['DOCTOR_ENDPOINT_OVERRIDE', 'DOCTOR_NO_ROUTE']);
+    const secret = await diagnose(
+      { ...env, AWS_ENDPOINT_URL: 'http://user:hunter2@127.0.0.1:1' },
+      { homeDir: dirs.make(), timeoutMs: 500 },
+    );
+    expect(JSON.stringify(secret)).not.toContain('hunter2');
   });
 
   it('names the task role as the fix on ECS, and warns of a credential endpoint of another kind', async () => {

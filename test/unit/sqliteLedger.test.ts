@@ -619,7 +619,7 @@ describe('SqliteLedger', () => {
         productCode: 'prod',
         dryRun: false,
         clock,
-        zeroUsage: { dimensions: ['a', 'b'], fromMs: startMs },
+        zeroUsage: { dimensions: ['a', 'b'], fromMs: startMs, fromMonotonicMs: clock.monotonicMs() },
       });
       open.push(ledger);
       return { clock, ledger };
@@ -666,6 +666,52 @@ describe('SqliteLedger', () => {
       expect(ledger.status(clock.now()).open).toMatchObject([
         { dimension: 'b', hourStartMs: H11, quantity: 2 },
       ]);
+    });
+
+    // Regression: with the clock behind at start and corrected later, zeros went out for hours before the start.
+    it('reaches back no further than the start when the clock was behind then and corrected since', () => {
+      const { clock, ledger } = zeroLedger(H10 - 3 * HOUR_MS + 5 * 60_000); // three hours behind
+      clock.jump(H10 + 5 * 60_000); // corrected: no time passed
+      clock.set(H11 + 60_000);
+      const records = ledger.seal(clock.now(), false);
+      expect(records.map((r) => [r.dimension, r.hourStartMs, r.timestampMs])).toEqual([
+        ['a', H10, H10 + 5 * 60_000],
+        ['b', H10, H10 + 5 * 60_000],
+      ]);
+    });
+
+    it('hands nothing on for a pending zero record, taking it out with the rest', async () => {
+      const { clock, ledger } = zeroLedger(H10 + 60_000);
+      await recorded(ledger, [report('a', 3)]);
+      clock.set(H10 + 30 * 60_000);
+      const sealed = ledger.seal(clock.now(), true);
+      const snapshot = ledger.handoffs.snapshot();
+      expect([...snapshot.recordIds].sort()).toEqual(sealed.map((r) => r.id).sort());
+      expect(snapshot.usage).toEqual([
+        { dimension: 'a', hourMs: H10, allocations: [{ tagsKey: '{}', quantity: 3 }] },
+      ]);
+      expect(snapshot.uncertain).toEqual([]);
+    });
+
+    // Regression: the start, taken back from the monotonic clock, had a fraction of a millisecond; the zero
+    // record's Timestamp could not be stored, and the whole seal failed.
+    it('stamps whole milliseconds when the monotonic clock has fractions', () => {
+      const base = new ManualClock(H10 + 5 * 60_000);
+      const clock = { ...base, now: () => base.now(), monotonicMs: () => base.monotonicMs() + 0.375 };
+      const startedMs = clock.now();
+      const ledger = SqliteLedger.open({
+        stateDir: dirs.make(),
+        productCode: 'prod',
+        dryRun: false,
+        clock: clock as unknown as ManualClock,
+        zeroUsage: { dimensions: ['a'], fromMs: startedMs, fromMonotonicMs: base.monotonicMs() + 0.5 },
+      });
+      open.push(ledger);
+      base.set(H10 + 30 * 60_000);
+      const [record] = ledger.seal(clock.now(), true);
+      expect(record).toMatchObject({ dimension: 'a', quantity: 0 });
+      expect(Number.isInteger(record.timestampMs)).toBe(true);
+      expect(record.timestampMs).toBeGreaterThanOrEqual(startedMs);
     });
 
     it('looks back at most four hours after a long stop of the clock', () => {
@@ -726,6 +772,25 @@ describe('SqliteLedger', () => {
     expect(second.status(clock.now()).open).toMatchObject([
       { dimension: 'a', hourStartMs: H11, quantity: 7 },
     ]);
+  });
+
+  it('keeps no trace of a wrong clock a year ahead that only ticked, so usage after its correction is not stamped in the future', async () => {
+    const dir = dirs.make();
+    const clock = new ManualClock(H10 + 5 * 60_000);
+    const options = { stateDir: dir, productCode: 'prod', dryRun: false, clock };
+    const first = SqliteLedger.open(options);
+    open.push(first);
+    clock.jump(H10 + 365 * 24 * HOUR_MS);
+    expect(first.seal(clock.now(), false)).toEqual([]);
+    first.prune(clock.now());
+    first.close();
+    open.splice(open.indexOf(first), 1);
+
+    clock.jump(H10 + 10 * 60_000);
+    const second = SqliteLedger.open(options);
+    open.push(second);
+    await recorded(second, [report('a', 1)]);
+    expect(second.status(clock.now()).open).toMatchObject([{ dimension: 'a', hourStartMs: H10 }]);
   });
 
   it('keeps settled records 45 days by default', async () => {
