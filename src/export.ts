@@ -128,13 +128,6 @@ export class DailyRollup {
   }
 }
 
-/** {@link DailyRollup} of `records`. */
-export function dailyRollup(records: readonly ExportedRecord[]): Row[] {
-  const rollup = new DailyRollup();
-  for (const r of records) rollup.add(r);
-  return rollup.rows();
-}
-
 /** The CSV header line of `columns` (none for JSON lines). */
 export function header(columns: readonly string[], format: ExportFormat): string {
   return format === 'csv' ? `${columns.join(',')}\r\n` : '';
@@ -145,18 +138,6 @@ export function line(row: Row, columns: readonly string[], format: ExportFormat)
   return format === 'jsonl'
     ? `${JSON.stringify(row)}\n`
     : `${columns.map((c) => csvField(row[c] ?? null)).join(',')}\r\n`;
-}
-
-/** Writes `rows` with `columns` in `format`, one line at a time through `write`. */
-export function writeRows(
-  rows: readonly Row[],
-  columns: readonly string[],
-  format: ExportFormat,
-  write: (line: string) => void,
-): void {
-  const head = header(columns, format);
-  if (head !== '') write(head);
-  for (const row of rows) write(line(row, columns, format));
 }
 
 /**

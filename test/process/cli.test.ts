@@ -3,27 +3,18 @@
  * local mode with the embedded emulator, and the standalone emulator command.
  */
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { MarketplaceMeteringClient, MeterUsageCommand } from '@aws-sdk/client-marketplace-metering';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { cli } from '../helpers/cli.js';
+import { processTestScope } from '../helpers/scope.js';
 import { MAIN, SidecarProcess } from '../helpers/sidecarProcess.js';
 
 const run = promisify(execFile);
 
-const cleanups: (() => Promise<void> | void)[] = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
-
-function tempDir(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'metering-cli-'));
-  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
+const { cleanups, tempDir } = processTestScope('metering-cli-');
 
 describe('metering-sidecar CLI', () => {
   it('runs as its first line says, with the Node.js options it ships with', async () => {

@@ -8,40 +8,15 @@ import { readFileSync } from 'node:fs';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { cli } from '../helpers/cli.js';
+import { processTestScope } from '../helpers/scope.js';
 import { curlEnv } from '../helpers/curl.js';
-import { SidecarProcess } from '../helpers/sidecarProcess.js';
-import { TempDirs } from '../helpers/tmp.js';
 
 const PYTHON_CLIENT = fileURLToPath(new URL('../../clients/python/metering_client.py', import.meta.url));
 const SHELL_CLIENT = fileURLToPath(new URL('../../clients/shell/metering-report.sh', import.meta.url));
 
-const cleanups: (() => Promise<void> | void)[] = [];
-const dirs = new TempDirs();
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-  dirs.cleanup();
-});
-
-const tempDir = (): string => dirs.make('metering-clients-');
-
-function sidecarIn(dir: string): SidecarProcess {
-  const sidecar = SidecarProcess.spawn(
-    {
-      METERING_ENTITLEMENT: 'none',
-      METERING_STATE_DIR: join(dir, 'state'),
-      METERING_SOCKET: join(dir, 'metering.sock'),
-      METERING_LISTEN: 'off',
-      METERING_ADMIN_LISTEN: 'off',
-    },
-    ['run', '--local'],
-  );
-  cleanups.push(() => {
-    sidecar.child.kill('SIGKILL');
-  });
-  return sidecar;
-}
+const { cleanups, tempDir, localSidecar } = processTestScope('metering-clients-');
 
 /**
  * A socket in front of the sidecar's that passes every connection through, but drops the first connection's
@@ -126,7 +101,7 @@ describe.each(Object.keys(CLIENTS) as (keyof typeof CLIENTS)[])('the %s client',
     const { args, env } = reportArgs(name, 4);
     const reporting = client(join(dir, 'metering.sock'), args, env);
     await new Promise((resolve) => setTimeout(resolve, 700));
-    const sidecar = sidecarIn(dir);
+    const sidecar = localSidecar(dir);
     await sidecar.ready();
     const result = await reporting;
     expect(result.code, result.stderr).toBe(0);
@@ -136,7 +111,7 @@ describe.each(Object.keys(CLIENTS) as (keyof typeof CLIENTS)[])('the %s client',
 
   it('resends a report whose answer was lost with the same idempotency key, and it is counted once', async () => {
     const dir = tempDir();
-    await sidecarIn(dir).ready();
+    await localSidecar(dir).ready();
     const proxy = await losingFirstAnswer(dir);
     const { args, env } = reportArgs(name, 5); // no id given: the client makes one before the first attempt
     const result = await client(proxy.path, args, env);
@@ -149,7 +124,7 @@ describe.each(Object.keys(CLIENTS) as (keyof typeof CLIENTS)[])('the %s client',
 
   it('stops at the first refusal, naming the error, and counts nothing', async () => {
     const dir = tempDir();
-    await sidecarIn(dir).ready();
+    await localSidecar(dir).ready();
     const result = await client(join(dir, 'metering.sock'), ['requests', '-1'], {});
     expect(result.code).toBe(1);
     expect(result.stderr).toMatch(/InvalidRequest|InvalidQuantity/);
@@ -177,7 +152,7 @@ it('counts the usage of docs/api.md’s curl one-liner once when its first answe
   const block = /```sh\n(id=\$\(cat \/proc\/sys\/kernel\/random\/uuid\); curl[\s\S]*?)```/.exec(docs);
   expect(block).not.toBeNull();
   const dir = tempDir();
-  await sidecarIn(dir).ready();
+  await localSidecar(dir).ready();
   const proxy = await losingFirstAnswer(dir);
   const command = block![1].replace('/run/metering/metering.sock', proxy.path);
   const result = await runClient('sh', ['-c', command], curlEnv());

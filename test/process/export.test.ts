@@ -5,36 +5,16 @@
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { cli } from '../helpers/cli.js';
-import { SidecarProcess } from '../helpers/sidecarProcess.js';
-import { TempDirs } from '../helpers/tmp.js';
+import { processTestScope } from '../helpers/scope.js';
+import type { SidecarProcess } from '../helpers/sidecarProcess.js';
 
-const cleanups: (() => Promise<void> | void)[] = [];
-const dirs = new TempDirs();
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-  dirs.cleanup();
-});
+const { cleanups, tempDir, localSidecar } = processTestScope('metering-export-');
 
-const tempDir = (): string => dirs.make('metering-export-');
-
-/** A local sidecar on `dir`; stopped by the test or at cleanup. */
-async function localSidecar(dir: string, extra: Record<string, string> = {}): Promise<SidecarProcess> {
-  const sidecar = SidecarProcess.spawn(
-    {
-      METERING_ENTITLEMENT: 'none',
-      METERING_STATE_DIR: join(dir, 'state'),
-      METERING_SOCKET: join(dir, 'metering.sock'),
-      METERING_LISTEN: 'off',
-      METERING_ADMIN_LISTEN: 'off',
-      ...extra,
-    },
-    ['run', '--local'],
-  );
-  cleanups.push(() => {
-    sidecar.child.kill('SIGKILL');
-  });
+/** A local sidecar on `dir`, ready; stopped by the test or at cleanup. */
+async function readySidecar(dir: string, extra: Record<string, string> = {}): Promise<SidecarProcess> {
+  const sidecar = localSidecar(dir, extra);
   await sidecar.ready();
   return sidecar;
 }
@@ -55,7 +35,7 @@ describe('metering-sidecar export', () => {
       METERING_POD_NAME: 'app-5c7d-abcde',
       METERING_POD_UID: '6f1e0c2a-uid',
     };
-    const first = await localSidecar(dir, pod);
+    const first = await readySidecar(dir, pod);
     const socket = { METERING_SOCKET: join(dir, 'metering.sock') };
     expect((await cli(['report', 'requests', '5', '--tag', 'tenant=acme'], socket)).code).toBe(0);
     expect((await cli(['report', 'gb', '7'], socket)).code).toBe(0);
@@ -73,7 +53,7 @@ describe('metering-sidecar export', () => {
     const stopped = await cli(['export', '--format', 'jsonl'], state);
     const csv = await cli(['export'], state);
     const daily = await cli(['export', '--daily'], state);
-    const second = await localSidecar(dir);
+    const second = await readySidecar(dir);
     const running = await cli(['export', '--format', 'jsonl'], state);
     // A dimension not sealed in this hour yet: `requests` was, so its usage would wait for the next hour.
     const afterExport = await cli(['report', 'api', '1'], socket);
@@ -130,7 +110,7 @@ describe('metering-sidecar export', () => {
     cleanups.push(() => new Promise<void>((resolve) => metadata.close(() => resolve())));
     const uri = `http://127.0.0.1:${(metadata.address() as AddressInfo).port}/v4/container-1`;
     const dir = tempDir();
-    const sidecar = await localSidecar(dir, { ECS_CONTAINER_METADATA_URI_V4: uri });
+    const sidecar = await readySidecar(dir, { ECS_CONTAINER_METADATA_URI_V4: uri });
     expect(
       (await cli(['report', 'requests', '3'], { METERING_SOCKET: join(dir, 'metering.sock') })).code,
     ).toBe(0);

@@ -7,10 +7,12 @@ import { LedgerCorruptError, StorageUnavailableError } from '../../src/errors.js
 import {
   DAILY_COLUMNS,
   RECORD_COLUMNS,
+  DailyRollup,
   csvField,
-  dailyRollup,
+  header,
+  line,
   recordRow,
-  writeRows,
+  type ExportFormat,
 } from '../../src/export.js';
 import { LEDGER_FILE } from '../../src/ledger/database.js';
 import { LedgerExport, type ExportedRecord } from '../../src/ledger/exportReader.js';
@@ -21,6 +23,25 @@ import type { PlatformIdentity } from '../../src/platform.js';
 import { fixtureLedger } from '../helpers/ledgerFixture.js';
 import { ManualClock } from '../helpers/manualClock.js';
 import { TempDirs } from '../helpers/tmp.js';
+
+/** The rows of `records` through a {@link DailyRollup}, as the CLI builds them. */
+function dailyRollup(records: readonly ExportedRecord[]) {
+  const rollup = new DailyRollup();
+  for (const r of records) rollup.add(r);
+  return rollup.rows();
+}
+
+/** `rows` as the CLI writes them: the header (for CSV), then a line each. */
+function writeRows(
+  rows: readonly Parameters<typeof line>[0][],
+  columns: readonly string[],
+  format: ExportFormat,
+  write: (text: string) => void,
+): void {
+  const head = header(columns, format);
+  if (head !== '') write(head);
+  for (const row of rows) write(line(row, columns, format));
+}
 
 const H10 = Date.parse('2026-03-01T10:00:00Z');
 const H11 = H10 + HOUR_MS;
