@@ -33,14 +33,20 @@ describe('zero reporting across a kill', () => {
     const client = new SidecarClient({ socketPath });
     expect((await client.report({ dimension: 'requests', quantity: 5, id: 'evt-1' })).status).toBe(202);
     client.close();
+    // The first send is recorded and its answer lost; every later one is refused until the restart, so the
+    // kill below lands with exactly one record at AWS however the sends interleave.
     emulator.failNext('MeterUsage', 'ResetAfterProcessing', 1);
+    emulator.failNext('MeterUsage', 'ThrottlingException', 1000);
 
     // Act: the shutdown seal, the first send recorded and its answer lost, then SIGKILL before the resend.
     first.child.kill('SIGTERM');
-    await until(() => first.stdout.includes('MeterUsage failed for now; will retry'));
+    await until(
+      () => emulator.records.length === 1 && first.stdout.includes('MeterUsage failed for now; will retry'),
+    );
     first.child.kill('SIGKILL');
     await new Promise((resolve) => first.child.once('exit', resolve));
     const recordedBeforeRestart = emulator.records.length;
+    emulator.clearFaults();
     const second = spawn();
     await second.ready();
     const exit = await second.stop('SIGTERM');
