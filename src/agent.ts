@@ -277,6 +277,12 @@ export class Agent {
       clock: this.#clock,
       idempotencyKeysMax: config.idempotencyKeysMax,
       retentionMs: config.retentionDays * 24 * HOUR_MS,
+      unitDivisors: new Map(Object.entries(config.unitDivisors)),
+      onRemaindersPruned: (remainders) =>
+        this.#logger.warn(
+          { remainders, code: CODES.remainderPruned },
+          'unit remainders below one unit untouched for the retention period are given up, never billed',
+        ),
       ...(config.zeroUsage && config.dimensions !== undefined
         ? {
             zeroUsage: {
@@ -438,6 +444,14 @@ export class Agent {
       const left = status === undefined ? { unsentRecords: 0, unsealedHours: 0 } : leftInLedger(status);
       const exitCode = left.unsentRecords + left.unsealedHours === 0 ? EXIT.ok : EXIT.leftInLedger;
       outcome = { exitCode, ...left };
+      if (status !== undefined && status.remainders.length > 0) {
+        // Below one billed unit per tag set: never rounded up. A restart on the same state directory goes on
+        // from them; if this was the task's last run, they are the usage that is never billed.
+        this.#logger.info(
+          { remainders: status.remainders },
+          'unit remainders below one unit are not billed; they stay in the ledger for a restart on the same state directory',
+        );
+      }
     } catch (err) {
       this.#logger.error({ err, code: errorCode(err) }, 'could not read the ledger at shutdown');
     }

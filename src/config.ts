@@ -15,6 +15,7 @@ import {
 } from './awsLimits.js';
 import { ConfigError, type ConfigProblem } from './errors.js';
 import { maxTickGapMs } from './ledger/hours.js';
+import { MAX_UNIT_DIVISOR } from './ledger/units.js';
 import { DEFAULT_IDEMPOTENCY_KEYS_MAX, DEFAULT_RETENTION_DAYS } from './ledger/keys.js';
 import { longestTickGapMs } from './schedule/cadence.js';
 
@@ -34,6 +35,11 @@ export interface Config {
   readonly publicKeyPem: string | undefined;
   /** Allow-list of dimension names; required outside local mode, where undefined accepts any valid name. */
   readonly dimensions: readonly string[] | undefined;
+  /**
+   * METERING_UNIT_DIVISORS: dimensions that take usage in a finer unit than they bill, with how many fine units
+   * make one billed unit (docs/metering.md, "Unit scaling"). Dimensions not listed count whole units.
+   */
+  readonly unitDivisors: Readonly<Record<string, number>>;
   /** Unix socket path for the app API; undefined when `off`. */
   readonly socketPath: string | undefined;
   /** Loopback TCP address for the app API; undefined when `off`. */
@@ -124,6 +130,7 @@ export const ENVIRONMENT_VARIABLES: readonly string[] = Object.freeze([
   'METERING_PUBLIC_KEY_FILE',
   'METERING_ENTITLEMENT_RETRY_SECONDS',
   'METERING_DIMENSIONS',
+  'METERING_UNIT_DIVISORS',
   'METERING_SOCKET',
   'METERING_LISTEN',
   'METERING_ADMIN_LISTEN',
@@ -253,7 +260,47 @@ function readProduct(r: Reader) {
     entitlementRetrySeconds,
     publicKeyPem,
     dimensions: dimensions ? Object.freeze(dimensions) : undefined,
+    unitDivisors: readUnitDivisors(r, dimensions),
   };
+}
+
+/** METERING_UNIT_DIVISORS: `dimension=divisor` pairs, comma-separated, each dimension one of METERING_DIMENSIONS. */
+function readUnitDivisors(
+  r: Reader,
+  dimensions: readonly string[] | undefined,
+): Readonly<Record<string, number>> {
+  const divisors: Record<string, number> = {};
+  const raw = r.get('METERING_UNIT_DIVISORS');
+  if (raw === undefined) return Object.freeze(divisors);
+  const expected = `comma-separated dimension=divisor pairs, such as storage_gb=1073741824,vcpu_hours=3600, each divisor an integer from 1 to ${MAX_UNIT_DIVISOR}`;
+  for (const entry of raw.split(',')) {
+    const match = /^\s*([^=]+?)\s*=\s*(\d+)\s*$/.exec(entry);
+    const divisor = match === null ? NaN : Number(match[2]);
+    if (match === null || !Number.isSafeInteger(divisor) || divisor < 1 || divisor > MAX_UNIT_DIVISOR) {
+      r.problem('METERING_UNIT_DIVISORS', `${expected} (got ${JSON.stringify(entry.trim())})`);
+      continue;
+    }
+    const dimension = match[1];
+    if (Object.hasOwn(divisors, dimension)) {
+      r.problem(
+        'METERING_UNIT_DIVISORS',
+        `each dimension once (${JSON.stringify(dimension)} is listed twice)`,
+      );
+    } else if (dimensions !== undefined && !dimensions.includes(dimension)) {
+      r.problem(
+        'METERING_UNIT_DIVISORS',
+        `dimensions of METERING_DIMENSIONS only (${JSON.stringify(dimension)} is not one of ${dimensions.join(', ')})`,
+      );
+    } else if (!DIMENSION_PATTERN.test(dimension)) {
+      r.problem(
+        'METERING_UNIT_DIVISORS',
+        `dimension names of 1-255 printable characters (got ${JSON.stringify(dimension)})`,
+      );
+    } else {
+      divisors[dimension] = divisor;
+    }
+  }
+  return Object.freeze(divisors);
 }
 
 /** Where the sidecar listens and keeps its ledger. */

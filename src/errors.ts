@@ -37,6 +37,8 @@ export const CODES = Object.freeze({
   handoffIgnored: 'ERR_HANDOFF_IGNORED',
   /** The ECS task metadata endpoint did not answer: records are sealed without the task ARN (a warning). */
   platformIdentity: 'ERR_PLATFORM_IDENTITY',
+  /** Unit remainders (below one billed unit) untouched for the retention period were given up (a warning). */
+  remainderPruned: 'ERR_UNIT_REMAINDER_PRUNED',
   /** A bug in the emulator behind a request. */
   emulatorInternal: 'ERR_EMULATOR_INTERNAL',
   /** The emulator's onCall callback threw. */

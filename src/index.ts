@@ -7,6 +7,7 @@ export {
   type ApiAddress,
   type ApiReply,
   type ApiErrorBody,
+  type CancelReply,
   type UsageInput,
 } from './client/client.js';
 export {

@@ -32,6 +32,8 @@ export interface PipelineConfig extends Pick<
 > {
   /** node-cron expression; `undefined` runs no cron task (tests drive `Scheduler.runOnce`). */
   readonly schedule: string | undefined;
+  /** METERING_UNIT_DIVISORS; none when absent. The ledger must be opened with the same divisors. */
+  readonly unitDivisors?: Config['unitDivisors'];
 }
 
 /** What intake asks of the rest of the sidecar: admission, the status view, entitlement proofs. */
@@ -85,6 +87,7 @@ export function buildPipeline(options: PipelineOptions): Pipeline {
     socketPath: config.socketPath,
     listen: config.listen,
     dimensions: config.dimensions,
+    ...(config.unitDivisors ? { unitDivisors: config.unitDivisors } : {}),
     ledger,
     logger: logger.child({ component: 'intake' }),
     metrics,

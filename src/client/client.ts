@@ -21,6 +21,21 @@ export interface ApiReply<T = unknown> {
   readonly body: T;
 }
 
+/** The reply to a cancellation (`DELETE /v1/usage/{id}`). */
+export interface CancelReply {
+  readonly id: string;
+  readonly dimension: string;
+  /** As reported (in the dimension's fine unit when it has a unit divisor). */
+  readonly quantity: number;
+  readonly tags: Readonly<Record<string, string>>;
+  /** The hour the report was counted in, ISO 8601. */
+  readonly hour: string;
+  readonly reportedAt: string;
+  readonly cancelledAt: string;
+  /** True when the report was already cancelled: this call changed nothing. */
+  readonly repeat: boolean;
+}
+
 /** The error body every non-2xx reply carries. */
 export interface ApiErrorBody {
   readonly error: { readonly code: string; readonly message: string; readonly index?: number };
@@ -53,6 +68,15 @@ export class SidecarClient {
   ): Promise<ApiReply<{ accepted: number; duplicates: number } | ApiErrorBody>> {
     const body = Array.isArray(records) ? { records } : records;
     return this.call('POST', '/v1/usage', body);
+  }
+
+  /**
+   * Cancels the report sent with idempotency key `id` while its hour is not sealed (`DELETE /v1/usage/{id}`).
+   * `200` means the cancellation is durable; a repeat answers `200` again with `repeat: true`. `404`
+   * `UnknownUsageId` and `409` `HourSealed` or `NotCancellable` changed nothing.
+   */
+  cancel(id: string): Promise<ApiReply<CancelReply | ApiErrorBody>> {
+    return this.call('DELETE', `/v1/usage/${encodeURIComponent(id)}`);
   }
 
   /** The entitlement state and the startup token (`GET /v1/entitlement`). */

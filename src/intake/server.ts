@@ -21,6 +21,7 @@ import {
   ERROR_STATUS,
   MAX_BODY_BYTES,
   UsageParser,
+  idProblem,
   rejection,
   type ErrorCode,
   type Rejection,
@@ -54,6 +55,8 @@ export interface IntakeOptions {
   readonly socketPath: string | undefined;
   readonly listen: ListenAddress | undefined;
   readonly dimensions: readonly string[] | undefined;
+  /** Unit divisors of the scaled dimensions (METERING_UNIT_DIVISORS); their reports count a finer unit. */
+  readonly unitDivisors?: Readonly<Record<string, number>>;
   readonly ledger: UsageLedger;
   readonly logger: Logger;
   /** Undefined while usage may be accepted; otherwise the NotEntitled rejection to answer. */
@@ -81,7 +84,7 @@ export class IntakeServer {
 
   constructor(options: IntakeOptions) {
     this.#options = options;
-    this.#parser = new UsageParser(options.dimensions);
+    this.#parser = new UsageParser(options.dimensions, options.unitDivisors);
   }
 
   /** The TCP address actually bound (port 0 resolved), if TCP is on. */
@@ -177,7 +180,8 @@ export class IntakeServer {
 
   async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = (req.url ?? '/').split('?')[0];
-    const route = ROUTES[path ?? ''];
+    const cancelling = path.startsWith(USAGE_ITEM);
+    const route = cancelling ? ['DELETE'] : ROUTES[path];
     if (route === undefined) return fail(res, rejection('NotFound', `no such endpoint: ${path}`));
     if (!route.includes(req.method ?? '')) {
       res.setHeader('allow', route.join(', '));
@@ -186,6 +190,7 @@ export class IntakeServer {
         rejection('MethodNotAllowed', `${req.method} is not allowed on ${path}; use ${route.join(' or ')}`),
       );
     }
+    if (cancelling) return this.#deleteUsage(req, res, path.slice(USAGE_ITEM.length));
     if (path === '/v1/status') return sendJson(res, 200, await this.#options.status());
     if (path === '/v1/entitlement') {
       return req.method === 'GET'
@@ -296,7 +301,67 @@ export class IntakeServer {
     }
     return sendJson(res, 202, { accepted: result.accepted, duplicates: result.duplicates });
   }
+
+  /**
+   * `DELETE /v1/usage/{id}`: cancels the report sent with idempotency key `id` (percent-encoded in the path)
+   * while its hour is not sealed. Answers 200 only once the cancellation is durable; a repeat answers 200 again
+   * with `repeat: true`. A refusal changes nothing.
+   */
+  async #deleteUsage(req: IncomingMessage, res: ServerResponse, encoded: string): Promise<void> {
+    req.resume(); // A body, if any, means nothing here.
+    let id: string;
+    try {
+      id = decodeURIComponent(encoded);
+    } catch {
+      return fail(res, rejection('InvalidRequest', 'the id in the path is not valid percent-encoded UTF-8'));
+    }
+    const problem = idProblem(id);
+    if (problem !== undefined)
+      return fail(res, rejection('InvalidRequest', `${problem} in DELETE /v1/usage/{id}`));
+    const gate = await this.#options.gate();
+    if (gate !== undefined) return fail(res, gate);
+    let result;
+    try {
+      result = await this.#options.ledger.cancel(id);
+    } catch (err) {
+      if (!(err instanceof StorageUnavailableError)) throw err;
+      this.#options.logger.error({ err, code: err.code }, 'cancellation refused: the ledger cannot commit');
+      this.#options.metrics?.errors.inc({ code: err.code });
+      return fail(
+        res,
+        rejection('StorageUnavailable', 'the sidecar cannot store the cancellation right now; retry later'),
+      );
+    }
+    if (result.kind === 'refused') return fail(res, rejection(result.code, result.message));
+    const c = result.cancellation;
+    if (!result.repeat) {
+      const metrics = this.#options.metrics;
+      metrics?.usageCancelled.inc({ dimension: metrics.dimension(c.dimension) }, c.quantity);
+      this.#options.logger.info(
+        {
+          id: c.id,
+          dimension: c.dimension,
+          quantity: c.quantity,
+          hour: new Date(c.hourStartMs).toISOString(),
+        },
+        'usage cancelled before its hour was sealed',
+      );
+    }
+    return sendJson(res, 200, {
+      id: c.id,
+      dimension: c.dimension,
+      quantity: c.quantity,
+      tags: JSON.parse(c.tagsKey) as unknown,
+      hour: new Date(c.hourStartMs).toISOString(),
+      reportedAt: new Date(c.reportedAtMs).toISOString(),
+      cancelledAt: new Date(c.cancelledAtMs).toISOString(),
+      repeat: result.repeat,
+    });
+  }
 }
+
+/** Prefix of one report's path: `DELETE /v1/usage/{id}` cancels the report sent with that idempotency key. */
+const USAGE_ITEM = '/v1/usage/';
 
 /** The error code of each way a proof can fail. */
 const PROOF_ERRORS: Readonly<Record<Exclude<ProofResult['kind'], 'proved'>, ErrorCode>> = {

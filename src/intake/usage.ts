@@ -36,6 +36,9 @@ export type ErrorCode =
   | 'InvalidQuantity'
   | 'InvalidTags'
   | 'TooManyTagSets'
+  | 'UnknownUsageId'
+  | 'HourSealed'
+  | 'NotCancellable'
   | 'NotEntitled'
   | 'StorageUnavailable'
   | 'TooManyRequests'
@@ -57,6 +60,9 @@ export const ERROR_STATUS: Readonly<Record<ErrorCode, number>> = {
   InvalidQuantity: 422,
   InvalidTags: 422,
   TooManyTagSets: 422,
+  UnknownUsageId: 404,
+  HourSealed: 409,
+  NotCancellable: 409,
   NotEntitled: 503,
   StorageUnavailable: 503,
   TooManyRequests: 429,
@@ -105,6 +111,8 @@ interface TagStep {
  */
 export class UsageParser {
   readonly #allowed: ReadonlySet<string> | undefined;
+  /** Unit divisors of the scaled dimensions, whose reports count a finer unit and may be larger. */
+  readonly #divisors: Readonly<Record<string, number>>;
   readonly #allowedText: string;
   /** Dimension names already validated (and allowed). */
   readonly #dimensions = new Set<string>();
@@ -113,8 +121,9 @@ export class UsageParser {
   /** Members of the body's objects walked so far (see `repeatedMemberProblem` in ../json.ts). */
   #members = 0;
 
-  constructor(dimensions: readonly string[] | undefined) {
+  constructor(dimensions: readonly string[] | undefined, divisors: Readonly<Record<string, number>> = {}) {
     this.#allowed = dimensions === undefined ? undefined : new Set(dimensions);
+    this.#divisors = divisors;
     this.#allowedText = dimensions?.join(', ') ?? '';
   }
 
@@ -184,17 +193,10 @@ export class UsageParser {
     }
 
     const quantity = value['quantity'];
-    if (
-      typeof quantity !== 'number' ||
-      !Number.isInteger(quantity) ||
-      quantity < 0 ||
-      quantity > MAX_QUANTITY
-    ) {
-      return rejection(
-        'InvalidQuantity',
-        `"quantity" must be an integer from 0 to ${MAX_QUANTITY}${at}`,
-        index,
-      );
+    // A scaled dimension counts a fine unit (bytes for GB): one report may hold any exact integer of it.
+    const max = Object.hasOwn(this.#divisors, dimension as string) ? Number.MAX_SAFE_INTEGER : MAX_QUANTITY;
+    if (typeof quantity !== 'number' || !Number.isInteger(quantity) || quantity < 0 || quantity > max) {
+      return rejection('InvalidQuantity', `"quantity" must be an integer from 0 to ${max}${at}`, index);
     }
 
     const tags = value['tags'];
@@ -212,18 +214,10 @@ export class UsageParser {
     }
 
     const id = value['id'];
-    if (
-      id !== undefined &&
-      (typeof id !== 'string' || id.length === 0 || id.length > MAX_ID_LENGTH || LONE_SURROGATE.test(id))
-    ) {
-      return rejection(
-        'InvalidRequest',
-        `"id" must be a string of 1-${MAX_ID_LENGTH} characters${at}`,
-        index,
-      );
-    }
+    const badId = id === undefined ? undefined : idProblem(id);
+    if (badId !== undefined) return rejection('InvalidRequest', `${badId}${at}`, index);
 
-    batch.add(dimension as string, tagsKey, quantity, id);
+    batch.add(dimension as string, tagsKey, quantity, id as string | undefined);
     return undefined;
   }
 
@@ -291,8 +285,19 @@ function stepTo(step: TagStep, part: string): TagStep {
 }
 
 /** Parses one body with a parser of its own (see {@link UsageParser}). */
-export function parseUsage(body: string, dimensions: readonly string[] | undefined): UsageBatch | Rejection {
-  return new UsageParser(dimensions).parse(body);
+export function parseUsage(
+  body: string,
+  dimensions: readonly string[] | undefined,
+  divisors: Readonly<Record<string, number>> = {},
+): UsageBatch | Rejection {
+  return new UsageParser(dimensions, divisors).parse(body);
+}
+
+/** What is wrong with an idempotency key (`id` of a report, or of `DELETE /v1/usage/{id}`); undefined when valid. */
+export function idProblem(id: unknown): string | undefined {
+  if (typeof id === 'string' && id.length > 0 && id.length <= MAX_ID_LENGTH && !LONE_SURROGATE.test(id))
+    return undefined;
+  return `"id" must be a string of 1-${MAX_ID_LENGTH} characters`;
 }
 
 /** What is wrong with a tag set, or undefined when it is valid. */

@@ -7,6 +7,7 @@ import { MAX_TAG_KEYS, MAX_TAG_SETS } from '../awsLimits.js';
 import { HOUR_MS } from '../clock.js';
 import { bucketTime, targetHour } from './hours.js';
 import type { KeyStore } from './keyStore.js';
+import { scale } from './units.js';
 import { ledgerRejection, type LedgerRejection, type RecordResult } from './ledger.js';
 import type { UsageBatch } from './usageBatch.js';
 import type { Statements } from './statements.js';
@@ -38,11 +39,30 @@ export interface CarriedAllocation {
 export class Buckets {
   readonly #stmt: Statements;
   readonly #isSealed: (dimension: string, hourMs: number) => boolean;
+  readonly #divisors: ReadonlyMap<string, number>;
 
-  /** `isSealed`: whether (dimension, hour) already has its record, so usage for it goes to a later hour. */
-  constructor(stmt: Statements, isSealed: (dimension: string, hourMs: number) => boolean) {
+  /**
+   * `isSealed`: whether (dimension, hour) already has its record, so usage for it goes to a later hour.
+   * `divisors`: the unit divisor of each scaled dimension (./units.ts); others count whole units.
+   */
+  constructor(
+    stmt: Statements,
+    isSealed: (dimension: string, hourMs: number) => boolean,
+    divisors: ReadonlyMap<string, number> = new Map(),
+  ) {
     this.#stmt = stmt;
     this.#isSealed = isSealed;
+    this.#divisors = divisors;
+  }
+
+  /** The unit divisor of `dimension`: 1 unless it is scaled. */
+  divisorOf(dimension: string): number {
+    return this.#divisors.get(dimension) ?? 1;
+  }
+
+  /** The hour usage of `dimension` arriving at `arrivalMs` goes to: its own, or the next unsealed one. */
+  hourFor(dimension: string, arrivalMs: number): number {
+    return targetHour(arrivalMs, (h) => this.#isSealed(dimension, h));
   }
 
   /**
@@ -73,10 +93,24 @@ export class Buckets {
     };
     for (let i = 0; i < sums.dimension.length; i++)
       add(sums.dimension[i], sums.tagsKey[i], sums.quantity[i], sums.index[i]);
+    // The hour each dimension's usage goes to, looked up once per dimension.
+    const hours = new Map<string, number>();
+    const hourOf = (dimension: string): number => {
+      let hourMs = hours.get(dimension);
+      if (hourMs === undefined) {
+        hourMs = this.hourFor(dimension, arrivalMs);
+        hours.set(dimension, hourMs);
+      }
+      return hourMs;
+    };
     let duplicates = 0;
     if (keyed.id.length > 0) {
       const known = keys.known(keyed.id);
       const fresh: string[] = [];
+      // What each fresh key counted, kept with it so that its report can be cancelled.
+      const counted = { dimension: [] as string[], hourMs: [] as number[], tagsKey: [] as string[] };
+      const quantities: number[] = [];
+      const divisors: number[] = [];
       const seen = new Set<string>();
       for (let i = 0; i < keyed.id.length; i++) {
         const id = keyed.id[i];
@@ -86,9 +120,15 @@ export class Buckets {
         }
         seen.add(id);
         fresh.push(id);
-        add(keyed.dimension[i], keyed.tagsKey[i], keyed.quantity[i], keyed.index[i]);
+        const dimension = keyed.dimension[i];
+        counted.dimension.push(dimension);
+        counted.hourMs.push(hourOf(dimension));
+        counted.tagsKey.push(keyed.tagsKey[i]);
+        quantities.push(keyed.quantity[i]);
+        divisors.push(this.divisorOf(dimension));
+        add(dimension, keyed.tagsKey[i], keyed.quantity[i], keyed.index[i]);
       }
-      keys.addAll(fresh, arrivalMs);
+      keys.addAll(fresh, arrivalMs, { ...counted, quantity: quantities, divisor: divisors });
     }
     const byFirstIndex = <T>(m: Map<string, T>, indexOf: (v: T) => number): [string, T][] =>
       [...m].sort((a, b) => indexOf(a[1]) - indexOf(b[1]));
@@ -99,16 +139,21 @@ export class Buckets {
     };
     const counted = new Map<string, number>();
     for (const [dimension, byTags] of byFirstIndex(byDimension, firstOf)) {
-      const hourMs = targetHour(arrivalMs, (h) => this.#isSealed(dimension, h));
+      const hourMs = hourOf(dimension);
       const atMs = bucketTime(arrivalMs, hourMs);
+      const divisor = this.divisorOf(dimension);
       let firstNewIndex: number | undefined;
       let firstIndex: number | undefined;
       let quantity = 0;
       for (const [tagsKey, sum] of byFirstIndex(byTags, (v) => v.index)) {
         firstIndex ??= sum.index;
         quantity += sum.quantity;
-        if (stmt.addToBucket.run(sum.quantity, atMs, dimension, hourMs, tagsKey).changes === 0) {
-          stmt.insertBucket.run(dimension, hourMs, tagsKey, sum.quantity, atMs);
+        const units =
+          divisor === 1 ? sum.quantity : this.#scaled(dimension, tagsKey, sum, divisor, atMs, batch);
+        // A scaled tag set whose usage completed no unit yet has only its remainder: no bucket, no tag set used.
+        if (units === 0 && divisor !== 1) continue;
+        if (stmt.addToBucket.run(units, atMs, dimension, hourMs, tagsKey).changes === 0) {
+          stmt.insertBucket.run(dimension, hourMs, tagsKey, units, atMs);
           firstNewIndex ??= sum.index;
         }
       }
@@ -122,6 +167,40 @@ export class Buckets {
       counted.set(dimension, quantity);
     }
     return { kind: 'recorded', accepted: batch.size - duplicates, duplicates, counted };
+  }
+
+  /**
+   * Adds a batch's fine-unit usage of one scaled tag set to its carried remainder and keeps what is left below
+   * one unit; returns the whole units for the hour's bucket.
+   * @throws BatchRejected when the batch's usage of the tag set is beyond what is kept exact.
+   */
+  #scaled(
+    dimension: string,
+    tagsKey: string,
+    sum: { quantity: number; index: number },
+    divisor: number,
+    atMs: number,
+    batch: UsageBatch,
+  ): number {
+    if (sum.quantity > MAX_EXACT_TOTAL) {
+      throw new BatchRejected(
+        ledgerRejection(
+          'InvalidQuantity',
+          `dimension ${JSON.stringify(dimension)} would count more than ${MAX_EXACT_TOTAL} of its fine unit for one tag set in this batch, beyond what is kept exact`,
+          batch.size > 1 ? sum.index : undefined,
+        ),
+      );
+    }
+    const carried = (this.#stmt.remainderOf.get(dimension, tagsKey, divisor) as number | undefined) ?? 0;
+    const { whole, remainder } = scale(carried, sum.quantity, divisor);
+    this.setRemainder(dimension, tagsKey, divisor, remainder, atMs);
+    return whole;
+  }
+
+  /** Keeps `remainder` fine units of a scaled tag set (none: the row goes). */
+  setRemainder(dimension: string, tagsKey: string, divisor: number, remainder: number, atMs: number): void {
+    if (remainder === 0) this.#stmt.deleteRemainder.run(dimension, tagsKey, divisor);
+    else this.#stmt.setRemainder.run(dimension, tagsKey, divisor, remainder, atMs);
   }
 
   /**

@@ -5,7 +5,14 @@
  * meanwhile. A failed sync rejects the write with StorageUnavailableError.
  */
 import type { HandoffEntry, HandoffSnapshot } from './handoffStore.js';
-import type { Ledger, LedgerRejection, LedgerStatus, RecordResult, StoredRecord } from './ledger.js';
+import type {
+  CancelResult,
+  Ledger,
+  LedgerRejection,
+  LedgerStatus,
+  RecordResult,
+  StoredRecord,
+} from './ledger.js';
 import type { UsageBatch } from './usageBatch.js';
 import type { SqliteLedger } from './sqliteLedger.js';
 
@@ -27,6 +34,10 @@ export class InProcessLedger implements Ledger {
 
   record(batch: UsageBatch): Promise<RecordResult | LedgerRejection> {
     return this.#ledger.record(batch);
+  }
+
+  cancel(id: string): Promise<CancelResult> {
+    return this.#ledger.cancel(id);
   }
 
   seal(clockMs: number, includeOpen: boolean): Promise<StoredRecord[]> {

@@ -15,6 +15,33 @@ import type { Statements } from './statements.js';
  */
 const KEYS_SLACK = 0.01;
 
+/** What a key counted, kept so that its report can be cancelled (schema 6; keys stored earlier have none). */
+export interface KeyedUsage {
+  readonly dimension: string;
+  /** The hour whose bucket the report went into (its hour of arrival, or the next unsealed one). */
+  readonly hourMs: number;
+  readonly tagsKey: string;
+  /** As reported: in the dimension's fine unit when it has a divisor. */
+  readonly quantity: number;
+  /** The dimension's unit divisor when the report arrived; 1 when it had none. */
+  readonly divisor: number;
+}
+
+/** A stored key: when it arrived and what it counted. */
+export interface StoredKey {
+  readonly atMs: number;
+  readonly usage: KeyedUsage | undefined;
+}
+
+/** Columns of what the keys of one batch counted, row `i` for key `i` ({@link KeyStore.addAll}). */
+export interface KeyedColumns {
+  readonly dimension: readonly string[];
+  readonly hourMs: readonly number[];
+  readonly tagsKey: readonly string[];
+  readonly quantity: readonly number[];
+  readonly divisor: readonly number[];
+}
+
 /** The key store of one ledger connection. */
 export class KeyStore {
   readonly #db: Database.Database;
@@ -60,6 +87,32 @@ export class KeyStore {
     return this.#stmt.keyExists.get(id) !== undefined;
   }
 
+  /** The stored key `id`, with what it counted; undefined when it is not known (or forgotten). */
+  get(id: string): StoredKey | undefined {
+    const row = this.#stmt.keyOf.get(id) as
+      | {
+          at_ms: number;
+          dimension: string | null;
+          hour_ms: number | null;
+          tags: string | null;
+          quantity: number | null;
+          divisor: number | null;
+        }
+      | undefined;
+    if (row === undefined) return undefined;
+    const usage =
+      row.dimension === null || row.hour_ms === null || row.tags === null || row.quantity === null
+        ? undefined
+        : {
+            dimension: row.dimension,
+            hourMs: row.hour_ms,
+            tagsKey: row.tags,
+            quantity: row.quantity,
+            divisor: row.divisor ?? 1,
+          };
+    return { atMs: row.at_ms, usage };
+  }
+
   /** Which of `ids` are known: one statement for the lot. */
   known(ids: readonly string[]): Set<string> {
     if (ids.length === 1) return new Set(this.has(ids[0]) ? ids : []);
@@ -67,13 +120,31 @@ export class KeyStore {
   }
 
   /**
-   * Stores `ids`, arrived at `atMs`, in their order: one statement for the lot. Inside a transaction; see
-   * {@link restore} when it rolls back.
+   * Stores `ids`, arrived at `atMs`, in their order, with what each counted (row `i` of `usage` for `ids[i]`):
+   * one statement for the lot. Inside a transaction; see {@link restore} when it rolls back.
    */
-  addAll(ids: readonly string[], atMs: number): void {
+  addAll(ids: readonly string[], atMs: number, usage: KeyedColumns): void {
     if (ids.length === 0) return;
-    if (ids.length === 1) this.#stmt.insertKey.run(ids[0], atMs, this.#seq + 1);
-    else this.#stmt.insertKeys.run(atMs, this.#seq + 1, JSON.stringify(ids));
+    const divisorOf = (i: number): number | null => (usage.divisor[i] === 1 ? null : usage.divisor[i]);
+    if (ids.length === 1) {
+      this.#stmt.insertKey.run(
+        ids[0],
+        atMs,
+        this.#seq + 1,
+        usage.dimension[0],
+        usage.hourMs[0],
+        usage.tagsKey[0],
+        usage.quantity[0],
+        divisorOf(0),
+      );
+    } else {
+      // One JSON array of rows: [id, dimension, hour, tags, quantity, divisor or null].
+      let rows = '[';
+      for (let i = 0; i < ids.length; i++) {
+        rows += `${i === 0 ? '' : ','}[${JSON.stringify(ids[i])},${JSON.stringify(usage.dimension[i])},${usage.hourMs[i]},${JSON.stringify(usage.tagsKey[i])},${usage.quantity[i]},${divisorOf(i)}]`;
+      }
+      this.#stmt.insertKeys.run(atMs, this.#seq + 1, `${rows}]`);
+    }
     this.#seq += ids.length;
     this.#count += ids.length;
   }

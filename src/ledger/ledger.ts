@@ -72,6 +72,37 @@ export interface RecordResult {
   readonly counted: ReadonlyMap<string, number>;
 }
 
+/** A report cancelled before its hour was sealed (`DELETE /v1/usage/{id}`). */
+export interface Cancellation {
+  readonly id: string;
+  readonly dimension: string;
+  /** The hour whose bucket the report had gone into. */
+  readonly hourStartMs: number;
+  readonly tagsKey: string;
+  /** As reported: in the dimension's fine unit when it has a divisor (`divisor` > 1). */
+  readonly quantity: number;
+  readonly divisor: number;
+  readonly reportedAtMs: number;
+  readonly cancelledAtMs: number;
+}
+
+/**
+ * Answer to `cancel()`: the cancellation (`repeat` when it was cancelled before, which changed nothing now), or
+ * why it was refused, which changed nothing either.
+ */
+export type CancelResult =
+  | { readonly kind: 'cancelled'; readonly repeat: boolean; readonly cancellation: Cancellation }
+  | {
+      readonly kind: 'refused';
+      /**
+       * `UnknownUsageId`: no report with this id is kept (ids are kept 24 hours). `HourSealed`: its hour is sealed
+       * into a record, which never changes. `NotCancellable`: the report cannot be taken back (stored before this
+       * version kept what each id counted, its unit changed, or its usage left the ledger in a handoff).
+       */
+      readonly code: 'UnknownUsageId' | 'HourSealed' | 'NotCancellable';
+      readonly message: string;
+    };
+
 /** Usage of one dimension in an hour not yet sealed. */
 export interface OpenUsage {
   readonly dimension: string;
@@ -97,6 +128,18 @@ export interface LedgerStatus {
   }[];
   /** Handoffs written and adopted, and the uncertain records adopted handoffs brought. */
   readonly handoffs: HandoffSummary;
+  /** Reports cancelled, per (dimension, hour), for the hours of the last 24 hours. */
+  readonly cancellations: readonly {
+    dimension: string;
+    hourStartMs: number;
+    count: number;
+    quantity: number;
+  }[];
+  /**
+   * Fine-unit usage below one billed unit, per (dimension, divisor), carried into later hours; what is left of it
+   * when the sidecar stops for good is never billed (docs/metering.md, "Unit scaling").
+   */
+  readonly remainders: readonly { dimension: string; divisor: number; quantity: number; tagSets: number }[];
 }
 
 /** Options of opening a ledger (`SqliteLedger.open`). */
@@ -122,6 +165,18 @@ export interface LedgerOptions {
     readonly fromMs: number;
     readonly fromMonotonicMs: number;
   };
+  /**
+   * The unit divisor of each dimension that takes usage in a finer unit than it bills (METERING_UNIT_DIVISORS,
+   * ./units.ts); dimensions not listed count whole units.
+   */
+  readonly unitDivisors?: ReadonlyMap<string, number>;
+  /**
+   * Told after a prune gave up unit remainders untouched for the retention period (never billed: each is below one
+   * unit of its tag set), so that the log says so.
+   */
+  readonly onRemaindersPruned?: (
+    remainders: readonly { dimension: string; divisor: number; quantity: number }[],
+  ) => void;
   /** How long settled records are kept (METERING_RETENTION_DAYS); default `DEFAULT_RETENTION_MS` (./keys.ts). */
   readonly retentionMs?: number;
   /**
@@ -146,6 +201,12 @@ export interface UsageLedger {
    * Rejects with StorageUnavailableError when the commit failed; nothing was stored.
    */
   record(batch: UsageBatch): Promise<RecordResult | LedgerRejection>;
+  /**
+   * Cancels the report with idempotency key `id` while its hour is not sealed: resolves once the cancellation is
+   * durable, or with the refusal, which changed nothing. A repeat answers the first cancellation again.
+   * Rejects with StorageUnavailableError when the commit failed; nothing changed.
+   */
+  cancel(id: string): Promise<CancelResult>;
 }
 
 /**

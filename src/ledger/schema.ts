@@ -20,13 +20,18 @@
  *   delete. The keys keep their arrival order.
  * - 5: `records.sealed_by`, the platform identity of the sidecar that sealed the record (ECS task ARN, or pod
  *   name and UID, and the host), as JSON, for the reconciliation export; null for records sealed earlier.
+ * - 6: corrections and unit scaling. `idempotency_keys` also keeps what each key counted (dimension, hour, tag
+ *   set, quantity, and the dimension's unit divisor when it had one), so that `DELETE /v1/usage/{id}` can take it
+ *   back; null for keys stored earlier, which cannot be cancelled. `cancellations`: every report cancelled, kept
+ *   for status and the export. `unit_remainders`: per (dimension, tag set, divisor), the fine-unit usage below one
+ *   billed unit carried into later hours (./units.ts).
  */
 import { randomUUID } from 'node:crypto';
 import type Database from 'better-sqlite3';
 import { LedgerCorruptError, StorageUnavailableError, describeError, errorCode } from '../errors.js';
 
 /** The version this build writes. */
-export const SCHEMA_VERSION = 5;
+export const SCHEMA_VERSION = 6;
 
 /** What the first step needs to create a ledger. */
 interface Creation {
@@ -141,6 +146,37 @@ const STEPS: readonly Step[] = [
     to: 5,
     up(db) {
       db.exec('ALTER TABLE records ADD COLUMN sealed_by TEXT');
+    },
+  },
+  {
+    to: 6,
+    up(db) {
+      db.exec(`
+        ALTER TABLE idempotency_keys ADD COLUMN dimension TEXT;
+        ALTER TABLE idempotency_keys ADD COLUMN hour_ms INTEGER;
+        ALTER TABLE idempotency_keys ADD COLUMN tags TEXT;
+        ALTER TABLE idempotency_keys ADD COLUMN quantity INTEGER;
+        ALTER TABLE idempotency_keys ADD COLUMN divisor INTEGER;
+        CREATE TABLE cancellations (
+          id TEXT PRIMARY KEY,
+          dimension TEXT NOT NULL,
+          hour_ms INTEGER NOT NULL,
+          tags TEXT NOT NULL,
+          quantity INTEGER NOT NULL,
+          divisor INTEGER NOT NULL,
+          reported_at_ms INTEGER NOT NULL,
+          cancelled_at_ms INTEGER NOT NULL
+        ) STRICT;
+        CREATE INDEX cancellations_hour ON cancellations (dimension, hour_ms);
+        CREATE TABLE unit_remainders (
+          dimension TEXT NOT NULL,
+          tags TEXT NOT NULL,
+          divisor INTEGER NOT NULL,
+          quantity INTEGER NOT NULL,
+          at_ms INTEGER NOT NULL,
+          PRIMARY KEY (dimension, tags, divisor)
+        ) STRICT, WITHOUT ROWID;
+      `);
     },
   },
 ];

@@ -16,6 +16,7 @@ import Database from 'better-sqlite3';
 import { HOUR_MS } from '../clock.js';
 import { StorageUnavailableError, describeError } from '../errors.js';
 import {
+  type CancelResult,
   type LedgerOptions,
   type LedgerRejection,
   type LedgerStatus,
@@ -36,6 +37,7 @@ import {
   type Seal,
   type Tag,
 } from './hours.js';
+import { Corrections } from './corrections.js';
 import { HandoffStore } from './handoffStore.js';
 import { KeyStore } from './keyStore.js';
 import { DEFAULT_IDEMPOTENCY_KEYS_MAX, DEFAULT_RETENTION_MS } from './keys.js';
@@ -44,10 +46,24 @@ import type { StateLock } from './stateLock.js';
 import { openDatabase, probeWritable } from './database.js';
 import { WalSync } from './walSync.js';
 
+/** A unit remainder given up after the retention period (`LedgerOptions.onRemaindersPruned`). */
+export interface PrunedRemainder {
+  readonly dimension: string;
+  readonly divisor: number;
+  readonly quantity: number;
+}
+
+/** What a queued write does: add a batch of usage, or cancel a report. */
+type Write =
+  { readonly kind: 'usage'; readonly batch: UsageBatch } | { readonly kind: 'cancel'; readonly id: string };
+
+/** What each kind of write answers. */
+type Answer = RecordResult | LedgerRejection | CancelResult;
+
 interface Queued {
-  readonly batch: UsageBatch;
+  readonly write: Write;
   readonly arrivalMs: number;
-  readonly resolve: (result: RecordResult | LedgerRejection) => void;
+  readonly resolve: (answer: Answer) => void;
   readonly reject: (err: unknown) => void;
 }
 
@@ -75,8 +91,9 @@ export class SqliteLedger {
   readonly #keys: KeyStore;
   readonly #buckets: Buckets;
   readonly #handoffs: HandoffStore;
+  readonly #corrections: Corrections;
   readonly #transactions: {
-    queue: (items: readonly Queued[]) => { results: (RecordResult | LedgerRejection)[]; evicted: number };
+    queue: (items: readonly Queued[]) => { results: Answer[]; evicted: number };
   };
   readonly #path: string;
   /** The state directory's lock, held while the ledger is open (see ./stateLock.ts). */
@@ -97,7 +114,9 @@ export class SqliteLedger {
       options.clock,
       options.idempotencyKeysMax ?? DEFAULT_IDEMPOTENCY_KEYS_MAX,
     );
-    this.#buckets = new Buckets(this.#stmt, (dimension, hourMs) => this.#isSealed(dimension, hourMs));
+    const isSealed = (dimension: string, hourMs: number): boolean => this.#isSealed(dimension, hourMs);
+    this.#buckets = new Buckets(this.#stmt, isSealed, options.unitDivisors);
+    this.#corrections = new Corrections(this.#stmt, this.#keys, this.#buckets, isSealed);
     this.#handoffs = new HandoffStore(db, this.#buckets, (clockMs) => this.#timeNow(clockMs));
     this.#transactions = this.#transactionsOf(db);
     this.#highWaterMs = Math.max(
@@ -206,9 +225,22 @@ export class SqliteLedger {
    * @throws StorageUnavailableError (as a rejected promise) when the commit failed; nothing was stored.
    */
   record(batch: UsageBatch): Promise<RecordResult | LedgerRejection> {
+    return this.#enqueue({ kind: 'usage', batch }) as Promise<RecordResult | LedgerRejection>;
+  }
+
+  /**
+   * Cancels the report with idempotency key `id` if its hour is not sealed (./corrections.ts), in the next group
+   * commit: ordered after every batch queued before it, and answered once durable. A refusal changed nothing.
+   * @throws StorageUnavailableError (as a rejected promise) when the commit failed; nothing changed.
+   */
+  cancel(id: string): Promise<CancelResult> {
+    return this.#enqueue({ kind: 'cancel', id }) as Promise<CancelResult>;
+  }
+
+  #enqueue(write: Write): Promise<Answer> {
     if (this.#closed) return Promise.reject(new StorageUnavailableError('the ledger is closed'));
     return new Promise((resolve, reject) => {
-      this.#queue.push({ batch, arrivalMs: this.#timeNow(this.#options.clock.now()), resolve, reject });
+      this.#queue.push({ write, arrivalMs: this.#timeNow(this.#options.clock.now()), resolve, reject });
       this.#scheduleFlush();
     });
   }
@@ -234,7 +266,7 @@ export class SqliteLedger {
       for (const item of queue) item.reject(this.#broken);
       return;
     }
-    let results: (RecordResult | LedgerRejection)[];
+    let results: Answer[];
     let evicted: number;
     const keysBefore = this.#keys.checkpoint();
     try {
@@ -275,14 +307,16 @@ export class SqliteLedger {
    * costs more than a small batch.
    */
   #transactionsOf(db: Database.Database) {
-    const batch = db.transaction((usage: UsageBatch, arrivalMs: number) =>
-      this.#buckets.apply(usage, arrivalMs, this.#keys),
+    const savepoint = db.transaction((write: Write, arrivalMs: number): Answer =>
+      write.kind === 'usage'
+        ? this.#buckets.apply(write.batch, arrivalMs, this.#keys)
+        : this.#corrections.cancel(write.id, arrivalMs),
     );
     const queue = db.transaction((items: readonly Queued[]) => {
       const results = items.map((item) => {
         const keysBefore = this.#keys.checkpoint();
         try {
-          return batch(item.batch, item.arrivalMs);
+          return savepoint(item.write, item.arrivalMs);
         } catch (err) {
           // The batch's savepoint rolled back, its keys with it.
           this.#keys.restore(keysBefore);
@@ -502,18 +536,22 @@ export class SqliteLedger {
   prune(nowMs: number): void {
     this.#write(() => this.#keys.prune(nowMs));
     const retentionMs = this.#options.retentionMs ?? DEFAULT_RETENTION_MS;
-    const throughMs = this.#write(() =>
+    const { throughMs, givenUp } = this.#write(() =>
       this.#db.transaction(() => {
+        this.#stmt.pruneCancellations.run(nowMs - retentionMs);
+        // A remainder below one unit untouched for the whole retention is given up, like one left at the end.
+        const givenUp = this.#stmt.pruneRemainders.all(nowMs - retentionMs) as PrunedRemainder[];
         const pruned = this.#stmt.pruneSettled.all(nowMs - retentionMs) as {
           dimension: string;
           hour_ms: number;
         }[];
-        if (pruned.length === 0) return this.#prunedThroughMs;
+        if (pruned.length === 0) return { throughMs: this.#prunedThroughMs, givenUp };
         const newest = pruned.reduce((max, r) => Math.max(max, r.hour_ms), this.#prunedThroughMs);
         this.#stmt.setPrunedThrough.run(String(newest));
-        return newest;
+        return { throughMs: newest, givenUp };
       })(),
     );
+    if (givenUp.length > 0) this.#options.onRemaindersPruned?.(givenUp);
     // Hours up to the newest pruned one stay sealed by the floor; only later ones are kept in memory.
     this.#prunedThroughMs = throughMs;
     for (const hours of this.#sealed.values())

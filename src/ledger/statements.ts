@@ -3,20 +3,27 @@
  * The schema these statements read and write is ./schema.ts.
  */
 import Database from 'better-sqlite3';
+import { HOUR_MS, hourStart } from '../clock.js';
 import type { MeterUsageRequest } from './hours.js';
 import type { LedgerStatus, RecordStatus, StoredRecord } from './ledger.js';
 
 /** The SQL of every statement, by name; `pluck` ones answer their first column only. */
 const SQL = {
   keyExists: { sql: 'SELECT 1 FROM idempotency_keys WHERE id = ?', pluck: true },
-  insertKey: { sql: 'INSERT INTO idempotency_keys (id, at_ms, seq) VALUES (?, ?, ?)' },
+  insertKey: {
+    sql: 'INSERT INTO idempotency_keys (id, at_ms, seq, dimension, hour_ms, tags, quantity, divisor) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
+  },
+  keyOf: {
+    sql: 'SELECT at_ms, dimension, hour_ms, tags, quantity, divisor FROM idempotency_keys WHERE id = ?',
+  },
   // A JSON array of keys: one statement however many a batch holds. json_each's `key` is the array index.
   knownKeys: {
     sql: 'SELECT id FROM idempotency_keys WHERE id IN (SELECT value FROM json_each(?))',
     pluck: true,
   },
+  // A JSON array of rows [id, dimension, hour, tags, quantity, divisor]; json_each's `key` is the row's index.
   insertKeys: {
-    sql: 'INSERT INTO idempotency_keys (id, at_ms, seq) SELECT value, ?, ? + key FROM json_each(?)',
+    sql: 'INSERT INTO idempotency_keys (id, at_ms, seq, dimension, hour_ms, tags, quantity, divisor) SELECT value ->> 0, ?, ? + key, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5 FROM json_each(?)',
   },
   addToBucket: {
     sql: 'UPDATE buckets SET quantity = quantity + ?, first_at_ms = min(first_at_ms, ?) WHERE dimension = ? AND hour_ms = ? AND tags = ?',
@@ -120,6 +127,39 @@ const SQL = {
   setPrunedThrough: {
     sql: "INSERT INTO meta (key, value) VALUES ('pruned_through_ms', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
   },
+  remainderOf: {
+    sql: 'SELECT quantity FROM unit_remainders WHERE dimension = ? AND tags = ? AND divisor = ?',
+    pluck: true,
+  },
+  setRemainder: {
+    sql: 'INSERT INTO unit_remainders (dimension, tags, divisor, quantity, at_ms) VALUES (?, ?, ?, ?, ?) ON CONFLICT (dimension, tags, divisor) DO UPDATE SET quantity = excluded.quantity, at_ms = excluded.at_ms',
+  },
+  deleteRemainder: { sql: 'DELETE FROM unit_remainders WHERE dimension = ? AND tags = ? AND divisor = ?' },
+  remainders: {
+    sql: 'SELECT dimension, divisor, sum(quantity) AS quantity, count(*) AS tag_sets FROM unit_remainders GROUP BY dimension, divisor ORDER BY dimension, divisor',
+  },
+  pruneRemainders: {
+    sql: 'DELETE FROM unit_remainders WHERE at_ms < ? RETURNING dimension, divisor, quantity',
+  },
+  appUnits: {
+    sql: 'SELECT quantity - carried_quantity FROM buckets WHERE dimension = ? AND hour_ms = ? AND tags = ?',
+    pluck: true,
+  },
+  tagSetUnits: {
+    sql: 'SELECT hour_ms, quantity - carried_quantity AS units FROM buckets WHERE dimension = ? AND tags = ?',
+  },
+  // Never below the usage carried into the bucket: only the app's own units are taken back.
+  takeUnits: {
+    sql: 'UPDATE buckets SET quantity = quantity - ? WHERE dimension = ? AND hour_ms = ? AND tags = ? AND quantity - carried_quantity >= ?',
+  },
+  cancellationOf: { sql: 'SELECT * FROM cancellations WHERE id = ?' },
+  insertCancellation: {
+    sql: 'INSERT INTO cancellations (id, dimension, hour_ms, tags, quantity, divisor, reported_at_ms, cancelled_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING *',
+  },
+  cancelledSince: {
+    sql: 'SELECT dimension, hour_ms, count(*) AS n, sum(quantity) AS quantity FROM cancellations WHERE hour_ms >= ? GROUP BY dimension, hour_ms ORDER BY hour_ms, dimension',
+  },
+  pruneCancellations: { sql: 'DELETE FROM cancellations WHERE cancelled_at_ms < ?' },
   pruneSettled: {
     sql: "DELETE FROM records WHERE status IN ('sent', 'carried') AND settled_at_ms < ? RETURNING dimension, hour_ms",
   },
@@ -197,6 +237,7 @@ export function readStatus(
   ledgerId: string,
   nowMs: number,
 ): Omit<LedgerStatus, 'handoffs'> {
+  const cancelledSinceMs = hourStart(nowMs) - 24 * HOUR_MS;
   const records: Record<RecordStatus, number> = { pending: 0, sent: 0, carried: 0, failed: 0 };
   for (const row of stmt.statusCounts.all() as { status: RecordStatus; n: number }[])
     records[row.status] = row.n;
@@ -237,5 +278,16 @@ export function readStatus(
       quantity: r.quantity,
       error: r.last_error ?? undefined,
     })),
+    cancellations: (
+      stmt.cancelledSince.all(cancelledSinceMs) as {
+        dimension: string;
+        hour_ms: number;
+        n: number;
+        quantity: number;
+      }[]
+    ).map((r) => ({ dimension: r.dimension, hourStartMs: r.hour_ms, count: r.n, quantity: r.quantity })),
+    remainders: (
+      stmt.remainders.all() as { dimension: string; divisor: number; quantity: number; tag_sets: number }[]
+    ).map((r) => ({ dimension: r.dimension, divisor: r.divisor, quantity: r.quantity, tagSets: r.tag_sets })),
   };
 }

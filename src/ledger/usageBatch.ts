@@ -53,7 +53,10 @@ export class UsageBatchBuilder {
   readonly #rows = new Map<string, Map<string, number>>();
   #size = 0;
 
-  /** Adds the next report of the request. Quantities are integers of at most 2^31 - 1, so sums stay exact. */
+  /**
+   * Adds the next report of the request. Quantities are integers of at most 2^31 - 1, so sums stay exact, except
+   * for scaled dimensions (fine units), whose sums the ledger refuses past 2^53 - 1 (`Buckets` in ./buckets.ts).
+   */
   add(dimension: string, tagsKey: string, quantity: number, id: string | undefined): void {
     const index = this.#size++;
     if (id !== undefined) {

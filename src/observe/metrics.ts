@@ -50,6 +50,13 @@ export class Metrics implements CallObserver, SendObserver, HandoffObserver {
     registers: [this.registry],
   });
 
+  readonly usageCancelled = new Counter({
+    name: 'metering_usage_cancelled_quantity_total',
+    help: 'Usage quantity cancelled (DELETE /v1/usage/{id}) before its hour was sealed, per dimension.',
+    labelNames: ['dimension'] as const,
+    registers: [this.registry],
+  });
+
   readonly intakeRequests = new Counter({
     name: 'metering_intake_requests_total',
     help: 'App API usage requests by result (accepted, rejected) and error code.',

@@ -61,5 +61,17 @@ export function statusBody(
       quantity: f.quantity,
       error: f.error,
     })),
+    cancellations: ledger.cancellations.map((c) => ({
+      hourStart: new Date(c.hourStartMs).toISOString(),
+      dimension: c.dimension,
+      reports: c.count,
+      quantity: c.quantity,
+    })),
+    unitRemainders: ledger.remainders.map((r) => ({
+      dimension: r.dimension,
+      divisor: r.divisor,
+      quantity: r.quantity,
+      tagSets: r.tagSets,
+    })),
   };
 }
