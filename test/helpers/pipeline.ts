@@ -15,6 +15,8 @@ export interface PipelineOptions {
   readonly stateDir: string;
   readonly start?: string | number;
   readonly dimensions?: readonly string[];
+  /** METERING_UNIT_DIVISORS, given to intake and the ledger alike. */
+  readonly unitDivisors?: Readonly<Record<string, number>>;
   readonly dryRun?: boolean;
   readonly requestTimeoutMs?: number;
   readonly emulator?: MeteringEmulator;
@@ -47,6 +49,7 @@ export async function startPipeline(options: PipelineOptions) {
     productCode: 'prod',
     dryRun: options.dryRun ?? false,
     clock,
+    unitDivisors: new Map(Object.entries(options.unitDivisors ?? {})),
   });
   const client: MarketplaceMeteringClient = createSendClient({
     region: 'us-east-1',
@@ -75,6 +78,7 @@ export async function startPipeline(options: PipelineOptions) {
       socketPath,
       listen: { host: '127.0.0.1', port: 0 },
       dimensions: options.dimensions,
+      ...(options.unitDivisors ? { unitDivisors: options.unitDivisors } : {}),
     },
     ledger: new InProcessLedger(ledger),
     sendClient: client,

@@ -188,6 +188,31 @@ describe('loadConfig', () => {
     ]);
   });
 
+  it('reads METERING_UNIT_DIVISORS as dimension=divisor pairs of listed dimensions', () => {
+    expect(loadConfig(REQUIRED).unitDivisors).toEqual({});
+    const dims = { ...REQUIRED, METERING_DIMENSIONS: 'storage_gb,vcpu_hours,requests' };
+    expect(
+      loadConfig({ ...dims, METERING_UNIT_DIVISORS: ' storage_gb = 1000000000 , vcpu_hours=3600' })
+        .unitDivisors,
+    ).toEqual({ storage_gb: 1_000_000_000, vcpu_hours: 3600 });
+    const problems = (value: string) =>
+      problemsOf({ ...dims, METERING_UNIT_DIVISORS: value }).map((p) => p.expected);
+    expect(problems('storage_gb=0')[0]).toContain(
+      'each divisor an integer from 1 to 1000000000000000 (got "storage_gb=0")',
+    );
+    expect(problems('storage_gb=1.5')[0]).toContain('(got "storage_gb=1.5")');
+    expect(problems('storage_gb')[0]).toContain('(got "storage_gb")');
+    expect(problems('storage_gb=1000000000000001')[0]).toContain('from 1 to 1000000000000000');
+    expect(problems('storage_tb=1000')).toEqual([
+      'dimensions of METERING_DIMENSIONS only ("storage_tb" is not one of storage_gb, vcpu_hours, requests)',
+    ]);
+    expect(problems('storage_gb=10,storage_gb=20')).toEqual([
+      'each dimension once ("storage_gb" is listed twice)',
+    ]);
+    // Every bad pair is reported at once.
+    expect(problems('a=0,b=x')).toHaveLength(2);
+  });
+
   it('reads the pod identity the chart sets from the downward API, each part optional', () => {
     expect(loadConfig(REQUIRED).pod).toEqual({});
     expect(

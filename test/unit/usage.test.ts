@@ -89,6 +89,21 @@ describe('parseUsage', () => {
     expect(rejected(body).code).toBe(code);
   });
 
+  it('takes any exact integer for a dimension with a unit divisor, and only for it', () => {
+    const divisors = { bytes_gb: 1_000_000_000 };
+    const big = `{"dimension":"bytes_gb","quantity":${Number.MAX_SAFE_INTEGER}}`;
+    const batch = parseUsage(big, ['bytes_gb', 'a'], divisors);
+    expect('kind' in batch).toBe(false);
+    expect(parseUsage(`{"dimension":"bytes_gb","quantity":${2 ** 53}}`, undefined, divisors)).toMatchObject({
+      kind: 'rejection',
+      code: 'InvalidQuantity',
+      message: `"quantity" must be an integer from 0 to ${Number.MAX_SAFE_INTEGER}`,
+    });
+    expect(parseUsage('{"dimension":"a","quantity":2147483648}', undefined, divisors)).toMatchObject({
+      code: 'InvalidQuantity',
+    });
+  });
+
   it('accepts every documented tag character and the longest key and value', () => {
     const tags = { 'aZ09+ -=._:/@': 'aZ09+ -=._:/@', ['k'.repeat(100)]: 'v'.repeat(256) };
     expect(accepted(JSON.stringify({ dimension: 'a', quantity: 1, tags }))).toHaveLength(1);
