@@ -4,7 +4,7 @@
  * dimension key, quantity), so a seller can join what the sidecar sent to what AWS reports. Times are ISO 8601
  * in UTC. What the rows say comes from ./ledger/exportReader.ts.
  */
-import type { ExportedRecord } from './ledger/exportReader.js';
+import type { ExportedCancellation, ExportedRecord, ExportedRemainder } from './ledger/exportReader.js';
 
 /** Output formats of the export. */
 export const EXPORT_FORMATS = ['csv', 'jsonl'] as const;
@@ -49,7 +49,59 @@ export const DAILY_COLUMNS = [
   'dry_run_quantity',
 ] as const;
 
+/** The columns of `--cancellations`: each report cancelled before its hour was sealed. */
+export const CANCELLATION_COLUMNS = [
+  'id',
+  'dimension',
+  'hour',
+  'tags',
+  'quantity',
+  'unit_divisor',
+  'reported_at',
+  'cancelled_at',
+] as const;
+
+/** The columns of `--remainders`: fine-unit usage below one billed unit, per tag set, not billed. */
+export const REMAINDER_COLUMNS = [
+  'dimension',
+  'tags',
+  'unit_divisor',
+  'quantity',
+  'units',
+  'updated_at',
+] as const;
+
 type Row = Readonly<Record<string, string | number | boolean | null | object>>;
+
+/** One cancellation as an export row of {@link CANCELLATION_COLUMNS}. */
+export function cancellationRow(c: ExportedCancellation): Row {
+  return {
+    id: c.id,
+    dimension: c.dimension,
+    hour: iso(c.hourStartMs),
+    tags: c.tags,
+    quantity: c.quantity,
+    unit_divisor: c.divisor,
+    reported_at: iso(c.reportedAtMs),
+    cancelled_at: iso(c.cancelledAtMs),
+  };
+}
+
+/**
+ * One remainder as an export row of {@link REMAINDER_COLUMNS}; `units` is the share of one billed unit it makes,
+ * as a decimal to 6 places, rounded down (it is never billed as such).
+ */
+export function remainderRow(r: ExportedRemainder): Row {
+  const millionths = (BigInt(r.quantity) * 1_000_000n) / BigInt(r.divisor);
+  return {
+    dimension: r.dimension,
+    tags: r.tags,
+    unit_divisor: r.divisor,
+    quantity: r.quantity,
+    units: `0.${millionths.toString().padStart(6, '0')}`,
+    updated_at: iso(r.atMs),
+  };
+}
 
 /** One record as an export row: every column of {@link RECORD_COLUMNS}, null where it does not apply. */
 export function recordRow(record: ExportedRecord): Row {

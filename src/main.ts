@@ -44,9 +44,12 @@ Usage:
                                                    run the Marketplace Metering emulator standalone
   metering-sidecar report DIMENSION QUANTITY [--tag k=v]... [--id KEY]
                                                    report usage through the app API
+  metering-sidecar cancel ID                        cancel the report sent with idempotency key ID, while its
+                                                   hour is not sealed
   metering-sidecar status [--json]                 show what the sidecar holds
-  metering-sidecar export [--since T] [--until T] [--format csv|jsonl] [--daily] [--state-dir DIR]
-                                                   print the ledger's records (or their daily rollup) for
+  metering-sidecar export [--since T] [--until T] [--format csv|jsonl] [--daily | --cancellations | --remainders] [--state-dir DIR]
+                                                   print the ledger's records (or their daily rollup, the
+                                                   cancelled reports, the unit remainders) for
                                                    reconciliation; T is an ISO 8601 date or UTC time
   metering-sidecar doctor [--json]                 check the platform: credentials, Region, endpoint, route,
                                                    clock; exit 1 when metering cannot work as it is
@@ -72,6 +75,8 @@ async function main(argv: readonly string[]): Promise<number> {
       return emulator(rest);
     case 'report':
       return report(rest);
+    case 'cancel':
+      return cancel(rest);
     case 'status':
       return status(rest);
     case 'export':
@@ -223,6 +228,15 @@ async function report(args: readonly string[]): Promise<number> {
   return reply.status === 202 ? EXIT.ok : EXIT.unexpected;
 }
 
+/** `cancel ID`: `DELETE /v1/usage/{id}` through the app API; exit 0 once the cancellation is durable. */
+async function cancel(args: readonly string[]): Promise<number> {
+  const { positionals } = parse(args, {}, true);
+  if (positionals.length !== 1) throw new UsageError('usage: metering-sidecar cancel ID');
+  const reply = await apiClient().cancel(positionals[0]);
+  process.stdout.write(`${JSON.stringify(reply.body)}\n`);
+  return reply.status === 200 ? EXIT.ok : EXIT.unexpected;
+}
+
 async function status(args: readonly string[]): Promise<number> {
   const { values } = parse(args, { json: { type: 'boolean' } });
   const reply = await apiClient().status();
@@ -244,13 +258,21 @@ async function exportRecords(args: readonly string[]): Promise<number> {
     until: { type: 'string' },
     format: { type: 'string', default: 'csv' },
     daily: { type: 'boolean' },
+    cancellations: { type: 'boolean' },
+    remainders: { type: 'boolean' },
     'state-dir': { type: 'string' },
     local: { type: 'boolean' },
   });
-  const [
-    { LedgerExport },
-    { DAILY_COLUMNS, EXPORT_FORMATS, RECORD_COLUMNS, DailyRollup, header, line, recordRow },
-  ] = await Promise.all([import('./ledger/exportReader.js'), import('./export.js')]);
+  const [{ LedgerExport }, exporting] = await Promise.all([
+    import('./ledger/exportReader.js'),
+    import('./export.js'),
+  ]);
+  const { DAILY_COLUMNS, EXPORT_FORMATS, RECORD_COLUMNS, DailyRollup, header, line, recordRow } = exporting;
+  const views = (['daily', 'cancellations', 'remainders'] as const).filter((v) => values[v] === true);
+  if (views.length > 1)
+    throw new UsageError(
+      `choose one of --daily, --cancellations and --remainders, not ${views.map((v) => `--${v}`).join(' and ')}`,
+    );
   const format = EXPORT_FORMATS.find((f) => f === values.format);
   if (format === undefined)
     throw new UsageError(`--format must be csv or jsonl, got ${JSON.stringify(values.format)}`);
@@ -267,7 +289,16 @@ async function exportRecords(args: readonly string[]): Promise<number> {
   try {
     const ledger = LedgerExport.open(resolve(stateDir));
     try {
-      if (values.daily === true) {
+      if (views[0] === 'cancellations') {
+        const { CANCELLATION_COLUMNS, cancellationRow } = exporting;
+        out.write(header(CANCELLATION_COLUMNS, format));
+        for (const c of ledger.cancellations(range))
+          out.write(line(cancellationRow(c), CANCELLATION_COLUMNS, format));
+      } else if (views[0] === 'remainders') {
+        const { REMAINDER_COLUMNS, remainderRow } = exporting;
+        out.write(header(REMAINDER_COLUMNS, format));
+        for (const r of ledger.remainders()) out.write(line(remainderRow(r), REMAINDER_COLUMNS, format));
+      } else if (values.daily === true) {
         const rollup = new DailyRollup();
         ledger.each(range, (record) => rollup.add(record));
         out.write(header(DAILY_COLUMNS, format));

@@ -66,6 +66,31 @@ export interface ExportedRecord {
   readonly sealedBy: PlatformIdentity | undefined;
 }
 
+/** A report cancelled before its hour was sealed (`DELETE /v1/usage/{id}`). */
+export interface ExportedCancellation {
+  readonly id: string;
+  readonly dimension: string;
+  /** The hour the report had been counted in. */
+  readonly hourStartMs: number;
+  readonly tags: Readonly<Record<string, string>>;
+  /** As reported: in the dimension's fine unit when `divisor` > 1. */
+  readonly quantity: number;
+  readonly divisor: number;
+  readonly reportedAtMs: number;
+  readonly cancelledAtMs: number;
+}
+
+/** Fine-unit usage of one tag set below one billed unit, carried on and not billed (yet, or ever). */
+export interface ExportedRemainder {
+  readonly dimension: string;
+  readonly tags: Readonly<Record<string, string>>;
+  readonly divisor: number;
+  /** Fine units, fewer than `divisor`. */
+  readonly quantity: number;
+  /** When it last changed. */
+  readonly atMs: number;
+}
+
 /** Which records to export: those whose hour starts at or after `sinceMs` and before `untilMs`. */
 export interface ExportRange {
   readonly sinceMs?: number;
@@ -77,6 +102,8 @@ export class LedgerExport {
   readonly #db: Database.Database;
   readonly #ledgerId: string;
   readonly #hasSealedBy: boolean;
+  /** Schema 6 on: cancellations and unit remainders are kept. */
+  readonly #hasCorrections: boolean;
   /** The directory of the copy read instead of a stopped ledger, removed at {@link close}. */
   readonly #copy: string | undefined;
 
@@ -84,11 +111,13 @@ export class LedgerExport {
     db: Database.Database,
     ledgerId: string,
     hasSealedBy: boolean,
+    hasCorrections: boolean,
     copy: string | undefined,
   ) {
     this.#db = db;
     this.#ledgerId = ledgerId;
     this.#hasSealedBy = hasSealedBy;
+    this.#hasCorrections = hasCorrections;
     this.#copy = copy;
   }
 
@@ -141,6 +170,7 @@ export class LedgerExport {
         db,
         id,
         columns.some((c) => c.name === 'sealed_by'),
+        version >= 6,
         copy,
       );
     } catch (err) {
@@ -181,6 +211,50 @@ export class LedgerExport {
           visit(fromUncertain(row));
       })
       .deferred();
+  }
+
+  /** The reports cancelled whose hour is in `range`, oldest hour first (none before schema 6). */
+  cancellations(range: ExportRange = {}): ExportedCancellation[] {
+    if (!this.#hasCorrections) return [];
+    const rows = this.#db
+      .prepare(
+        'SELECT * FROM cancellations WHERE hour_ms >= ? AND hour_ms < ? ORDER BY hour_ms, dimension, cancelled_at_ms, id',
+      )
+      .all(range.sinceMs ?? Number.MIN_SAFE_INTEGER, range.untilMs ?? Number.MAX_SAFE_INTEGER) as {
+      id: string;
+      dimension: string;
+      hour_ms: number;
+      tags: string;
+      quantity: number;
+      divisor: number;
+      reported_at_ms: number;
+      cancelled_at_ms: number;
+    }[];
+    return rows.map((r) => ({
+      id: r.id,
+      dimension: r.dimension,
+      hourStartMs: r.hour_ms,
+      tags: JSON.parse(r.tags) as Record<string, string>,
+      quantity: r.quantity,
+      divisor: r.divisor,
+      reportedAtMs: r.reported_at_ms,
+      cancelledAtMs: r.cancelled_at_ms,
+    }));
+  }
+
+  /** The unit remainders the ledger carries, by dimension and tag set (none before schema 6). */
+  remainders(): ExportedRemainder[] {
+    if (!this.#hasCorrections) return [];
+    const rows = this.#db
+      .prepare('SELECT * FROM unit_remainders ORDER BY dimension, divisor, tags')
+      .all() as { dimension: string; tags: string; divisor: number; quantity: number; at_ms: number }[];
+    return rows.map((r) => ({
+      dimension: r.dimension,
+      tags: JSON.parse(r.tags) as Record<string, string>,
+      divisor: r.divisor,
+      quantity: r.quantity,
+      atMs: r.at_ms,
+    }));
   }
 
   /** The records {@link each} visits, as an array (for a small range, and for tests). */

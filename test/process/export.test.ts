@@ -144,6 +144,9 @@ describe('metering-sidecar export', () => {
     });
     expect(backwards.code).toBe(64);
     expect(backwards.stderr).toContain('--since must be before --until');
+    const twoViews = await cli(['export', '--daily', '--remainders'], { METERING_STATE_DIR: dir });
+    expect(twoViews.code).toBe(64);
+    expect(twoViews.stderr).toContain('choose one of --daily, --cancellations and --remainders');
     const missing = await cli(['export'], { METERING_STATE_DIR: join(dir, 'none') });
     expect(missing).toMatchObject({ code: 78, stdout: '' });
     expect(missing.stderr).toContain(`there is no ledger at ${join(dir, 'none', 'ledger.db')}`);

@@ -12,6 +12,7 @@ import {
   header,
   line,
   recordRow,
+  remainderRow,
   type ExportFormat,
 } from '../../src/export.js';
 import { LEDGER_FILE } from '../../src/ledger/database.js';
@@ -381,5 +382,16 @@ describe('dailyRollup', () => {
       '2026-03-01,gb,12,2,7,2,0\r\n',
       '2026-03-02,api,11,1,0,0,0\r\n',
     ]);
+  });
+});
+
+describe('remainderRow', () => {
+  it('gives the share of one unit to six places, rounded down, exact for any divisor', () => {
+    const row = (quantity: number, divisor: number) =>
+      remainderRow({ dimension: 'gb', tags: {}, divisor, quantity, atMs: 0 })['units'];
+    expect(row(1, 3)).toBe('0.333333');
+    expect(row(2, 3)).toBe('0.666666');
+    expect(row(999_999_999_999_999, 1_000_000_000_000_000)).toBe('0.999999');
+    expect(row(1, 1_000_000_000_000_000)).toBe('0.000000');
   });
 });
