@@ -137,6 +137,7 @@ const FULL = {
     publicKeyVersion: 2,
     publicKey: { existingSecret: 'acme-product-key', key: 'key.pem', pem: '' },
     dimensions: ['requests', 'gb_stored'],
+    unitDivisors: { gb_stored: 1073741824 },
     entitlementRetrySeconds: 600,
     schedule: '*/15 * * * *',
     sendJitterSeconds: 60,
@@ -388,6 +389,8 @@ describe('helm chart metering-sidecar: lint and values schema', () => {
       // Regression: without an allow-list a typo'd dimension was acknowledged, then lost.
       [{ dimensions: [] }, 'sidecar.dimensions is required'],
       [{ adminPort: 8181 }, 'sidecar.adminPort must differ'],
+      [{ unitDivisors: { requests: 0 } }, 'sidecar.unitDivisors'],
+      [{ unitDivisors: { requests: '1000' } }, 'sidecar.unitDivisors'],
     ];
     for (const [sidecar, message] of cases) {
       const result = await helmWithValues('template', {
@@ -609,6 +612,7 @@ describe.each(Object.entries(VALUE_SETS))(
 
         // Assess
         expect(config.productCode).toBe(PRODUCT_CODE);
+        expect(config.unitDivisors).toEqual(at(set.values, 'sidecar', 'unitDivisors') ?? {});
       } finally {
         rmSync(dir, { recursive: true, force: true });
       }

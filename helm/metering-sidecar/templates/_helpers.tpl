@@ -195,6 +195,14 @@ Usage from a parent chart:
     - name: METERING_DIMENSIONS
       value: {{ join "," . | quote }}
     {{- end }}
+    {{- with $v.unitDivisors }}
+    {{- $pairs := list }}
+    {{- range $dimension, $divisor := . }}
+    {{- $pairs = append $pairs (printf "%s=%d" $dimension ($divisor | int64)) }}
+    {{- end }}
+    - name: METERING_UNIT_DIVISORS
+      value: {{ join "," $pairs | quote }}
+    {{- end }}
     - name: METERING_SOCKET
       value: {{ include "metering-sidecar.socketPath" $s | quote }}
     - name: METERING_LISTEN
