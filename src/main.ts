@@ -441,6 +441,8 @@ interface StatusBody {
   records: Record<string, number>;
   oldestUnsentAgeSeconds: number | null;
   failed: { hourStart: string; dimension: string; quantity: number; error?: string }[];
+  cancellations?: { hourStart: string; dimension: string; reports: number; quantity: number }[];
+  unitRemainders?: { dimension: string; divisor: number; quantity: number; tagSets: number }[];
 }
 
 function formatStatusTable(body: StatusBody): string {
@@ -461,6 +463,20 @@ function formatStatusTable(body: StatusBody): string {
     lines.push('', 'failed records');
     for (const f of body.failed)
       lines.push(`  ${f.hourStart}  ${f.dimension}  ${f.quantity}  ${f.error ?? ''}`);
+  }
+  if ((body.cancellations ?? []).length > 0) {
+    lines.push('', 'cancelled (last 24 hours)');
+    for (const c of body.cancellations ?? [])
+      lines.push(
+        `  ${c.hourStart}  ${c.dimension.padEnd(24)} ${String(c.quantity).padStart(12)}  (${c.reports} reports)`,
+      );
+  }
+  if ((body.unitRemainders ?? []).length > 0) {
+    lines.push('', 'unit remainders (below one unit, not billed yet)');
+    for (const r of body.unitRemainders ?? [])
+      lines.push(
+        `  ${r.dimension.padEnd(24)} ${String(r.quantity).padStart(20)} of ${r.divisor} per unit  (${r.tagSets} tag sets)`,
+      );
   }
   return `${lines.join('\n')}\n`;
 }

@@ -42,6 +42,7 @@ describe('corrections before sealing', () => {
     const resend = await client.report(reports);
     const repeat = await client.cancel('evt-1');
     const gone = await client.cancel('evt-9');
+    const table = await cli(['status'], { METERING_SOCKET: socketPath });
     client.close();
     const exit = await second.stop('SIGTERM');
     const exported = await cli(['export', '--cancellations', '--format', 'jsonl'], {
@@ -55,6 +56,7 @@ describe('corrections before sealing', () => {
     expect(resend).toEqual({ status: 202, body: { accepted: 0, duplicates: 3 } });
     expect(repeat).toMatchObject({ status: 200, body: { repeat: true } });
     expect(gone).toMatchObject({ status: 404, body: { error: { code: 'UnknownUsageId' } } });
+    expect(table.stdout).toMatch(/cancelled \(last 24 hours\)\n {2}\S+ {2}requests +5 {2}\(1 reports\)/);
     expect(exit.code).toBe(0);
     expect(Object.fromEntries(emulator.totals())).toEqual({ requests: 3, gb: 7 });
     expect(emulator.records.find((r) => r.dimension === 'requests')!.allocations).toEqual([
@@ -110,6 +112,7 @@ describe('unit scaling', () => {
       { dimension: 'gb', quantity: GIB / 4, tags: { volume: 'data' } },
     ]);
     const status = await client.status();
+    const table = await cli(['status'], { METERING_SOCKET: socketPath });
     client.close();
     const exit = await sidecar.stop('SIGTERM');
     const remainders = await cli(['export', '--remainders', '--format', 'jsonl'], {
@@ -121,6 +124,8 @@ describe('unit scaling', () => {
     expect((status.body as { unitRemainders: unknown }).unitRemainders).toEqual([
       { dimension: 'gb', divisor: GIB, quantity: GIB / 4, tagSets: 1 },
     ]);
+    expect(table.stdout).toContain(`unit remainders (below one unit, not billed yet)\n  gb`);
+    expect(table.stdout).toContain(`${GIB / 4} of ${GIB} per unit  (1 tag sets)`);
     expect(exit.code).toBe(0);
     expect(emulator.records.map((r) => [r.dimension, r.quantity, r.allocations])).toEqual([['gb', 3, []]]);
     const logged = sidecar
