@@ -125,25 +125,51 @@ export class KeyStore {
    */
   addAll(ids: readonly string[], atMs: number, usage: KeyedColumns): void {
     if (ids.length === 0) return;
-    const divisorOf = (i: number): number | null => (usage.divisor[i] === 1 ? null : usage.divisor[i]);
-    if (ids.length === 1) {
-      this.#stmt.insertKey.run(
-        ids[0],
-        atMs,
-        this.#seq + 1,
-        usage.dimension[0],
-        usage.hourMs[0],
-        usage.tagsKey[0],
-        usage.quantity[0],
-        divisorOf(0),
-      );
-    } else {
-      // One JSON array of rows: [id, dimension, hour, tags, quantity, divisor or null].
-      let rows = '[';
-      for (let i = 0; i < ids.length; i++) {
-        rows += `${i === 0 ? '' : ','}[${JSON.stringify(ids[i])},${JSON.stringify(usage.dimension[i])},${usage.hourMs[i]},${JSON.stringify(usage.tagsKey[i])},${usage.quantity[i]},${divisorOf(i)}]`;
+    const stmt = this.#stmt;
+    // Where the keys' usage went, one row per (dimension, hour, tag set, divisor) they share: a batch has few,
+    // and keys next to each other mostly share one, so the previous key's is tried first.
+    const usageIds = new Map<string, number>();
+    let last = -1;
+    let lastId = 0;
+    const usageIdOf = (k: number): number => {
+      if (
+        last >= 0 &&
+        usage.dimension[k] === usage.dimension[last] &&
+        usage.hourMs[k] === usage.hourMs[last] &&
+        usage.tagsKey[k] === usage.tagsKey[last] &&
+        usage.divisor[k] === usage.divisor[last]
+      ) {
+        last = k;
+        return lastId;
       }
-      this.#stmt.insertKeys.run(atMs, this.#seq + 1, `${rows}]`);
+      const at = `${usage.dimension[k]}\n${usage.hourMs[k]}\n${usage.divisor[k]}\n${usage.tagsKey[k]}`;
+      let id = usageIds.get(at);
+      if (id === undefined) {
+        id = stmt.keyUsage.get(
+          usage.dimension[k],
+          usage.hourMs[k],
+          usage.tagsKey[k],
+          usage.divisor[k],
+        ) as number;
+        usageIds.set(at, id);
+      }
+      last = k;
+      lastId = id;
+      return id;
+    };
+    let i = 0;
+    // Rows of a hundred, then of ten, then one by one: each statement binds its rows' values in order.
+    for (const [rows, insert] of [
+      [100, stmt.insertKeys100],
+      [10, stmt.insertKeys10],
+      [1, stmt.insertKey],
+    ] as const) {
+      for (; ids.length - i >= rows; i += rows) {
+        const values: unknown[] = [];
+        for (let k = i; k < i + rows; k++)
+          values.push(ids[k], atMs, this.#seq + 1 + k, usageIdOf(k), usage.quantity[k]);
+        insert.run(values);
+      }
     }
     this.#seq += ids.length;
     this.#count += ids.length;
@@ -166,6 +192,7 @@ export class KeyStore {
   trim(): number {
     if (this.#count <= this.#max * (1 + KEYS_SLACK)) return 0;
     const evicted = this.#stmt.evictKeys.run(this.#count - this.#max).changes;
+    this.#stmt.pruneKeyUsage.run();
     this.#count -= evicted;
     return evicted;
   }
@@ -184,6 +211,7 @@ export class KeyStore {
     const horizonMs = Math.max(this.#horizonMs, Math.min(nowMs - IDEMPOTENCY_TTL_MS, allowedMs));
     const pruned = this.#db.transaction(() => {
       const changes = this.#stmt.pruneKeys.run(horizonMs).changes;
+      this.#stmt.pruneKeyUsage.run();
       this.#stmt.setKeyHorizon.run(String(horizonMs));
       return changes;
     })();

@@ -20,9 +20,9 @@
  *   delete. The keys keep their arrival order.
  * - 5: `records.sealed_by`, the platform identity of the sidecar that sealed the record (ECS task ARN, or pod
  *   name and UID, and the host), as JSON, for the reconciliation export; null for records sealed earlier.
- * - 6: corrections and unit scaling. `idempotency_keys` also keeps what each key counted (dimension, hour, tag
- *   set, quantity, and the dimension's unit divisor when it had one), so that `DELETE /v1/usage/{id}` can take it
- *   back; null for keys stored earlier, which cannot be cancelled. `cancellations`: every report cancelled, kept
+ * - 6: corrections and unit scaling. `idempotency_keys` also keeps what each key counted (its quantity, and in
+ *   `key_usage`, shared by the keys of one (dimension, hour, tag set, unit divisor), where it went), so that
+ *   `DELETE /v1/usage/{id}` can take it back; null for keys stored earlier, which cannot be cancelled. `cancellations`: every report cancelled, kept
  *   for status and the export. `unit_remainders`: per (dimension, tag set, divisor), the fine-unit usage below one
  *   billed unit carried into later hours (./units.ts).
  */
@@ -152,11 +152,17 @@ const STEPS: readonly Step[] = [
     to: 6,
     up(db) {
       db.exec(`
-        ALTER TABLE idempotency_keys ADD COLUMN dimension TEXT;
-        ALTER TABLE idempotency_keys ADD COLUMN hour_ms INTEGER;
-        ALTER TABLE idempotency_keys ADD COLUMN tags TEXT;
+        CREATE TABLE key_usage (
+          id INTEGER PRIMARY KEY,
+          dimension TEXT NOT NULL,
+          hour_ms INTEGER NOT NULL,
+          tags TEXT NOT NULL,
+          divisor INTEGER NOT NULL,
+          UNIQUE (dimension, hour_ms, tags, divisor)
+        ) STRICT;
+        CREATE INDEX key_usage_hour ON key_usage (hour_ms);
+        ALTER TABLE idempotency_keys ADD COLUMN usage_id INTEGER;
         ALTER TABLE idempotency_keys ADD COLUMN quantity INTEGER;
-        ALTER TABLE idempotency_keys ADD COLUMN divisor INTEGER;
         CREATE TABLE cancellations (
           id TEXT PRIMARY KEY,
           dimension TEXT NOT NULL,

@@ -277,9 +277,7 @@ describe('cancel', () => {
     const ledger = openLedger(dir, clock);
     await record(ledger, report('requests', 4, { id: 'evt-1' }));
     const db = new Database(join(dir, LEDGER_FILE));
-    db.prepare(
-      "UPDATE idempotency_keys SET dimension = NULL, hour_ms = NULL, tags = NULL, quantity = NULL WHERE id = 'evt-1'",
-    ).run();
+    db.prepare("UPDATE idempotency_keys SET usage_id = NULL, quantity = NULL WHERE id = 'evt-1'").run();
     db.close();
     const refused = await ledger.cancel('evt-1');
     expect(refused).toMatchObject({ kind: 'refused', code: 'NotCancellable' });
@@ -307,6 +305,34 @@ describe('cancel', () => {
     const b = await ledger.cancel('b');
     expect(b).toMatchObject({ cancellation: { dimension: 'nodes', quantity: 3, hourStartMs: H10 } });
     expect(ledger.status(clock.now()).open).toEqual([]);
+  });
+
+  it('forgets where keys’ usage went together with the keys, by age and by the bound', async () => {
+    const dir = dirs.make();
+    const clock = new ManualClock(H10 + 60_000);
+    const ledger = openLedger(dir, clock, { idempotencyKeysMax: 10 });
+    const keyed = (prefix: string, n: number) =>
+      Array.from({ length: n }, (_, i) => report('requests', 1, { id: `${prefix}-${i}` }));
+    const usageRows = (): number => {
+      const db = new Database(join(dir, LEDGER_FILE), { readonly: true });
+      try {
+        return db.prepare('SELECT count(*) FROM key_usage').pluck().get() as number;
+      } finally {
+        db.close();
+      }
+    };
+    await record(ledger, ...keyed('a', 15));
+    clock.set(H11 + 60_000);
+    await record(ledger, ...keyed('b', 15));
+    // Over the bound: the oldest keys go, and with them the hour they alone pointed to.
+    expect(ledger.keyStats().count).toBe(10);
+    expect(usageRows()).toBe(1);
+    expect(await ledger.cancel('a-0')).toMatchObject({ kind: 'refused', code: 'UnknownUsageId' });
+    expect(cancelled(await ledger.cancel('b-14'))).toBe(true);
+    clock.set(H11 + 26 * HOUR_MS);
+    ledger.prune(clock.now());
+    expect(ledger.keyStats().count).toBe(0);
+    expect(usageRows()).toBe(0);
   });
 
   describe('of a scaled dimension', () => {
