@@ -1,6 +1,6 @@
 /**
- * Prometheus metrics, on a registry of the sidecar's own (never prom-client's global one), all prefixed
- * `metering_`, counters ending `_total`. Labels stay low-cardinality: dimension (at most 24 distinct values; an
+ * Prometheus metrics, on a registry of the sidecar's own (never prom-client's global one): the product's own
+ * prefixed `metering_`, prom-client's process metrics under their standard names; counters end in `_total`. Labels stay low-cardinality: dimension (at most 24 distinct values; an
  * app that sends more, without METERING_DIMENSIONS, is folded into `other`), result, error code and AWS
  * error name; never tag values or request data. Gauges that describe the ledger are read from it on scrape.
  * docs/operations.md lists every metric.
@@ -219,7 +219,8 @@ export class Metrics implements CallObserver, SendObserver, HandoffObserver {
       },
     });
     this.#handoffGauges(sources);
-    collectDefaultMetrics({ register: this.registry, prefix: 'metering_' });
+    // Standard names (process_cpu_seconds_total, nodejs_heap_size_used_bytes, ...), as stock dashboards query them.
+    collectDefaultMetrics({ register: this.registry });
   }
 
   #handoffGauges(sources: MetricsSources): void {

@@ -789,6 +789,7 @@ describe('helm chart metering-sidecar: monitoring', () => {
       'MeteringHandoffUncertain',
       'MeteringHandoffsIgnored',
       'MeteringHandoffsWaiting',
+      'MeteringEventLoopLagging',
     ]);
     expect(at(groups, 0, 'rules', 0, 'annotations', 'summary')).toBe(
       'Metering has not reached AWS for 2 hours ({{ $labels.pod }})',

@@ -108,9 +108,17 @@ describe('metrics', () => {
     expect(
       sampleValue(afterSend, 'metering_aws_call_duration_seconds_count', { operation: 'MeterUsage' }),
     ).toBe(3);
-    // Default process metrics, with the prefix.
-    expect(afterSend.some((s) => s.name === 'metering_process_resident_memory_bytes')).toBe(true);
-    expect(afterSend.some((s) => s.name.startsWith('metering_nodejs_eventloop_lag'))).toBe(true);
+    // Default process metrics, under the names stock Node.js dashboards and alerts query.
+    for (const name of [
+      'process_cpu_seconds_total',
+      'process_resident_memory_bytes',
+      'nodejs_heap_size_used_bytes',
+      'nodejs_eventloop_lag_seconds',
+      'nodejs_eventloop_lag_p99_seconds',
+    ])
+      expect(afterSend.some((s) => s.name === name), name).toBe(true);
+    // Only the product's own series carry the prefix.
+    expect(afterSend.filter((s) => /^metering_(process|nodejs)_/.test(s.name))).toEqual([]);
   });
 
   it('counts failed and carried records by dimension and error', async () => {
