@@ -70,6 +70,11 @@ export interface Config {
   /** The pod's identity from the downward API (METERING_POD_NAMESPACE, _NAME, _UID; the chart sets them). */
   readonly pod: PodIdentity;
   readonly logLevel: LogLevel;
+  /**
+   * METERING_LOG_FORMAT: `json` lines (the default, what log collectors read) or `pretty`, pino-pretty's readable
+   * lines (the default in local mode on a terminal).
+   */
+  readonly logFormat: LogFormat;
   readonly local: boolean;
   readonly region: string;
   /** Endpoint override for Marketplace Metering; undefined uses the SDK's regional endpoint. */
@@ -86,6 +91,9 @@ export interface PodIdentity {
 }
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+
+export type LogFormat = 'json' | 'pretty';
+const LOG_FORMATS: readonly LogFormat[] = ['json', 'pretty'];
 
 const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 const ENTITLEMENT_MODES: readonly EntitlementMode[] = ['register-usage', 'dry-run', 'none'];
@@ -145,6 +153,7 @@ export const ENVIRONMENT_VARIABLES: readonly string[] = Object.freeze([
   'METERING_IDEMPOTENCY_KEYS_MAX',
   'METERING_RETENTION_DAYS',
   'METERING_LOG_LEVEL',
+  'METERING_LOG_FORMAT',
   'METERING_LOCAL',
   'METERING_POD_NAMESPACE',
   'METERING_POD_NAME',
@@ -159,6 +168,8 @@ type Env = Readonly<Record<string, string | undefined>>;
 export interface ConfigOverrides {
   /** `run --local`: same as METERING_LOCAL=true. */
   readonly local?: boolean;
+  /** Whether stdout is a terminal: local mode then logs readable lines unless METERING_LOG_FORMAT says otherwise. */
+  readonly terminal?: boolean;
 }
 
 /**
@@ -175,7 +186,7 @@ export function loadConfig(env: Env, overrides: ConfigOverrides = {}): Config {
     return value === undefined || value.trim() === '' ? undefined : value.trim();
   };
   const local = overrides.local === true || parseBoolean(env, 'METERING_LOCAL', false, problem);
-  const reader: Reader = { env, local, problem, get };
+  const reader: Reader = { env, local, terminal: overrides.terminal === true, problem, get };
   const product = readProduct(reader);
   const listeners = readListeners(reader);
   const sending = readSending(reader);
@@ -194,6 +205,7 @@ export function loadConfig(env: Env, overrides: ConfigOverrides = {}): Config {
 interface Reader {
   readonly env: Env;
   readonly local: boolean;
+  readonly terminal: boolean;
   readonly problem: Report;
   /** The trimmed value, or undefined when unset or blank. */
   readonly get: (variable: string) => string | undefined;
@@ -399,6 +411,12 @@ function readSending(r: Reader) {
   const logLevel = LOG_LEVELS.find((l) => l === logLevelRaw);
   if (logLevel === undefined) r.problem('METERING_LOG_LEVEL', `one of ${LOG_LEVELS.join(', ')}`);
 
+  const logFormatRaw = (
+    r.get('METERING_LOG_FORMAT') ?? (r.local && r.terminal ? 'pretty' : 'json')
+  ).toLowerCase();
+  const logFormat = LOG_FORMATS.find((f) => f === logFormatRaw);
+  if (logFormat === undefined) r.problem('METERING_LOG_FORMAT', `one of ${LOG_FORMATS.join(', ')}`);
+
   return {
     schedule,
     sendJitterSeconds,
@@ -409,6 +427,7 @@ function readSending(r: Reader) {
     retentionDays,
     pod,
     logLevel: logLevel!,
+    logFormat: logFormat!,
   };
 }
 

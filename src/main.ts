@@ -95,8 +95,11 @@ async function main(argv: readonly string[]): Promise<number> {
 
 async function run(args: readonly string[]): Promise<number> {
   const { values } = parse(args, { local: { type: 'boolean' } });
-  const config = loadConfig(process.env, { local: values.local === true });
-  const logger = createLogger(config.logLevel);
+  const config = loadConfig(process.env, {
+    local: values.local === true,
+    terminal: process.stdout.isTTY === true,
+  });
+  const logger = createLogger(config.logLevel, undefined, config.logFormat);
   const { Agent } = await import('./agent.js');
   const agent = new Agent(config, { logger, clock: systemClock });
 

@@ -188,6 +188,20 @@ describe('loadConfig', () => {
     ]);
   });
 
+  it('logs JSON unless told otherwise, and readable lines in local mode on a terminal', () => {
+    expect(loadConfig(REQUIRED).logFormat).toBe('json');
+    expect(loadConfig(REQUIRED, { terminal: true }).logFormat).toBe('json');
+    expect(loadConfig({}, { local: true }).logFormat).toBe('json');
+    expect(loadConfig({}, { local: true, terminal: true }).logFormat).toBe('pretty');
+    expect(loadConfig({ METERING_LOG_FORMAT: 'json' }, { local: true, terminal: true }).logFormat).toBe(
+      'json',
+    );
+    expect(loadConfig({ ...REQUIRED, METERING_LOG_FORMAT: 'Pretty' }).logFormat).toBe('pretty');
+    expect(problemsOf({ ...REQUIRED, METERING_LOG_FORMAT: 'text' })).toEqual([
+      { variable: 'METERING_LOG_FORMAT', value: 'text', expected: 'one of json, pretty' },
+    ]);
+  });
+
   it('reads METERING_UNIT_DIVISORS as dimension=divisor pairs of listed dimensions', () => {
     expect(loadConfig(REQUIRED).unitDivisors).toEqual({});
     const dims = { ...REQUIRED, METERING_DIMENSIONS: 'storage_gb,vcpu_hours,requests' };
