@@ -13,6 +13,7 @@ import type {
 } from '@aws-sdk/client-ecs';
 import { describe, expect, it } from 'vitest';
 import { ENVIRONMENT_VARIABLES, loadConfig, type Config } from '../../src/config.js';
+import { EXIT } from '../../src/exitCodes.js';
 import {
   checkReferences,
   expandIntrinsics,
@@ -303,6 +304,17 @@ describe.each([
     expect(check?.startPeriod).toBeGreaterThanOrEqual(MIN_START_PERIOD_SECONDS);
     // Admin listener on: the healthcheck asks /readyz there.
     expect(sidecarConfig(sidecar).adminListen).toEqual({ host: '0.0.0.0', port: 9181 });
+  });
+
+  // Regression: an essential sidecar that crashed stopped the task, and its task storage (the ledger) went with it.
+  it('restarts a crashed sidecar in place, but not after a clean exit, a refused entitlement or bad configuration', () => {
+    expect(sidecar.restartPolicy).toEqual({
+      enabled: true,
+      ignoredExitCodes: [EXIT.ok, EXIT.notEntitled, EXIT.config],
+      restartAttemptPeriod: 60,
+    });
+    // ECS takes 60-1800 seconds: the shortest, so a crash soon after a restart is restarted again.
+    expect(sidecar.restartPolicy?.restartAttemptPeriod).toBeGreaterThanOrEqual(60);
   });
 
   it('starts the app only once the sidecar is healthy', () => {
@@ -624,6 +636,7 @@ describe('ecs/cloudformation.yaml', () => {
       'portMappings',
       'cpu',
       'memoryReservation',
+      'restartPolicy',
     ] as const) {
       expect(sidecar[field], field).toEqual(jsonSidecar[field]);
     }
