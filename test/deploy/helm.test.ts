@@ -7,7 +7,7 @@
  * variables the sidecar reads.
  */
 import { generateKeyPairSync } from 'node:crypto';
-import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -423,11 +423,38 @@ describe('helm chart metering-sidecar: lint and values schema', () => {
     expect(result.stderr).toContain('set either existingSecret or pem, not both');
   });
 
-  it('refuses monitoring objects when the cluster lacks the prometheus-operator API', async () => {
-    const result = await helmWithValues('template', MONITORING);
+  // An EKS add-on is rendered without a cluster: a .Capabilities switch would render differently there.
+  it('renders the monitoring objects from the values alone, whatever APIs the cluster reports', async () => {
+    const without = await render(MONITORING);
+    const withApi = await render(MONITORING, { apiVersions: [MONITORING_API] });
 
-    expect(result.code).not.toBe(0);
-    expect(result.stderr).toContain('needs the monitoring.coreos.com/v1 API');
+    expect(without.map((o) => o['kind'])).toContain('PodMonitor');
+    expect(without.map((o) => o['kind'])).toContain('PrometheusRule');
+    expect(without).toEqual(withApi);
+  });
+
+  it('is acceptable as an EKS add-on: no hooks, lookup or .Capabilities, only the release name and namespace', () => {
+    const templates = readdirSync(join(CHART_DIR, 'templates')).map((f) => ({
+      file: f,
+      text: readFileSync(join(CHART_DIR, 'templates', f), 'utf8'),
+    }));
+    const problems = templates.flatMap(({ file, text }) => [
+      ...(text.includes('helm.sh/hook') ? [`${file}: a hook`] : []),
+      ...(/\blookup\b/.test(text) ? [`${file}: lookup`] : []),
+      ...(/\.Capabilities\b/.test(text) ? [`${file}: .Capabilities`] : []),
+      ...[...text.matchAll(/\.Release\.(\w+)/g)]
+        .map((m) => m[1])
+        .filter((field) => field !== 'Name' && field !== 'Namespace')
+        .map((field) => `${file}: .Release.${field}`),
+    ]);
+    const chart = parse(readFileSync(join(CHART_DIR, 'Chart.yaml'), 'utf8')) as {
+      dependencies?: { repository?: string }[];
+    };
+    const remote = (chart.dependencies ?? []).filter((d) => !(d.repository ?? '').startsWith('file://'));
+
+    expect(templates.length).toBeGreaterThan(3);
+    expect(problems).toEqual([]);
+    expect(remote).toEqual([]);
   });
 
   it('declares additionalProperties: false on every object it defines', () => {

@@ -54,7 +54,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 helm.sh/chart: {{ include "metering-sidecar.chart" . }}
 {{ include "metering-sidecar.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/managed-by: Helm
 {{- with .Values.commonLabels }}
 {{ toYaml . }}
 {{- end }}
