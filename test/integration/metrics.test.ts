@@ -116,7 +116,10 @@ describe('metrics', () => {
       'nodejs_eventloop_lag_seconds',
       'nodejs_eventloop_lag_p99_seconds',
     ])
-      expect(afterSend.some((s) => s.name === name), name).toBe(true);
+      expect(
+        afterSend.some((s) => s.name === name),
+        name,
+      ).toBe(true);
     // Only the product's own series carry the prefix.
     expect(afterSend.filter((s) => /^metering_(process|nodejs)_/.test(s.name))).toEqual([]);
   });
