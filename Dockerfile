@@ -16,7 +16,11 @@ RUN --mount=type=secret,id=extraca,target=/run/secrets/extraca \
     NODE_EXTRA_CA_CERTS=/run/secrets/extraca npm ci
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
-RUN npm run build && npm prune --omit=dev && chmod 0755 dist/main.js
+# The software bill of materials of what ships, the production dependencies, as CycloneDX (npm's own sbom),
+# made while the whole tree is installed (npm sbom refuses a tree with dependencies missing), then pruned to it.
+RUN npm run build \
+ && npm sbom --sbom-format cyclonedx --sbom-type application --omit dev > sbom.cdx.json \
+ && npm prune --omit=dev && chmod 0755 dist/main.js
 
 FROM ${NODE_IMAGE} AS runtime
 ARG VERSION=0.1.0
@@ -24,7 +28,9 @@ LABEL org.opencontainers.image.title="metering-sidecar" \
       org.opencontainers.image.description="AWS Marketplace metering sidecar: entitlement at startup, crash-safe hourly MeterUsage" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.base.name="${NODE_IMAGE}"
+      org.opencontainers.image.base.name="${NODE_IMAGE}" \
+      io.cyclonedx.sbom.path="/app/sbom.cdx.json" \
+      io.cyclonedx.sbom.format="CycloneDX JSON"
 # No package managers at run time: npm, npx and corepack go; the Node.js headers too.
 RUN rm -rf /usr/local/lib/node_modules /usr/local/bin/npm /usr/local/bin/npx /usr/local/bin/corepack \
            /usr/local/bin/yarn /usr/local/bin/yarnpkg /usr/local/include /opt/yarn* \
@@ -36,6 +42,7 @@ WORKDIR /app
 COPY --from=build /src/package.json ./package.json
 COPY --from=build /src/node_modules ./node_modules
 COPY --from=build /src/dist ./dist
+COPY --from=build /src/sbom.cdx.json ./sbom.cdx.json
 RUN ln -s /app/dist/main.js /usr/local/bin/metering-sidecar
 ENV NODE_ENV=production \
     METERING_STATE_DIR=/var/lib/metering \

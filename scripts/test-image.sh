@@ -58,6 +58,23 @@ done
 "${DOCKER[@]}" exec "$CONTAINER" metering-sidecar healthcheck >/dev/null || fail "healthcheck command failed inside the container"
 [ "$("${DOCKER[@]}" inspect --format '{{.Config.User}}' "$IMAGE")" = "10001:10001" ] || fail "image user is not 10001:10001"
 
+log "checking the SBOM"
+[ "$("${DOCKER[@]}" inspect --format '{{index .Config.Labels "io.cyclonedx.sbom.path"}}' "$IMAGE")" = "/app/sbom.cdx.json" ] \
+  || fail "image not labelled with its SBOM"
+"${DOCKER[@]}" exec "$CONTAINER" cat /app/sbom.cdx.json >"$WORK/sbom.cdx.json" || fail "no SBOM in the image"
+node -e '
+  const bom = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+  const names = new Set((bom.components ?? []).map((c) => (c.group ? `${c.group}/${c.name}` : c.name)));
+  const want = ["better-sqlite3", "pino", "prom-client", "@aws-sdk/client-marketplace-metering"];
+  const missing = want.filter((n) => !names.has(n));
+  const dev = ["vitest", "typescript", "eslint"].filter((n) => names.has(n));
+  if (bom.bomFormat !== "CycloneDX" || missing.length > 0 || dev.length > 0) {
+    console.error(`bad SBOM: format ${bom.bomFormat}, missing ${missing}, dev dependencies ${dev}`);
+    process.exit(1);
+  }
+  console.log(`SBOM: CycloneDX ${bom.specVersion}, ${names.size} components`);
+' "$WORK/sbom.cdx.json" || fail "SBOM does not list the production dependencies alone"
+
 log "sending usage through the socket from the host"
 SOCKET="$WORK/run/metering.sock"
 METERING_SOCKET="$SOCKET" node dist/main.js report requests 5 --tag tenant=acme --id image-1 | grep -q '"accepted":1' || fail "report 1"
