@@ -5,6 +5,9 @@ import { defineConfig } from 'vitest/config';
 const image = process.env['TEST_IMAGE'] !== undefined;
 // .ci/run sets VITEST_JSON_REPORT so that it can print the plain "N passed, N failed" line.
 const jsonReport = process.env['VITEST_JSON_REPORT'];
+// The process and fault tests run a second time on the image's Node.js (METERING_TEST_NODE_DIR): a report of their own.
+const imageNode = process.env['METERING_TEST_NODE_DIR'] !== undefined;
+const reportSuffix = image ? '-image' : imageNode ? '-image-node' : '';
 
 export default defineConfig({
   test: {
@@ -15,7 +18,7 @@ export default defineConfig({
     pool: 'forks',
     reporters: jsonReport ? ['default', 'json'] : ['default'],
     ...(jsonReport
-      ? { outputFile: { json: image ? jsonReport.replace(/\.json$/, '-image.json') : jsonReport } }
+      ? { outputFile: { json: jsonReport.replace(/\.json$/, `${reportSuffix}.json`) } }
       : {}),
     coverage: {
       provider: 'v8',

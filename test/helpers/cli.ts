@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { MAIN } from './sidecarProcess.js';
+import { MAIN, NODE } from './sidecarProcess.js';
 
 const run = promisify(execFile);
 
@@ -10,7 +10,7 @@ export async function cli(
   env: Record<string, string>,
 ): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
-    const { stdout, stderr } = await run(process.execPath, [MAIN, ...args], {
+    const { stdout, stderr } = await run(NODE, [MAIN, ...args], {
       env: {
         PATH: process.env['PATH'] ?? '',
         AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',

@@ -1,10 +1,20 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer, type Server } from 'node:http';
 import { connect } from 'node:net';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-/** The built command, as a seller runs it. Process tests need `npm run build` first (the test script does it). */
-export const MAIN = fileURLToPath(new URL('../../dist/main.js', import.meta.url));
+/**
+ * The Node.js the sidecar processes run on and the built command, as a seller runs it. Process tests need
+ * `npm run build` first (the test script does it). With METERING_TEST_NODE_DIR (what scripts/image-node.sh
+ * prints) they run on the Node.js version the image ships instead, with better-sqlite3 built for it.
+ */
+const NODE_DIR = process.env['METERING_TEST_NODE_DIR'];
+export const NODE = NODE_DIR === undefined ? process.execPath : join(NODE_DIR, 'bin', 'node');
+export const MAIN =
+  NODE_DIR === undefined
+    ? fileURLToPath(new URL('../../dist/main.js', import.meta.url))
+    : join(NODE_DIR, 'app', 'dist', 'main.js');
 
 /** How a sidecar process ended. */
 export interface Exit {
@@ -35,7 +45,7 @@ export class SidecarProcess {
     args: readonly string[] = ['run'],
     wrap: readonly string[] = [],
   ): SidecarProcess {
-    const command = [...wrap, process.execPath, MAIN, ...args];
+    const command = [...wrap, NODE, MAIN, ...args];
     const child = spawn(command[0], command.slice(1), {
       env: {
         PATH: process.env['PATH'] ?? '',

@@ -10,13 +10,28 @@ import { MarketplaceMeteringClient, MeterUsageCommand } from '@aws-sdk/client-ma
 import { describe, expect, it } from 'vitest';
 import { cli } from '../helpers/cli.js';
 import { processTestScope } from '../helpers/scope.js';
-import { MAIN, SidecarProcess } from '../helpers/sidecarProcess.js';
+import { MAIN, NODE, SidecarProcess } from '../helpers/sidecarProcess.js';
 
 const run = promisify(execFile);
 
-const { cleanups, tempDir } = processTestScope('metering-cli-');
+const scope = processTestScope('metering-cli-');
+const { cleanups, tempDir } = scope;
 
 describe('metering-sidecar CLI', () => {
+  // The process and fault tests run twice in `npm test`: on this Node.js, and on the image's (METERING_TEST_NODE_DIR).
+  it('runs on the Node.js the test run asked for, and says which at startup', async () => {
+    const { stdout } = await run(NODE, ['--version']);
+    const dir = tempDir();
+    const { localSidecar } = scope;
+    const sidecar = localSidecar(dir);
+    await sidecar.ready();
+    const ready = sidecar.logLines().find((l) => l['msg'] === 'metering sidecar ready');
+    expect(ready?.['node']).toBe(stdout.trim());
+    if (process.env['METERING_TEST_NODE_DIR'] !== undefined)
+      expect(ready?.['node']).not.toBe(process.version);
+    expect((await sidecar.stop('SIGTERM')).code).toBe(0);
+  });
+
   it('runs as its first line says, with the Node.js options it ships with', async () => {
     const first = readFileSync(MAIN, 'utf8').split('\n')[0];
     expect(first).toBe('#!/usr/bin/env -S node --max-semi-space-size=4');

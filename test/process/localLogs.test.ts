@@ -4,16 +4,15 @@
  */
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { processTestScope } from '../helpers/scope.js';
+import { MAIN, NODE } from '../helpers/sidecarProcess.js';
 
 const { cleanups, tempDir } = processTestScope('metering-locallogs-');
-const MAIN = fileURLToPath(new URL('../../dist/main.js', import.meta.url));
 
 /** Runs `run --local` under a pseudo-terminal until its output holds `until`, then stops it; resolves the output. */
 function onTerminal(dir: string, env: Record<string, string>, until: RegExp): Promise<string> {
-  const command = `exec ${JSON.stringify(process.execPath)} ${JSON.stringify(MAIN)} run --local`;
+  const command = `exec ${JSON.stringify(NODE)} ${JSON.stringify(MAIN)} run --local`;
   const child = spawn('script', ['-qfec', command, '/dev/null'], {
     env: {
       ...process.env,

@@ -11,7 +11,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { SidecarClient } from '../../src/client/client.js';
 import { parsePrometheus, sampleValue } from '../helpers/prometheus.js';
 import { sidecarFixture, type Cleanups } from '../helpers/fixture.js';
-import { MAIN } from '../helpers/sidecarProcess.js';
+import { MAIN, NODE } from '../helpers/sidecarProcess.js';
 import { Tmpfs } from '../helpers/tmpfs.js';
 
 const run = promisify(execFile);
@@ -34,7 +34,7 @@ async function cli(
 ): Promise<{ code: number; stdout: string; ms: number }> {
   const started = Date.now();
   try {
-    const { stdout } = await run(process.execPath, [MAIN, ...args], {
+    const { stdout } = await run(NODE, [MAIN, ...args], {
       env: { PATH: process.env['PATH'] ?? '', ...env },
     });
     return { code: 0, stdout, ms: Date.now() - started };
