@@ -17,9 +17,7 @@ export default defineConfig({
     hookTimeout: 200_000,
     pool: 'forks',
     reporters: jsonReport ? ['default', 'json'] : ['default'],
-    ...(jsonReport
-      ? { outputFile: { json: jsonReport.replace(/\.json$/, `${reportSuffix}.json`) } }
-      : {}),
+    ...(jsonReport ? { outputFile: { json: jsonReport.replace(/\.json$/, `${reportSuffix}.json`) } } : {}),
     coverage: {
       provider: 'v8',
       include: ['src/**'],
