@@ -36,7 +36,11 @@ if [ ! -f "$app/node_modules/better-sqlite3/build/Release/better_sqlite3.node" ]
   cp -r node_modules/better-sqlite3 "$app/node_modules/better-sqlite3"
   rm -rf "$app/node_modules/better-sqlite3/build"
   gyp="$(npm root -g)/npm/node_modules/node-gyp/bin/node-gyp.js"
-  (cd "$app/node_modules/better-sqlite3" && node "$gyp" rebuild --release --nodedir="$DIR/pack/package") \
+  # Run from an npm script, npm passes its configuration as npm_config_* variables, and node-gyp lets them win over
+  # its own flags: a configured nodedir (npm_config_nodedir) would build against this machine's Node.js instead.
+  (cd "$app/node_modules/better-sqlite3" &&
+    env -u npm_config_nodedir -u npm_config_target -u npm_config_runtime -u npm_config_disturl \
+      node "$gyp" rebuild --release --nodedir="$DIR/pack/package") \
     >"$DIR/node-gyp.log" 2>&1 || { cat "$DIR/node-gyp.log" >&2; exit 1; }
 fi
 "$DIR/bin/node" -e "require('$app/node_modules/better-sqlite3')(':memory:').close()" >&2
