@@ -281,14 +281,15 @@ function readUnitDivisors(
   r: Reader,
   dimensions: readonly string[] | undefined,
 ): Readonly<Record<string, number>> {
-  const divisors: Record<string, number> = {};
+  // No prototype: a dimension named __proto__ is data like any other.
+  const divisors = Object.create(null) as Record<string, number>;
   const raw = r.get('METERING_UNIT_DIVISORS');
   if (raw === undefined) return Object.freeze(divisors);
-  const expected = `comma-separated dimension=divisor pairs, such as storage_gb=1073741824,vcpu_hours=3600, each divisor an integer from 1 to ${MAX_UNIT_DIVISOR}`;
+  const expected = `comma-separated dimension=divisor pairs, such as storage_gb=1073741824,vcpu_hours=3600, each divisor an integer from 2 to ${MAX_UNIT_DIVISOR} (a dimension without one counts whole units)`;
   for (const entry of raw.split(',')) {
     const match = /^\s*([^=]+?)\s*=\s*(\d+)\s*$/.exec(entry);
     const divisor = match === null ? NaN : Number(match[2]);
-    if (match === null || !Number.isSafeInteger(divisor) || divisor < 1 || divisor > MAX_UNIT_DIVISOR) {
+    if (match === null || !Number.isSafeInteger(divisor) || divisor < 2 || divisor > MAX_UNIT_DIVISOR) {
       r.problem('METERING_UNIT_DIVISORS', `${expected} (got ${JSON.stringify(entry.trim())})`);
       continue;
     }

@@ -87,6 +87,12 @@ export class SqliteLedger {
    * that a clock set far back (after a restart, say) cannot stamp usage into an hour whose record is gone.
    */
   #prunedThroughMs: number;
+  /**
+   * The time retention ages cancellations and unit remainders by (see {@link SqliteLedger.#retentionNow}): saved at
+   * each prune, and from then on advanced no faster than the monotonic clock.
+   */
+  #retentionBaseMs: number;
+  #retentionBaseMonotonicMs: number;
   readonly #stmt: Statements;
   readonly #keys: KeyStore;
   readonly #buckets: Buckets;
@@ -137,6 +143,12 @@ export class SqliteLedger {
         .prepare("SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'pruned_through_ms'")
         .pluck()
         .get() as number | undefined) ?? Number.MIN_SAFE_INTEGER;
+    this.#retentionBaseMs =
+      (this.#db
+        .prepare("SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'retention_clock_ms'")
+        .pluck()
+        .get() as number | undefined) ?? options.clock.now();
+    this.#retentionBaseMonotonicMs = options.clock.monotonicMs();
     // A record that was being sent when the process died may have reached AWS: never carry it.
     this.#db.prepare('UPDATE records SET maybe_delivered = 1, in_flight = 0 WHERE in_flight = 1').run();
     for (const row of this.#db.prepare('SELECT dimension, hour_ms FROM records').all() as {
@@ -536,11 +548,15 @@ export class SqliteLedger {
   prune(nowMs: number): void {
     this.#write(() => this.#keys.prune(nowMs));
     const retentionMs = this.#options.retentionMs ?? DEFAULT_RETENTION_MS;
+    const retentionNowMs = this.#retentionNow(nowMs);
     const { throughMs, givenUp } = this.#write(() =>
       this.#db.transaction(() => {
-        this.#stmt.pruneCancellations.run(nowMs - retentionMs);
+        // Cancellations and remainders age by a clock that cannot jump forward (a wall clock set a month ahead
+        // must not give up every remainder at once), and neither goes while a key that may need it is kept.
+        this.#stmt.pruneCancellations.run(retentionNowMs - retentionMs);
         // A remainder below one unit untouched for the whole retention is given up, like one left at the end.
-        const givenUp = this.#stmt.pruneRemainders.all(nowMs - retentionMs) as PrunedRemainder[];
+        const givenUp = this.#stmt.pruneRemainders.all(retentionNowMs - retentionMs) as PrunedRemainder[];
+        this.#stmt.setRetentionClock.run(String(retentionNowMs));
         const pruned = this.#stmt.pruneSettled.all(nowMs - retentionMs) as {
           dimension: string;
           hour_ms: number;
@@ -551,6 +567,8 @@ export class SqliteLedger {
         return { throughMs: newest, givenUp };
       })(),
     );
+    this.#retentionBaseMs = retentionNowMs;
+    this.#retentionBaseMonotonicMs = this.#options.clock.monotonicMs();
     if (givenUp.length > 0) this.#options.onRemaindersPruned?.(givenUp);
     // Hours up to the newest pruned one stay sealed by the floor; only later ones are kept in memory.
     this.#prunedThroughMs = throughMs;
@@ -594,6 +612,16 @@ export class SqliteLedger {
   #timeNow(clockMs: number): number {
     if (clockMs > this.#highWaterMs) this.#highWaterMs = clockMs;
     return this.#highWaterMs;
+  }
+
+  /**
+   * The clock as retention of cancellations and remainders reads it: `clockMs`, but never more than the monotonic
+   * time run since the last prune (or the open) past the time saved then. Time the sidecar was stopped does not
+   * count, so they may be kept a little longer than the retention; never shorter.
+   */
+  #retentionNow(clockMs: number): number {
+    const elapsedMs = Math.max(0, this.#options.clock.monotonicMs() - this.#retentionBaseMonotonicMs);
+    return Math.min(clockMs, this.#retentionBaseMs + elapsedMs);
   }
 
   #isSealed(dimension: string, hourMs: number): boolean {

@@ -154,8 +154,12 @@ const SQL = {
   remainders: {
     sql: 'SELECT dimension, divisor, sum(quantity) AS quantity, count(*) AS tag_sets FROM unit_remainders GROUP BY dimension, divisor ORDER BY dimension, divisor',
   },
+  // Not while a kept key counted usage of the tag set: its cancellation would need the remainder.
   pruneRemainders: {
-    sql: 'DELETE FROM unit_remainders WHERE at_ms < ? RETURNING dimension, divisor, quantity',
+    sql: 'DELETE FROM unit_remainders AS r WHERE r.at_ms < ? AND NOT EXISTS (SELECT 1 FROM key_usage u WHERE u.dimension = r.dimension AND u.tags = r.tags AND u.divisor = r.divisor) RETURNING dimension, divisor, quantity',
+  },
+  setRetentionClock: {
+    sql: "INSERT INTO meta (key, value) VALUES ('retention_clock_ms', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
   },
   appUnits: {
     sql: 'SELECT quantity - carried_quantity FROM buckets WHERE dimension = ? AND hour_ms = ? AND tags = ?',
@@ -175,7 +179,10 @@ const SQL = {
   cancelledSince: {
     sql: 'SELECT dimension, hour_ms, count(*) AS n, sum(quantity) AS quantity FROM cancellations WHERE hour_ms >= ? GROUP BY dimension, hour_ms ORDER BY hour_ms, dimension',
   },
-  pruneCancellations: { sql: 'DELETE FROM cancellations WHERE cancelled_at_ms < ?' },
+  // Not while its key is kept: a repeat of the cancellation must find it, and never cancel a second time.
+  pruneCancellations: {
+    sql: 'DELETE FROM cancellations WHERE cancelled_at_ms < ? AND id NOT IN (SELECT id FROM idempotency_keys)',
+  },
   pruneSettled: {
     sql: "DELETE FROM records WHERE status IN ('sent', 'carried') AND settled_at_ms < ? RETURNING dimension, hour_ms",
   },

@@ -6,7 +6,7 @@
  * arithmetic is exact (BigInt), since a fine-unit total may pass 2^53 before it is divided.
  */
 
-/** Largest divisor a dimension may declare: a petabyte in bytes. */
+/** Largest divisor a dimension may declare: a petabyte in bytes. The smallest is 2 (1 would change nothing). */
 export const MAX_UNIT_DIVISOR = 1_000_000_000_000_000;
 
 /** Fine usage turned into billed units: `whole` units to bill, `remainder` fine units (< divisor) to carry. */

@@ -389,7 +389,7 @@ describe('helm chart metering-sidecar: lint and values schema', () => {
       // Regression: without an allow-list a typo'd dimension was acknowledged, then lost.
       [{ dimensions: [] }, 'sidecar.dimensions is required'],
       [{ adminPort: 8181 }, 'sidecar.adminPort must differ'],
-      [{ unitDivisors: { requests: 0 } }, 'sidecar.unitDivisors'],
+      [{ unitDivisors: { requests: 1 } }, 'sidecar.unitDivisors'],
       [{ unitDivisors: { requests: '1000' } }, 'sidecar.unitDivisors'],
     ];
     for (const [sidecar, message] of cases) {

@@ -212,11 +212,18 @@ describe('loadConfig', () => {
     const problems = (value: string) =>
       problemsOf({ ...dims, METERING_UNIT_DIVISORS: value }).map((p) => p.expected);
     expect(problems('storage_gb=0')[0]).toContain(
-      'each divisor an integer from 1 to 1000000000000000 (got "storage_gb=0")',
+      'each divisor an integer from 2 to 1000000000000000 (a dimension without one counts whole units) (got "storage_gb=0")',
     );
+    // 1 would lift the report limit of a dimension that bills exactly what it counts.
+    expect(problems('storage_gb=1')[0]).toContain('(got "storage_gb=1")');
+    // A dimension named __proto__ is a dimension, not the object's prototype.
+    expect(
+      loadConfig({ ...REQUIRED, METERING_DIMENSIONS: '__proto__', METERING_UNIT_DIVISORS: '__proto__=1000' })
+        .unitDivisors['__proto__'],
+    ).toBe(1000);
     expect(problems('storage_gb=1.5')[0]).toContain('(got "storage_gb=1.5")');
     expect(problems('storage_gb')[0]).toContain('(got "storage_gb")');
-    expect(problems('storage_gb=1000000000000001')[0]).toContain('from 1 to 1000000000000000');
+    expect(problems('storage_gb=1000000000000001')[0]).toContain('from 2 to 1000000000000000');
     expect(problems('storage_tb=1000')).toEqual([
       'dimensions of METERING_DIMENSIONS only ("storage_tb" is not one of storage_gb, vcpu_hours, requests)',
     ]);

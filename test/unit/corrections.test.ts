@@ -335,6 +335,49 @@ describe('cancel', () => {
     expect(usageRows()).toBe(0);
   });
 
+  // Regression: the cancellation went with retention while its key was still kept (after downtime), and a repeat
+  // of the DELETE then took another report's usage.
+  it('keeps a cancellation as long as its key, so a repeat never cancels twice', async () => {
+    const dir = dirs.make();
+    const clock = new ManualClock(H10 + 60_000);
+    const divisors = new Map([['storage_gb', 10]]);
+    const options = { unitDivisors: divisors, retentionMs: 24 * HOUR_MS };
+    const ledger = openLedger(dir, clock, options);
+    await record(ledger, report('storage_gb', 7, { id: 'a' }));
+    expect(cancelled(await ledger.cancel('a'))).toBe(true);
+    ledger.close();
+    clock.set(H10 + 48 * HOUR_MS); // two days stopped: the key has not aged (its 24 hours are of running time)
+    const again = openLedger(dir, clock, options);
+    await record(again, report('storage_gb', 14, { id: 'b' }));
+    again.prune(clock.now());
+    const repeat = await again.cancel('a');
+    expect(repeat).toMatchObject({ kind: 'cancelled', repeat: true });
+    expect(again.status(clock.now()).open[0].quantity).toBe(1); // b's unit stays
+    expect(again.status(clock.now()).remainders[0].quantity).toBe(4);
+  });
+
+  // Regression: retention read the wall clock, so a clock set a retention period ahead gave up every remainder.
+  it('gives up no remainder when the wall clock jumps ahead, only as running time passes', async () => {
+    const dir = dirs.make();
+    const clock = new ManualClock(H10 + 60_000);
+    const givenUp: unknown[] = [];
+    const options = {
+      unitDivisors: new Map([['storage_gb', 10]]),
+      retentionMs: 24 * HOUR_MS,
+      onRemaindersPruned: (r: readonly unknown[]) => givenUp.push(...r),
+    };
+    const ledger = openLedger(dir, clock, options);
+    await record(ledger, report('storage_gb', 9));
+    clock.jump(H10 + 30 * HOUR_MS); // the wall clock alone: no running time passes
+    ledger.prune(clock.now());
+    expect(givenUp).toEqual([]);
+    ledger.close();
+    const again = openLedger(dir, clock, options); // a restart does not make the jump count either
+    again.prune(clock.now());
+    expect(givenUp).toEqual([]);
+    expect(again.status(clock.now()).remainders[0].quantity).toBe(9);
+  });
+
   describe('of a scaled dimension', () => {
     const divisors = new Map([['storage_gb', 1_000]]);
 

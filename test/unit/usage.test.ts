@@ -102,6 +102,15 @@ describe('parseUsage', () => {
     expect(parseUsage('{"dimension":"a","quantity":2147483648}', undefined, divisors)).toMatchObject({
       code: 'InvalidQuantity',
     });
+    // A small divisor: one report holds at most what one record bills, 2,147,483,647 units of it.
+    const small = { tenths: 10 };
+    expect('kind' in parseUsage('{"dimension":"tenths","quantity":21474836470}', undefined, small)).toBe(
+      false,
+    );
+    expect(parseUsage('{"dimension":"tenths","quantity":21474836471}', undefined, small)).toMatchObject({
+      code: 'InvalidQuantity',
+      message: '"quantity" must be an integer from 0 to 21474836470',
+    });
   });
 
   it('accepts every documented tag character and the longest key and value', () => {
