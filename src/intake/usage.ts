@@ -195,7 +195,9 @@ export class UsageParser {
     const quantity = value['quantity'];
     // A scaled dimension counts a fine unit (bytes for GB): one report may hold as much as one record bills
     // (2,147,483,647 units) in it, at most 2^53 - 1 (exact integers).
-    const divisor = Object.hasOwn(this.#divisors, dimension as string) ? this.#divisors[dimension as string] : 1;
+    const divisor = Object.hasOwn(this.#divisors, dimension as string)
+      ? this.#divisors[dimension as string]
+      : 1;
     const max = Math.min(Number.MAX_SAFE_INTEGER, MAX_QUANTITY * divisor);
     if (typeof quantity !== 'number' || !Number.isInteger(quantity) || quantity < 0 || quantity > max) {
       return rejection('InvalidQuantity', `"quantity" must be an integer from 0 to ${max}${at}`, index);
