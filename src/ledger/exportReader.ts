@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { LedgerCorruptError, StorageUnavailableError, describeError } from '../errors.js';
 import type { PlatformIdentity } from '../platform.js';
+import { toCancellation, type CancellationRow } from './corrections.js';
 import { LEDGER_FILE } from './database.js';
 import type { UncertainRow } from './handoffStore.js';
 import { allocationsOf, type MeterUsageRequest } from './hours.js';
@@ -220,26 +221,14 @@ export class LedgerExport {
       .prepare(
         'SELECT * FROM cancellations WHERE hour_ms >= ? AND hour_ms < ? ORDER BY hour_ms, dimension, cancelled_at_ms, id',
       )
-      .all(range.sinceMs ?? Number.MIN_SAFE_INTEGER, range.untilMs ?? Number.MAX_SAFE_INTEGER) as {
-      id: string;
-      dimension: string;
-      hour_ms: number;
-      tags: string;
-      quantity: number;
-      divisor: number;
-      reported_at_ms: number;
-      cancelled_at_ms: number;
-    }[];
-    return rows.map((r) => ({
-      id: r.id,
-      dimension: r.dimension,
-      hourStartMs: r.hour_ms,
-      tags: JSON.parse(r.tags) as Record<string, string>,
-      quantity: r.quantity,
-      divisor: r.divisor,
-      reportedAtMs: r.reported_at_ms,
-      cancelledAtMs: r.cancelled_at_ms,
-    }));
+      .all(
+        range.sinceMs ?? Number.MIN_SAFE_INTEGER,
+        range.untilMs ?? Number.MAX_SAFE_INTEGER,
+      ) as CancellationRow[];
+    return rows.map((r) => {
+      const { tagsKey, ...c } = toCancellation(r);
+      return { ...c, tags: JSON.parse(tagsKey) as Record<string, string> };
+    });
   }
 
   /** The unit remainders the ledger carries, by dimension and tag set (none before schema 6). */

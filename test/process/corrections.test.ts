@@ -5,19 +5,12 @@
  */
 import { describe, expect, it } from 'vitest';
 import { SidecarClient } from '../../src/client/client.js';
-import { cli } from '../helpers/cli.js';
+import { cli, jsonLines } from '../helpers/cli.js';
 import { sidecarFixture } from '../helpers/fixture.js';
 import { processTestScope } from '../helpers/scope.js';
 
 const { cleanups } = processTestScope('metering-corrections-');
 const GIB = 2 ** 30;
-
-function jsonLines(text: string): Record<string, unknown>[] {
-  return text
-    .split('\n')
-    .filter((l) => l !== '')
-    .map((l) => JSON.parse(l) as Record<string, unknown>);
-}
 
 describe('corrections before sealing', () => {
   it('keeps a cancellation acknowledged just before a kill, and bills only what stayed', async () => {

@@ -6,7 +6,7 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { cli } from '../helpers/cli.js';
+import { cli, jsonLines } from '../helpers/cli.js';
 import { processTestScope } from '../helpers/scope.js';
 import type { SidecarProcess } from '../helpers/sidecarProcess.js';
 
@@ -17,13 +17,6 @@ async function readySidecar(dir: string, extra: Record<string, string> = {}): Pr
   const sidecar = localSidecar(dir, extra);
   await sidecar.ready();
   return sidecar;
-}
-
-function jsonLines(text: string): Record<string, unknown>[] {
-  return text
-    .split('\n')
-    .filter((l) => l !== '')
-    .map((l) => JSON.parse(l) as Record<string, unknown>);
 }
 
 describe('metering-sidecar export', () => {
