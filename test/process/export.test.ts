@@ -54,7 +54,8 @@ describe('metering-sidecar export', () => {
     const later = await cli(['export', '--format', 'jsonl'], state);
 
     // Assess
-    expect(stopped.code).toBe(0);
+    expect(stopped.code, stopped.stderr).toBe(0);
+    expect(daily.code, daily.stderr).toBe(0);
     const rows = jsonLines(stopped.stdout);
     expect(rows.map((r) => [r['dimension'], r['state'], r['quantity']])).toEqual([
       ['gb', 'sent', 7],
@@ -77,7 +78,7 @@ describe('metering-sidecar export', () => {
     expect(csvLines[0]).toMatch(/^ledger_id,source,dimension,hour,timestamp,quantity,state,/);
     expect(csvLines).toHaveLength(3);
     const today = new Date().toISOString().slice(0, 10);
-    expect(daily.stdout).toBe(
+    expect(daily.stdout, `exit ${daily.code}: ${daily.stderr}`).toBe(
       `usage_date,dimension_key,usage_quantity,records,uncertain_quantity,pending_quantity,dry_run_quantity\r\n` +
         `${today},gb,7,1,0,0,0\r\n${today},requests,5,1,0,0,0\r\n`,
     );
