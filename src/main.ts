@@ -532,15 +532,25 @@ function logFatal(logger: { fatal: (obj: object, msg: string) => void }, err: un
   logger.fatal({ err, code }, err instanceof Error ? err.message : String(err));
 }
 
-main(process.argv.slice(2)).then(
-  (code) => process.exit(code),
-  (err: unknown) => {
-    if (err instanceof ConfigError || err instanceof UsageError) {
-      process.stderr.write(`metering-sidecar: ${err.message}\n`);
-    } else {
-      // Configuration may not be loaded yet: log with the default level.
-      logFatal(createLogger('info'), err);
-    }
-    process.exit(exitCodeOf(err));
-  },
-);
+/**
+ * Exits once everything written to stdout and stderr has left the process: on a pipe, a write may still be
+ * queued when `process.exit` runs, and what a command printed (an export, say) would be cut off.
+ */
+function exitWhenFlushed(code: number): void {
+  let pending = 2;
+  const done = (): void => {
+    if (--pending === 0) process.exit(code);
+  };
+  process.stdout.write('', done);
+  process.stderr.write('', done);
+}
+
+main(process.argv.slice(2)).then(exitWhenFlushed, (err: unknown) => {
+  if (err instanceof ConfigError || err instanceof UsageError) {
+    process.stderr.write(`metering-sidecar: ${err.message}\n`);
+  } else {
+    // Configuration may not be loaded yet: log with the default level.
+    logFatal(createLogger('info'), err);
+  }
+  exitWhenFlushed(exitCodeOf(err));
+});
