@@ -213,6 +213,7 @@ export class Agent {
     const { MeteringEmulator, loggedInput } = await import('./emulator/emulator.js');
     this.#emulator = new MeteringEmulator({
       productCode: config.productCode,
+      region: config.region,
       ...(config.dimensions ? { dimensions: config.dimensions } : {}),
       onCall: (call) =>
         log.info(

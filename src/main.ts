@@ -41,7 +41,9 @@ const HELP = `metering-sidecar — AWS Marketplace metering for container produc
 Usage:
   metering-sidecar [run] [--local]                 run the sidecar (--local: with the embedded emulator)
   metering-sidecar emulator [--port N] [--host H] [--product-code C] [--dimensions a,b] [--quota aws|off|Op=rate,...]
-                                                   run the Marketplace Metering emulator standalone
+                           [--region R] [--dry-run-response error|success]
+                                                   run the Marketplace Metering emulator standalone (all four
+                                                   operations; requests must be signed for --region)
   metering-sidecar report DIMENSION QUANTITY [--tag k=v]... [--id KEY]
                                                    report usage through the app API
   metering-sidecar cancel ID                        cancel the report sent with idempotency key ID, while its
@@ -164,6 +166,8 @@ async function emulator(args: readonly string[]): Promise<number> {
     'product-code': { type: 'string', default: 'local-product' },
     dimensions: { type: 'string' },
     quota: { type: 'string', default: 'off' },
+    region: { type: 'string', default: 'us-east-1' },
+    'dry-run-response': { type: 'string', default: 'error' },
   });
   const port = Number(values.port);
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new UsageError('--port must be 0-65535');
@@ -177,10 +181,19 @@ async function emulator(args: readonly string[]): Promise<number> {
   ]);
   const quota = parseQuota(values.quota ?? 'off');
   if ('problem' in quota) throw new UsageError(quota.problem);
+  const dryRunResponse = values['dry-run-response'];
+  if (dryRunResponse !== 'error' && dryRunResponse !== 'success') {
+    throw new UsageError('--dry-run-response must be error (400 DryRunOperation) or success (200)');
+  }
+  const region = values.region ?? 'us-east-1';
+  if (!/^[a-z]{2}(-[a-z]+)+-\d{1,2}$/.test(region))
+    throw new UsageError('--region must be a Region name such as us-east-1');
   const server = new MeteringEmulator({
     productCode: values['product-code'] ?? 'local-product',
     ...(dimensions ? { dimensions } : {}),
     quota: quota.rates,
+    region,
+    dryRunResponse,
     onCall: (call) =>
       process.stdout.write(
         `${JSON.stringify({ time: new Date(call.atMs).toISOString(), ...call, input: loggedInput(call.input) })}\n`,
@@ -191,7 +204,9 @@ async function emulator(args: readonly string[]): Promise<number> {
     `Marketplace Metering emulator listening on ${url}\n` +
       `Point the sidecar at it with AWS_ENDPOINT_URL_MARKETPLACE_METERING=${url}\n` +
       `Inspect: GET ${url}/emulator/records, GET ${url}/emulator/calls; inject faults: POST ${url}/emulator/faults\n` +
+      `Region: ${server.region} (sign requests for it); a DryRun that passes answers ${dryRunResponse === 'error' ? '400 DryRunOperation' : '200'}\n` +
       `Account quota: ${JSON.stringify(server.quota)} calls/s (POST ${url}/emulator/quota)\n` +
+      `SaaS: POST ${url}/emulator/registration-tokens grants a token for ResolveCustomer; BatchMeterUsage meters its customer\n` +
       `Entitlement: POST ${url}/emulator/entitlement; tokens are signed with this key (GET ${url}/emulator/public-key):\n` +
       `${server.publicKeyPem}\n`,
   );

@@ -131,7 +131,7 @@ export function parseAuthorization(header: string | undefined): AuthorizationRes
 
 /** Outcome of {@link authenticate}: the caller identity (access key id), or the error to answer. */
 export type AuthenticationResult =
-  | { readonly kind: 'identity'; readonly identity: string }
+  | { readonly kind: 'identity'; readonly identity: string; readonly region: string }
   | { readonly kind: 'error'; readonly identity: string | undefined; readonly error: ServiceError };
 
 /**
@@ -144,7 +144,7 @@ export type AuthenticationResult =
 export function authenticate(header: string | undefined): AuthenticationResult {
   const parsed = parseAuthorization(header);
   if (parsed.kind === 'error') return { kind: 'error', identity: undefined, error: parsed.error };
-  const { accessKeyId, service } = parsed.credential;
+  const { accessKeyId, service, region } = parsed.credential;
   if (service !== SIGNING_NAME) {
     return {
       kind: 'error',
@@ -155,7 +155,42 @@ export function authenticate(header: string | undefined): AuthenticationResult {
       },
     };
   }
-  return { kind: 'identity', identity: accessKeyId };
+  return { kind: 'identity', identity: accessKeyId, region };
+}
+
+/**
+ * The answer to a request signed for `signingRegion` that reaches an emulator standing for `region`, or
+ * `undefined` when they are the same. A container that hard-codes a Region gets its operation's modeled error:
+ * `InvalidEndpointRegionException` for MeterUsage ("The Region of the Metering Service endpoint and the AWS
+ * Region of the resource must match") and `InvalidRegionException` for RegisterUsage ("must be called in the
+ * same AWS Region the ECS task was launched in"). The SaaS operations model neither, so a credential scoped to
+ * another Region is refused as AWS's front door refuses it, 403 `InvalidSignatureException`.
+ * @see docs/aws-rules.md §2.6, §3.9
+ */
+export function regionError(
+  operation: string,
+  signingRegion: string,
+  region: string,
+): ServiceError | undefined {
+  if (signingRegion === region) return undefined;
+  const why = `the request is signed for ${signingRegion}, but this endpoint is in ${region}`;
+  switch (operation) {
+    case 'MeterUsage':
+      return {
+        name: 'InvalidEndpointRegionException',
+        message: `The endpoint being called is in a Region different from your ECS task or EKS pod: ${why}. Take the Region from the platform (AWS_REGION), never hard-code it.`,
+      };
+    case 'RegisterUsage':
+      return {
+        name: 'InvalidRegionException',
+        message: `RegisterUsage must be called in the same Region the ECS task or EKS pod was launched in: ${why}.`,
+      };
+    default:
+      return {
+        name: 'InvalidSignatureException',
+        message: `Credential should be scoped to a valid region: ${why}.`,
+      };
+  }
 }
 
 /**

@@ -1,16 +1,18 @@
 /**
  * The emulator's JSON control surface under `/emulator/` on the AWS port, for standalone users (the CLI's
  * `emulator` command, sellers' own tests in any language): read calls, records and the public key; queue
- * faults; set the entitlement; reset. Every route goes through the emulator's public API, so the surface
+ * faults; set the entitlement; grant SaaS registration tokens; leave batch records unprocessed; reset. Every route goes through the emulator's public API, so the surface
  * can do nothing a test in-process could not.
  */
 import type { ServerResponse } from 'node:http';
 
 import { decodeJson } from './awsJson.js';
 import type { MeteringEmulator } from './emulator.js';
-import { faultProblem } from './faults.js';
+import { countProblem, faultProblem } from './faults.js';
 import { AWS_QUOTAS, quotaProblem, type QuotaRates } from './quota.js';
 import { EMULATOR_ENTITLEMENTS, isEmulatorEntitlement } from './registerUsage.js';
+import { registrationTokenSpecProblem } from './saas.js';
+import type { RegistrationTokenSpec } from './saas.js';
 import type { Body } from '../http.js';
 import { sendJson } from '../http.js';
 import { isObject } from '../json.js';
@@ -28,6 +30,9 @@ const CONTROL_ROUTES: readonly string[] = [
   'GET /emulator/quota',
   'POST /emulator/quota',
   'POST /emulator/reset',
+  'POST /emulator/registration-tokens',
+  'GET /emulator/customers',
+  'POST /emulator/unprocessed',
 ];
 
 /** What the control surface may do to the emulator. */
@@ -43,6 +48,10 @@ export type ControlTarget = Pick<
   | 'setEntitlement'
   | 'quota'
   | 'setQuota'
+  | 'batchRecords'
+  | 'customers'
+  | 'createRegistrationToken'
+  | 'leaveUnprocessed'
 >;
 
 /** Body of the whole request was read (or refused as too large). */
@@ -68,7 +77,11 @@ export function handleControl(
       sendJson(res, 200, { calls: emulator.calls });
       return;
     case 'GET /emulator/records':
-      sendJson(res, 200, { records: emulator.records, totals: Object.fromEntries(emulator.totals()) });
+      sendJson(res, 200, {
+        records: emulator.records,
+        totals: Object.fromEntries(emulator.totals()),
+        batchRecords: emulator.batchRecords,
+      });
       return;
     case 'POST /emulator/reset':
       emulator.reset();
@@ -88,6 +101,15 @@ export function handleControl(
       return;
     case 'POST /emulator/quota':
       controlQuota(emulator, body.text, res);
+      return;
+    case 'POST /emulator/registration-tokens':
+      controlRegistrationToken(emulator, body.text, res);
+      return;
+    case 'GET /emulator/customers':
+      sendJson(res, 200, { customers: emulator.customers });
+      return;
+    case 'POST /emulator/unprocessed':
+      controlUnprocessed(emulator, body.text, res);
       return;
     default:
       noRoute(route, path, res);
@@ -155,6 +177,41 @@ function controlQuota(emulator: ControlTarget, text: string, res: ServerResponse
   }
   emulator.setQuota(rates === 'aws' ? AWS_QUOTAS : (rates as QuotaRates));
   sendJson(res, 200, { quota: emulator.quota });
+}
+
+function controlRegistrationToken(emulator: ControlTarget, text: string, res: ServerResponse): void {
+  const input = text.trim() === '' ? {} : decodeJson(text);
+  const problem = registrationTokenSpecProblem(input);
+  if (problem !== undefined) {
+    sendJson(res, 400, {
+      error: `Body must be a JSON object like {"customerAWSAccountId":"111122223333"} (every member optional): ${problem}.`,
+    });
+    return;
+  }
+  try {
+    const grant = emulator.createRegistrationToken(input as RegistrationTokenSpec);
+    sendJson(res, 200, {
+      registrationToken: grant.registrationToken,
+      expiresAt: new Date(grant.expiresAtMs).toISOString(),
+      customer: grant.customer,
+    });
+  } catch (error) {
+    if (!(error instanceof TypeError)) throw error;
+    sendJson(res, 409, { error: error.message });
+  }
+}
+
+function controlUnprocessed(emulator: ControlTarget, text: string, res: ServerResponse): void {
+  const input = decodeJson(text);
+  const count: unknown = isObject(input) ? input['count'] : undefined;
+  const problem =
+    typeof count === 'number' ? countProblem('"count"', count) : '"count" must be a number, e.g. 3.';
+  if (problem !== undefined) {
+    sendJson(res, 400, { error: `Body must be a JSON object like {"count":3}. ${problem}` });
+    return;
+  }
+  emulator.leaveUnprocessed(count as number);
+  sendJson(res, 200, { count });
 }
 
 function sendText(res: ServerResponse, status: number, text: string): void {

@@ -2,14 +2,16 @@
  * A local AWS Marketplace Metering Service that the real `MarketplaceMeteringClient` talks to unchanged
  * (endpoint override). It speaks AWS JSON 1.1 on `POST /`, enforces the MeterUsage and RegisterUsage rules
  * AWS enforces (pure functions in `meterUsageRules.ts` and `registerUsage.ts`), records what would be
- * billed, answers RegisterUsage with a PS256 token signed by its own RSA key, and can inject faults
- * (AWS errors, connection resets, hung requests, tampered tokens). Tests drive it in-process through
+ * billed, answers RegisterUsage with a PS256 token signed by its own RSA key, serves the SaaS operations
+ * (BatchMeterUsage for customers that ResolveCustomer resolves from registration tokens it grants), and can
+ * inject faults (AWS errors, connection resets, hung requests, tampered tokens, unprocessed batch records). Tests drive it in-process through
  * `MeteringEmulator`; standalone users (the CLI's `emulator` command, sellers' own tests) use the JSON
  * control surface under `/emulator/` on the same port. Only the SigV4 credential scope is read; request
  * signatures are not verified.
  *
- * Request path: read body (413 over 1 MiB) -> `x-amz-target` -> injected fault? -> authenticate ->
- * decode JSON -> operation handler (dispatch table) -> answer -> `calls` + `onCall`.
+ * Request path: read body (413 over {@link MAX_REQUEST_BODY_BYTES}) -> `x-amz-target` -> injected fault? ->
+ * authenticate -> content type -> operation (dispatch table) -> signing Region -> quota -> decode JSON ->
+ * operation handler -> answer -> `calls` + `onCall`.
  *
  * Files: this one is the HTTP shell and the public API; `service.ts` holds the service's state and its
  * operations, `options.ts` the options and their checks, `faults.ts` the fault queues, `control.ts` the
@@ -18,13 +20,22 @@
  *
  * References: `§` numbers are sections of docs/aws-rules.md, the AWS rules with their public sources.
  * @see docs/aws-rules.md §1.3-1.6 (wire format), §2.2 (MeterUsage), §3.1-3.4 (semantics),
- *   §2.1, §3.6-3.7 (RegisterUsage and its token)
+ *   §2.1, §3.6-3.7 (RegisterUsage and its token), §2.3-2.4 (BatchMeterUsage, ResolveCustomer)
  */
 import { createServer } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 
-import { authenticate, decodeJson, identityForLog, parseTarget, unknownOperation } from './awsJson.js';
+import {
+  JSON_CONTENT_TYPE,
+  authenticate,
+  decodeJson,
+  identityForLog,
+  parseTarget,
+  regionError,
+  unknownOperation,
+} from './awsJson.js';
+import { MAX_BATCH_BODY_BYTES } from './batchMeterUsage.js';
 import { CONTROL_PREFIX, handleControl } from './control.js';
 import { FaultQueues, faultProblem } from './faults.js';
 import { checkQuota, emulatorSettings } from './options.js';
@@ -32,7 +43,8 @@ import { AccountQuota, THROTTLED_MESSAGE, type QuotaRates } from './quota.js';
 import type { EmulatorOptions, EmulatorSettings } from './options.js';
 import type { EmulatorEntitlement } from './registerUsage.js';
 import { MeteringService } from './service.js';
-import type { MeteredRecord, OperationOutcome } from './service.js';
+import type { BatchMeteredRecord, MeteredRecord, OperationOutcome } from './service.js';
+import type { RegistrationTokenGrant, RegistrationTokenSpec, SaasCustomer } from './saas.js';
 import { header, sendAws, sendAwsError } from './wire.js';
 import { CODES } from '../errors.js';
 import { type Body, closeServer, readBody, sendJson } from '../http.js';
@@ -40,15 +52,21 @@ import { isObject } from '../json.js';
 
 export type { EmulatorEntitlement } from './registerUsage.js';
 export type { EmulatorOptions } from './options.js';
-export type { MeteredRecord } from './service.js';
+export type { BatchMeteredRecord, MeteredRecord } from './service.js';
+export type { RegistrationTokenGrant, RegistrationTokenSpec, SaasCustomer } from './saas.js';
 
 /**
- * Largest request body accepted, on the AWS path and the control surface alike; larger bodies get 413.
- * Not an AWS MeterUsage limit (a MeterUsage body with 2500 maximal allocations is about 1 MB); it keeps
- * a misbehaving client from growing the emulator's memory. Compare BatchMeterUsage's "under 1 MB".
- * @see docs/aws-rules.md §2.3
+ * Largest request body accepted on the AWS path; larger bodies get 413 `RequestEntityTooLargeException`. It
+ * admits every request the API model allows: the largest, a MeterUsage of 2,500 allocations with 5 tags of
+ * 100-character keys and 256-character values, every character one JSON escapes, is about 9.3 MB as compact
+ * JSON (a test builds it). The bound keeps a misbehaving client from growing the emulator's memory without
+ * end. BatchMeterUsage has AWS's own, smaller limit ({@link MAX_BATCH_BODY_BYTES}).
+ * @see docs/aws-rules.md §2.3, §2.5
  */
-export const MAX_REQUEST_BODY_BYTES = 1024 * 1024;
+export const MAX_REQUEST_BODY_BYTES = 16 * 1024 * 1024;
+
+/** Largest request body accepted on the control surface; larger bodies get 413. */
+export const MAX_CONTROL_BODY_BYTES = 1024 * 1024;
 
 /** Allocations of a MeterUsage input that a log line shows; the rest are counted. */
 export const LOGGED_ALLOCATIONS = 10;
@@ -133,6 +151,8 @@ export class MeteringEmulator {
     this.#operations = new Map<string, OperationHandler>([
       ['MeterUsage', (identity, input) => service.meterUsage(identity, input)],
       ['RegisterUsage', (_identity, input) => service.registerUsage(input)],
+      ['BatchMeterUsage', (identity, input) => service.batchMeterUsage(identity, input)],
+      ['ResolveCustomer', (_identity, input) => service.resolveCustomer(input)],
     ]);
     this.#quota.set(this.#settings.quota);
   }
@@ -182,6 +202,45 @@ export class MeteringEmulator {
     return this.#service.records;
   }
 
+  /** Usage records BatchMeterUsage honored, in recording order (a snapshot; entries are frozen). */
+  get batchRecords(): readonly BatchMeteredRecord[] {
+    return this.#service.batchRecords;
+  }
+
+  /** The SaaS customers that registration tokens were granted for, in the order they were first granted. */
+  get customers(): readonly SaasCustomer[] {
+    return this.#service.customers;
+  }
+
+  /** The Region the emulator stands for; requests signed for another are refused (see `EmulatorOptions.region`). */
+  get region(): string {
+    return this.#settings.region;
+  }
+
+  /**
+   * Grants a registration token, as AWS does when a buyer subscribes to a SaaS listing and is sent to the
+   * seller's registration page: ResolveCustomer redeems it once, before it expires, for the customer's
+   * `CustomerAWSAccountId`, `LicenseArn` and `ProductCode` (and `CustomerIdentifier` when `spec` gives one, an
+   * integration from before Concurrent Agreements). The customer is made on first use and known by its license
+   * ARN; BatchMeterUsage then meters for it. Throws `TypeError` for a bad spec (see {@link RegistrationTokenSpec}),
+   * or one that names a known license or customer identifier with other details. Cleared by `reset()`.
+   * @see docs/aws-rules.md §2.3, §2.4
+   */
+  createRegistrationToken(spec: RegistrationTokenSpec = {}): RegistrationTokenGrant {
+    return this.#service.createRegistrationToken(spec);
+  }
+
+  /**
+   * Leaves the next `count` usage records of BatchMeterUsage calls that pass the request's checks unprocessed:
+   * they are answered in `UnprocessedRecords`, for the caller to send again, and record nothing (AWS: "errors on
+   * the service side that should be retried"). Throws `TypeError` for a count that is not an integer
+   * 1..`MAX_FAULT_COUNT`. Cleared by `reset()`.
+   * @see docs/aws-rules.md §2.3
+   */
+  leaveUnprocessed(count: number): void {
+    this.#service.leaveUnprocessed(count);
+  }
+
   /** The operations the emulator serves, in the order it lists them. */
   get operations(): readonly string[] {
     return [...this.#operations.keys()];
@@ -202,7 +261,7 @@ export class MeteringEmulator {
     this.#faults.push(operation, errorName, count);
   }
 
-  /** Metered quantity per dimension, summed over all records (all identities and hours). */
+  /** Metered quantity per dimension, summed over all MeterUsage records (all identities and hours). */
   totals(): Map<string, number> {
     return this.#service.totals();
   }
@@ -265,8 +324,9 @@ export class MeteringEmulator {
   }
 
   /**
-   * Forgets calls, records, ClientTokens, once-per-hour keys, queued faults and queued token tampering.
-   * Keeps listening, the signing key and the entitlement state.
+   * Forgets calls, records, ClientTokens, once-per-hour keys, queued faults and queued token tampering, SaaS
+   * customers and registration tokens, and batch records queued to be left unprocessed. Keeps listening, the
+   * signing key and the entitlement state.
    */
   reset(): void {
     this.#calls = [];
@@ -291,10 +351,11 @@ export class MeteringEmulator {
   async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     try {
       const path = new URL(req.url ?? '/', 'http://emulator.invalid').pathname;
-      const body = await readBody(req, MAX_REQUEST_BODY_BYTES);
+      const control = path.startsWith(CONTROL_PREFIX);
+      const body = await readBody(req, control ? MAX_CONTROL_BODY_BYTES : MAX_REQUEST_BODY_BYTES);
       if (body.kind === 'aborted') return;
-      if (path.startsWith(CONTROL_PREFIX)) {
-        const control = { method: req.method ?? '', path, body, limitBytes: MAX_REQUEST_BODY_BYTES };
+      if (control) {
+        const control = { method: req.method ?? '', path, body, limitBytes: MAX_CONTROL_BODY_BYTES };
         handleControl(this, control, res);
       } else if (req.method === 'POST' && path.endsWith('/')) {
         this.#handleAws(req, body, res);
@@ -323,7 +384,8 @@ export class MeteringEmulator {
     const operation = target.operation;
     // Known before authentication, so that rejected and faulted calls can still be attributed.
     const logIdentity = identityForLog(header(req, 'authorization'));
-    if (body.kind === 'tooLarge') {
+    const limit = operation === 'BatchMeterUsage' ? MAX_BATCH_BODY_BYTES : MAX_REQUEST_BODY_BYTES;
+    if (body.kind === 'tooLarge' || Buffer.byteLength(body.text) > limit) {
       this.#answer(
         res,
         { operation, identity: logIdentity, input: undefined, atMs },
@@ -331,7 +393,10 @@ export class MeteringEmulator {
           kind: 'error',
           error: {
             name: 'RequestEntityTooLargeException',
-            message: `Request body exceeds ${MAX_REQUEST_BODY_BYTES} bytes.`,
+            message:
+              operation === 'BatchMeterUsage'
+                ? `Request body exceeds ${limit} bytes; each BatchMeterUsage request must be less than 1 MB.`
+                : `Request body exceeds ${limit} bytes.`,
           },
         },
       );
@@ -371,6 +436,11 @@ export class MeteringEmulator {
       return;
     }
     const base = { operation, identity: auth.identity, input, atMs };
+    const contentType = contentTypeError(header(req, 'content-type'));
+    if (contentType !== undefined) {
+      this.#answer(res, base, { kind: 'error', error: contentType }, lose);
+      return;
+    }
     const handler = this.#operations.get(operation);
     if (handler === undefined) {
       this.#answer(
@@ -379,6 +449,11 @@ export class MeteringEmulator {
         { kind: 'error', error: unknownOperation(header(req, 'x-amz-target') ?? '') },
         lose,
       );
+      return;
+    }
+    const wrongRegion = regionError(operation, auth.region, this.#settings.region);
+    if (wrongRegion !== undefined) {
+      this.#answer(res, base, { kind: 'error', error: wrongRegion }, lose);
       return;
     }
     if (!this.#quota.admit(operation)) {
@@ -457,4 +532,19 @@ export class MeteringEmulator {
       });
     }
   }
+}
+
+/**
+ * `UnknownOperationException` for a request whose content type is not AWS JSON 1.1, as AWS answers one (a JSON
+ * protocol service reads the operation only from a request of its own content type); parameters such as
+ * `charset` are allowed.
+ * @see docs/aws-rules.md §1.3
+ */
+function contentTypeError(value: string | undefined): { name: string; message: string } | undefined {
+  const mediaType = (value ?? '').split(';')[0]?.trim().toLowerCase();
+  if (mediaType === JSON_CONTENT_TYPE) return undefined;
+  return {
+    name: 'UnknownOperationException',
+    message: `Content-Type must be ${JSON_CONTENT_TYPE} (got ${value === undefined ? 'none' : JSON.stringify(value)}).`,
+  };
 }

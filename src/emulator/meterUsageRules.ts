@@ -141,19 +141,22 @@ export type MeterUsageValidation =
   | { readonly kind: 'invalid'; readonly error: ServiceError };
 
 /** A decoded value, or the error that stopped decoding. */
-type Decoded<T> =
+export type Decoded<T> =
   { readonly ok: true; readonly value: T } | { readonly ok: false; readonly error: ServiceError };
 
-function decoded<T>(value: T): Decoded<T> {
+export function decoded<T>(value: T): Decoded<T> {
   return { ok: true, value };
 }
 
-function rejected(name: string, message: string): { readonly ok: false; readonly error: ServiceError } {
+export function rejected(
+  name: string,
+  message: string,
+): { readonly ok: false; readonly error: ServiceError } {
   return { ok: false, error: { name, message } };
 }
 
 /** AWS-style constraint message ("Value ... at 'member' failed to satisfy constraint: ..."). */
-function invalidMember(
+export function invalidMember(
   path: string,
   value: unknown,
   constraint: string,
@@ -161,11 +164,11 @@ function invalidMember(
   return { ok: false, error: validationError(path, value, constraint) };
 }
 
-function isQuantity(value: unknown): value is number {
+export function isQuantity(value: unknown): value is number {
   return typeof value === 'number' && Number.isInteger(value) && value >= 0 && value <= MAX_QUANTITY;
 }
 
-function decodeString(value: unknown, path: string): Decoded<string> {
+export function decodeString(value: unknown, path: string): Decoded<string> {
   return typeof value === 'string'
     ? decoded(value)
     : invalidMember(path, value, 'Member must be a string and must not be null');
@@ -193,10 +196,16 @@ function decodeTags(raw: unknown, path: string): Decoded<Tag[]> {
   return decoded(tags);
 }
 
-function decodeAllocations(raw: unknown): Decoded<UsageAllocation[] | undefined> {
+/**
+ * Decodes a `UsageAllocations` member found at `path` (`usageAllocations` in MeterUsage,
+ * `usageRecords.N.usageAllocations` in BatchMeterUsage): `undefined` when absent.
+ */
+export function decodeAllocations(
+  raw: unknown,
+  path = 'usageAllocations',
+): Decoded<UsageAllocation[] | undefined> {
   if (raw === undefined) return decoded(undefined);
-  if (!Array.isArray(raw))
-    return invalidMember('usageAllocations', raw, 'Member must be a list of UsageAllocation');
+  if (!Array.isArray(raw)) return invalidMember(path, raw, 'Member must be a list of UsageAllocation');
   if (raw.length < MIN_ALLOCATIONS || raw.length > MAX_ALLOCATIONS) {
     return rejected(
       'InvalidUsageAllocationsException',
@@ -205,17 +214,17 @@ function decodeAllocations(raw: unknown): Decoded<UsageAllocation[] | undefined>
   }
   const allocations: UsageAllocation[] = [];
   for (const [index, entry] of (raw as unknown[]).entries()) {
-    const path = `usageAllocations.${index + 1}`;
-    if (!isObject(entry)) return invalidMember(path, entry, 'Member must be a UsageAllocation object');
+    const entryPath = `${path}.${index + 1}`;
+    if (!isObject(entry)) return invalidMember(entryPath, entry, 'Member must be a UsageAllocation object');
     const quantity = member(entry, 'AllocatedUsageQuantity');
     if (!isQuantity(quantity)) {
       return invalidMember(
-        `${path}.allocatedUsageQuantity`,
+        `${entryPath}.allocatedUsageQuantity`,
         quantity,
         `Member must be an integer from 0 to ${MAX_QUANTITY} and must not be null`,
       );
     }
-    const tags = decodeTags(member(entry, 'Tags'), `${path}.tags`);
+    const tags = decodeTags(member(entry, 'Tags'), `${entryPath}.tags`);
     if (!tags.ok) return tags;
     allocations.push({ quantity, tags: tags.value });
   }
@@ -299,13 +308,17 @@ export function tagSetKey(tags: readonly Tag[]): string {
   return JSON.stringify(pairs);
 }
 
-/** Rule group 5 of {@link validateMeterUsage}: tags, then tag sets, then the sum. */
-function checkAllocations(
+/**
+ * Rule group 5 of {@link validateMeterUsage}, also applied to each record of a BatchMeterUsage: tags, then tag
+ * sets, then the sum. `at` is the allocations' member path in messages.
+ */
+export function checkAllocations(
   allocations: readonly UsageAllocation[],
   usageQuantity: number,
+  at = 'usageAllocations',
 ): ServiceError | undefined {
   for (const [index, allocation] of allocations.entries()) {
-    const path = `usageAllocations.${index + 1}.tags`;
+    const path = `${at}.${index + 1}.tags`;
     const keys = new Set<string>();
     for (const [tagIndex, tag] of allocation.tags.entries()) {
       const problem =
@@ -391,12 +404,8 @@ function checkRules(request: MeterUsageRequest, limits: MeterUsageLimits): Servi
       message: `Product code ${JSON.stringify(request.productCode)} does not match the product code used for publishing the product.`,
     };
   }
-  if (limits.dimensions !== undefined && !limits.dimensions.includes(request.dimension)) {
-    return {
-      name: 'InvalidUsageDimensionException',
-      message: `Usage dimension ${JSON.stringify(request.dimension)} does not match one of the dimensions of the product (${limits.dimensions.join(', ')}).`,
-    };
-  }
+  const dimensionError = dimensionProblem(request.dimension, limits.dimensions);
+  if (dimensionError !== undefined) return dimensionError;
   const { timestampMs, allocations } = request;
   if (timestampMs < limits.nowMs - MAX_RECORD_AGE_MS || timestampMs > limits.nowMs + MAX_FUTURE_SKEW_MS) {
     return {
@@ -405,6 +414,21 @@ function checkRules(request: MeterUsageRequest, limits: MeterUsageLimits): Servi
     };
   }
   return allocations === undefined ? undefined : checkAllocations(allocations, request.quantity);
+}
+
+/**
+ * `InvalidUsageDimensionException` when `dimensions` (the allow-list, `undefined` for any) leaves `dimension`
+ * out; `undefined` when it is allowed.
+ */
+export function dimensionProblem(
+  dimension: string,
+  dimensions: readonly string[] | undefined,
+): ServiceError | undefined {
+  if (dimensions === undefined || dimensions.includes(dimension)) return undefined;
+  return {
+    name: 'InvalidUsageDimensionException',
+    message: `Usage dimension ${JSON.stringify(dimension)} does not match one of the dimensions of the product (${dimensions.join(', ')}).`,
+  };
 }
 
 /** ISO text for an instant, or the raw number when it is outside the range `Date` can show. */

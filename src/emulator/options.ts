@@ -25,12 +25,28 @@ import type { EmulatorEntitlement } from './registerUsage.js';
  */
 const SIGNING_KEY_BITS = 2048;
 
+/** The Region an emulator stands for when none is given. */
+export const DEFAULT_REGION = 'us-east-1';
+
+/** A Region name: `us-east-1`, `eu-central-2`, `us-gov-west-1`, `cn-northwest-1`. */
+const REGION_NAME = /^[a-z]{2}(-[a-z]+)+-\d{1,2}$/;
+
 /** Options of {@link MeteringEmulator}. */
 export interface EmulatorOptions {
   /** The product code the emulated product was published with; any other gets `InvalidProductCodeException`. */
   productCode: string;
-  /** Dimension allow-list; `undefined` accepts any dimension (1..255 characters). */
+  /**
+   * Dimension allow-list, for MeterUsage and BatchMeterUsage alike (list a container product's and a SaaS
+   * listing's dimensions together); `undefined` accepts any dimension (1..255 characters).
+   */
   dimensions?: readonly string[];
+  /**
+   * The Region the emulator stands for (default `us-east-1`): a request signed for another Region is refused
+   * as AWS refuses a hard-coded Region (`InvalidEndpointRegionException` for MeterUsage, `InvalidRegionException`
+   * for RegisterUsage, 403 `InvalidSignatureException` for the SaaS operations).
+   * @see docs/aws-rules.md §3.9
+   */
+  region?: string;
   /** Emulator clock in epoch ms, used for the timestamp window and `atMs`; default `Date.now`. */
   now?: () => number;
   /**
@@ -84,6 +100,7 @@ export interface EmulatorOptions {
 /** The options after their checks, with defaults applied. */
 export interface EmulatorSettings {
   readonly productCode: string;
+  readonly region: string;
   readonly dimensions: readonly string[] | undefined;
   readonly now: () => number;
   readonly dryRunResponse: 'error' | 'success';
@@ -102,7 +119,8 @@ export interface Signer {
 }
 
 /**
- * Checks `options` and applies the defaults. Throws `TypeError` when `productCode` is not a string,
+ * Checks `options` and applies the defaults. Throws `TypeError` when `productCode` is not a string, `region`
+ * is not a Region name,
  * `dimensions` is given but empty (no call could ever succeed), `publicKeyVersion` is not an integer
  * 1..2^31-1, `entitlement` is not an {@link EmulatorEntitlement}, `publicKeyRotatedAtMs` is not a finite
  * number, `signingKey` is not a private RSA key that can sign PS256, or `quota` is not a quota.
@@ -120,8 +138,15 @@ export function emulatorSettings(options: EmulatorOptions): EmulatorSettings {
   if (options.publicKeyRotatedAtMs !== undefined && !Number.isFinite(options.publicKeyRotatedAtMs)) {
     throw new TypeError('EmulatorOptions.publicKeyRotatedAtMs must be a finite epoch-ms number, or left out');
   }
+  const region = options.region ?? DEFAULT_REGION;
+  if (typeof region !== 'string' || !REGION_NAME.test(region)) {
+    throw new TypeError(
+      `EmulatorOptions.region must be a Region name such as us-east-1 (got ${JSON.stringify(region)})`,
+    );
+  }
   return {
     productCode: options.productCode,
+    region,
     dimensions: options.dimensions === undefined ? undefined : [...options.dimensions],
     now: options.now ?? Date.now,
     dryRunResponse: options.dryRunResponse ?? 'error',

@@ -1,7 +1,15 @@
 import { constants, createPublicKey, generateKeyPairSync, verify } from 'node:crypto';
 
 import {
+  BatchMeterUsageCommand,
   CustomerNotEntitledException,
+  ExpiredTokenException,
+  InvalidCustomerIdentifierException,
+  InvalidEndpointRegionException,
+  InvalidLicenseException,
+  InvalidRegionException,
+  InvalidTokenException,
+  ResolveCustomerCommand,
   DuplicateRequestException,
   IdempotencyConflictException,
   InternalServiceErrorException,
@@ -22,10 +30,15 @@ import type {
   MarketplaceMeteringClientConfig,
   MeterUsageCommandInput,
   RegisterUsageCommandInput,
+  UsageRecord,
 } from '@aws-sdk/client-marketplace-metering';
 import { afterEach, describe, expect, it } from 'vitest';
 
-import { MAX_REQUEST_BODY_BYTES, MeteringEmulator } from '../../src/emulator/emulator.js';
+import {
+  MAX_CONTROL_BODY_BYTES,
+  MAX_REQUEST_BODY_BYTES,
+  MeteringEmulator,
+} from '../../src/emulator/emulator.js';
 import type { EmulatorCall, EmulatorOptions } from '../../src/emulator/emulator.js';
 
 const PRODUCT_CODE = 'prod-abc123';
@@ -816,12 +829,12 @@ describe('MeteringEmulator wire protocol', () => {
     const emulator = await startEmulator();
 
     const response = await rawMeterUsage(emulator, '{}', {
-      'x-amz-target': 'AWSMPMeteringService.ResolveCustomer',
+      'x-amz-target': 'AWSMPMeteringService.GetEntitlements',
     });
 
     expect(response.status).toBe(400);
     expect(response.headers.get('x-amzn-errortype')).toBe('UnknownOperationException');
-    expect(emulator.calls).toMatchObject([{ operation: 'ResolveCustomer', status: 400 }]);
+    expect(emulator.calls).toMatchObject([{ operation: 'GetEntitlements', status: 400 }]);
   });
 
   it('answers a body that is not a JSON object with SerializationException', async () => {
@@ -895,7 +908,7 @@ describe('MeteringEmulator wire protocol', () => {
     expect(await response.json()).toMatchObject({ __type: 'ValidationException' });
   });
 
-  it('answers 413 to a request body over 1 MiB', async () => {
+  it('answers 413 to a request body over MAX_REQUEST_BODY_BYTES (16 MiB)', async () => {
     const emulator = await startEmulator();
 
     const response = await rawMeterUsage(emulator, 'x'.repeat(MAX_REQUEST_BODY_BYTES + 1));
@@ -1045,7 +1058,7 @@ describe('MeteringEmulator control surface', () => {
 
     const response = await fetch(`${emulator.url}/emulator/faults`, {
       method: 'POST',
-      body: 'x'.repeat(MAX_REQUEST_BODY_BYTES + 1),
+      body: 'x'.repeat(MAX_CONTROL_BODY_BYTES + 1),
     });
 
     expect(response.status).toBe(413);
@@ -1230,5 +1243,619 @@ describe('MeteringEmulator lifecycle', () => {
       process.off('warning', onWarning);
     }
     expect(warnings.some((message) => message.includes('callback bug'))).toBe(true);
+  });
+});
+
+describe('MeteringEmulator SaaS operations with the real SDK client', () => {
+  const ACCOUNT = '111122223333';
+
+  function batchMeterUsage(
+    records: Partial<UsageRecord>[],
+    productCode: string | undefined = undefined,
+  ): BatchMeterUsageCommand {
+    return new BatchMeterUsageCommand({
+      ...(productCode === undefined ? {} : { ProductCode: productCode }),
+      UsageRecords: records.map((record) => ({
+        Timestamp: new Date(NOW_MS - 60_000),
+        Dimension: 'users',
+        Quantity: 5,
+        ...record,
+      })),
+    });
+  }
+
+  it('redeems a registration token once for the customer it was granted for', async () => {
+    // Prepare
+    const emulator = await startEmulator();
+    const client = sdkClient(emulator);
+    const grant = emulator.createRegistrationToken({ customerAWSAccountId: ACCOUNT });
+    const legacy = emulator.createRegistrationToken({ customerIdentifier: 'cust-legacy-1' });
+
+    // Act
+    const resolved = await client.send(
+      new ResolveCustomerCommand({ RegistrationToken: grant.registrationToken }),
+    );
+    const again = await rejectionOf(
+      client.send(new ResolveCustomerCommand({ RegistrationToken: grant.registrationToken })),
+    );
+    const unknown = await rejectionOf(client.send(new ResolveCustomerCommand({ RegistrationToken: 'nope' })));
+    const legacyResolved = await client.send(
+      new ResolveCustomerCommand({ RegistrationToken: legacy.registrationToken }),
+    );
+
+    // Assess: a new integration gets no CustomerIdentifier; one from before Concurrent Agreements does.
+    expect({ ...resolved, $metadata: undefined }).toEqual({
+      $metadata: undefined,
+      CustomerAWSAccountId: ACCOUNT,
+      LicenseArn: grant.customer.licenseArn,
+      ProductCode: PRODUCT_CODE,
+    });
+    expect(grant.customer.licenseArn).toMatch(
+      /^arn:aws:license-manager::111122223333:license:l-[0-9a-f]{32}$/,
+    );
+    expect(again).toBeInstanceOf(ExpiredTokenException);
+    expect(unknown).toBeInstanceOf(InvalidTokenException);
+    expect(legacyResolved).toMatchObject({ CustomerIdentifier: 'cust-legacy-1', ProductCode: PRODUCT_CODE });
+    expect(legacyResolved.CustomerAWSAccountId).toMatch(/^\d{12}$/);
+  });
+
+  it('answers ExpiredTokenException for a token redeemed after its lifetime', async () => {
+    let now = NOW_MS;
+    const emulator = await startEmulator({ now: () => now });
+    const grant = emulator.createRegistrationToken({ lifetimeSeconds: 60 });
+
+    now += 60_000;
+    const error = await rejectionOf(
+      sdkClient(emulator).send(new ResolveCustomerCommand({ RegistrationToken: grant.registrationToken })),
+    );
+
+    expect(error).toBeInstanceOf(ExpiredTokenException);
+  });
+
+  it('meters a usage record of account and license, apart from the container records', async () => {
+    const emulator = await startEmulator();
+    const { customer } = emulator.createRegistrationToken({ customerAWSAccountId: ACCOUNT });
+
+    const output = await sdkClient(emulator).send(
+      batchMeterUsage([
+        {
+          CustomerAWSAccountId: ACCOUNT,
+          LicenseArn: customer.licenseArn,
+          Quantity: 7,
+          UsageAllocations: [
+            { AllocatedUsageQuantity: 4, Tags: [{ Key: 'team', Value: 'a' }] },
+            { AllocatedUsageQuantity: 3 },
+          ],
+        },
+      ]),
+    );
+
+    expect(output.UnprocessedRecords).toEqual([]);
+    expect(output.Results).toEqual([
+      {
+        Status: 'Success',
+        MeteringRecordId: expect.stringMatching(UUID) as unknown,
+        UsageRecord: {
+          Timestamp: new Date(NOW_MS - 60_000),
+          Dimension: 'users',
+          Quantity: 7,
+          CustomerAWSAccountId: ACCOUNT,
+          LicenseArn: customer.licenseArn,
+          UsageAllocations: [
+            { AllocatedUsageQuantity: 4, Tags: [{ Key: 'team', Value: 'a' }] },
+            { AllocatedUsageQuantity: 3 },
+          ],
+        },
+      },
+    ]);
+    expect(emulator.batchRecords).toMatchObject([
+      {
+        identity: 'TASKA',
+        productCode: PRODUCT_CODE,
+        customerAWSAccountId: ACCOUNT,
+        licenseArn: customer.licenseArn,
+        dimension: 'users',
+        hourStartMs: HOUR_START_MS,
+        quantity: 7,
+        allocations: [
+          { quantity: 4, tags: { team: 'a' } },
+          { quantity: 3, tags: {} },
+        ],
+        meteringRecordId: output.Results?.[0]?.MeteringRecordId,
+      },
+    ]);
+    expect(emulator.records).toEqual([]);
+    expect(emulator.totals()).toEqual(new Map());
+  });
+
+  it('answers an identical resend with the same id and a different quantity in the same hour with DuplicateRecord', async () => {
+    // Prepare
+    const emulator = await startEmulator();
+    const client = sdkClient(emulator);
+    const { customer } = emulator.createRegistrationToken({ customerAWSAccountId: ACCOUNT });
+    const record = { CustomerAWSAccountId: ACCOUNT, LicenseArn: customer.licenseArn };
+    const first = await client.send(batchMeterUsage([record, { ...record, Dimension: 'storage' }]));
+
+    // Act: a subset of the same records, then the same hour with another quantity (by the legacy identifier too).
+    const subset = await client.send(batchMeterUsage([{ ...record, Dimension: 'storage' }]));
+    const changed = await client.send(
+      batchMeterUsage([{ ...record, Quantity: 6, Timestamp: new Date(HOUR_START_MS + 1000) }]),
+    );
+
+    // Assess
+    expect(subset.Results?.[0]).toMatchObject({
+      Status: 'Success',
+      MeteringRecordId: first.Results?.[1]?.MeteringRecordId,
+    });
+    expect(changed.Results?.[0]?.Status).toBe('DuplicateRecord');
+    expect(changed.Results?.[0]?.MeteringRecordId).toBeUndefined();
+    expect(emulator.batchRecords.map((r) => [r.dimension, r.quantity])).toEqual([
+      ['users', 5],
+      ['storage', 5],
+    ]);
+  });
+
+  it('answers CustomerNotSubscribed for a buyer without an active agreement, recording nothing', async () => {
+    const emulator = await startEmulator();
+    const { customer } = emulator.createRegistrationToken({
+      customerAWSAccountId: ACCOUNT,
+      subscribed: false,
+    });
+
+    const output = await sdkClient(emulator).send(
+      batchMeterUsage(
+        [
+          { CustomerAWSAccountId: ACCOUNT, LicenseArn: customer.licenseArn },
+          { CustomerAWSAccountId: '999988887777' },
+        ],
+        PRODUCT_CODE,
+      ),
+    );
+
+    expect(output.Results?.map((result) => result.Status)).toEqual([
+      'CustomerNotSubscribed',
+      'CustomerNotSubscribed',
+    ]);
+    expect(emulator.batchRecords).toEqual([]);
+  });
+
+  it('meters by CustomerIdentifier for an integration from before Concurrent Agreements, one hour per customer either way', async () => {
+    const emulator = await startEmulator();
+    const client = sdkClient(emulator);
+    const { customer } = emulator.createRegistrationToken({
+      customerIdentifier: 'cust-1',
+      customerAWSAccountId: ACCOUNT,
+    });
+
+    const byIdentifier = await client.send(batchMeterUsage([{ CustomerIdentifier: 'cust-1' }], PRODUCT_CODE));
+    const byAccount = await client.send(
+      batchMeterUsage([{ CustomerAWSAccountId: ACCOUNT, LicenseArn: customer.licenseArn, Quantity: 9 }]),
+    );
+    const unknown = await rejectionOf(
+      client.send(batchMeterUsage([{ CustomerIdentifier: 'cust-2' }], PRODUCT_CODE)),
+    );
+
+    expect(byIdentifier.Results?.[0]).toMatchObject({
+      Status: 'Success',
+      UsageRecord: { CustomerIdentifier: 'cust-1' },
+    });
+    expect(byAccount.Results?.[0]?.Status).toBe('DuplicateRecord');
+    expect(unknown).toBeInstanceOf(InvalidCustomerIdentifierException);
+    expect(emulator.batchRecords).toMatchObject([
+      { customerIdentifier: 'cust-1', customerAWSAccountId: ACCOUNT, quantity: 5 },
+    ]);
+  });
+
+  it.each([
+    [
+      'both CustomerIdentifier and CustomerAWSAccountId',
+      { CustomerIdentifier: 'cust-1', CustomerAWSAccountId: ACCOUNT },
+      'mutually exclusive',
+    ],
+    ['no buyer', {}, 'names no buyer'],
+    [
+      'an account id that is not digits',
+      { CustomerAWSAccountId: 'acct-1' },
+      'usageRecords.1.customerAWSAccountId',
+    ],
+    [
+      'a LicenseArn that is not an ARN',
+      { CustomerAWSAccountId: ACCOUNT, LicenseArn: 'license-1' },
+      'usageRecords.1.licenseArn',
+    ],
+  ])('refuses a record with %s with ValidationException', async (_name, record, expected) => {
+    const emulator = await startEmulator();
+    emulator.createRegistrationToken({ customerIdentifier: 'cust-1', customerAWSAccountId: ACCOUNT });
+
+    const error = await rejectionOf(sdkClient(emulator).send(batchMeterUsage([record], PRODUCT_CODE)));
+
+    expect(error).toMatchObject({
+      name: 'ValidationException',
+      message: expect.stringContaining(expected) as unknown,
+    });
+    expect(emulator.batchRecords).toEqual([]);
+  });
+
+  it('refuses a license of another account, another product, or none, and more than one product per request', async () => {
+    const emulator = await startEmulator();
+    const client = sdkClient(emulator);
+    const { customer } = emulator.createRegistrationToken({ customerAWSAccountId: ACCOUNT });
+    const other = emulator.createRegistrationToken({
+      productCode: 'saas-other',
+      customerAWSAccountId: ACCOUNT,
+    });
+
+    const wrongAccount = await rejectionOf(
+      client.send(
+        batchMeterUsage([{ CustomerAWSAccountId: '999988887777', LicenseArn: customer.licenseArn }]),
+      ),
+    );
+    const wrongProduct = await rejectionOf(
+      client.send(
+        batchMeterUsage([{ CustomerAWSAccountId: ACCOUNT, LicenseArn: customer.licenseArn }], 'saas-other'),
+      ),
+    );
+    const twoProducts = await rejectionOf(
+      client.send(
+        batchMeterUsage([
+          { CustomerAWSAccountId: ACCOUNT, LicenseArn: customer.licenseArn },
+          { CustomerAWSAccountId: ACCOUNT, LicenseArn: other.customer.licenseArn },
+        ]),
+      ),
+    );
+    const noProduct = await rejectionOf(client.send(batchMeterUsage([{ CustomerAWSAccountId: ACCOUNT }])));
+    const unknownProduct = await rejectionOf(
+      client.send(batchMeterUsage([{ CustomerAWSAccountId: ACCOUNT }], 'nope')),
+    );
+    const otherProduct = await client.send(
+      batchMeterUsage([{ CustomerAWSAccountId: ACCOUNT, LicenseArn: other.customer.licenseArn }]),
+    );
+
+    expect(wrongAccount).toBeInstanceOf(InvalidLicenseException);
+    expect(wrongProduct).toBeInstanceOf(InvalidLicenseException);
+    expect(twoProducts).toMatchObject({
+      name: 'InvalidProductCodeException',
+      message: expect.stringContaining('one product') as unknown,
+    });
+    expect(noProduct).toBeInstanceOf(InvalidProductCodeException);
+    expect(unknownProduct).toBeInstanceOf(InvalidProductCodeException);
+    expect(otherProduct.Results?.[0]?.Status).toBe('Success');
+    expect(emulator.batchRecords).toMatchObject([{ productCode: 'saas-other' }]);
+  });
+
+  it('takes at most 25 records, applies the dimension allow-list and the allocation rules to each', async () => {
+    const emulator = await startEmulator({ dimensions: ['nodes', 'users'] });
+    const client = sdkClient(emulator);
+    emulator.createRegistrationToken({ customerAWSAccountId: ACCOUNT });
+    const record = { CustomerAWSAccountId: ACCOUNT };
+
+    const tooMany = await rejectionOf(
+      client.send(
+        batchMeterUsage(
+          Array.from({ length: 26 }, () => record),
+          PRODUCT_CODE,
+        ),
+      ),
+    );
+    const empty = await client.send(batchMeterUsage([], PRODUCT_CODE));
+    const dimension = await rejectionOf(
+      client.send(batchMeterUsage([record, { ...record, Dimension: 'gpus' }], PRODUCT_CODE)),
+    );
+    const allocations = await rejectionOf(
+      client.send(
+        batchMeterUsage([{ ...record, UsageAllocations: [{ AllocatedUsageQuantity: 4 }] }], PRODUCT_CODE),
+      ),
+    );
+    const full = await client.send(
+      batchMeterUsage(
+        Array.from({ length: 25 }, (_, index) => ({
+          ...record,
+          Timestamp: new Date(NOW_MS - index * (HOUR_MS / 2)),
+        })),
+        PRODUCT_CODE,
+      ),
+    );
+
+    expect(tooMany).toMatchObject({
+      name: 'ValidationException',
+      message: expect.stringContaining('less than or equal to 25') as unknown,
+    });
+    expect(empty).toMatchObject({ Results: [], UnprocessedRecords: [] });
+    expect(dimension).toBeInstanceOf(InvalidUsageDimensionException);
+    expect(allocations).toBeInstanceOf(InvalidUsageAllocationsException);
+    expect(full.Results?.filter((result) => result.Status === 'Success')).toHaveLength(25);
+  });
+
+  it('refuses the whole batch when one record is 24 hours old', async () => {
+    const emulator = await startEmulator();
+    emulator.createRegistrationToken({ customerAWSAccountId: ACCOUNT });
+    const client = sdkClient(emulator);
+    const record = { CustomerAWSAccountId: ACCOUNT };
+
+    const error = await rejectionOf(
+      client.send(
+        batchMeterUsage(
+          [record, { ...record, Dimension: 'storage', Timestamp: new Date(NOW_MS - 24 * HOUR_MS) }],
+          PRODUCT_CODE,
+        ),
+      ),
+    );
+    const within = await client.send(
+      batchMeterUsage([{ ...record, Timestamp: new Date(NOW_MS - 24 * HOUR_MS + 1000) }], PRODUCT_CODE),
+    );
+
+    expect(error).toBeInstanceOf(TimestampOutOfBoundsException);
+    expect(within.Results?.[0]?.Status).toBe('Success');
+    expect(emulator.batchRecords).toHaveLength(1);
+  });
+
+  it("accepts the previous month's records until 06:00 UTC on the first, and refuses them after", async () => {
+    let now = Date.UTC(2026, 11, 1, 5, 59);
+    const emulator = await startEmulator({ now: () => now });
+    emulator.createRegistrationToken({ customerAWSAccountId: ACCOUNT });
+    const client = sdkClient(emulator);
+    const lastHourOfNovember = {
+      CustomerAWSAccountId: ACCOUNT,
+      Timestamp: new Date(Date.UTC(2026, 10, 30, 23, 30)),
+    };
+
+    const inGrace = await client.send(batchMeterUsage([lastHourOfNovember], PRODUCT_CODE));
+    now = Date.UTC(2026, 11, 1, 6, 0);
+    const afterGrace = await rejectionOf(
+      client.send(batchMeterUsage([{ ...lastHourOfNovember, Dimension: 'storage' }], PRODUCT_CODE)),
+    );
+
+    expect(inGrace.Results?.[0]?.Status).toBe('Success');
+    expect(afterGrace).toBeInstanceOf(TimestampOutOfBoundsException);
+    expect((afterGrace as Error).message).toContain('06:00 UTC on the first day of the next month');
+  });
+
+  it('answers records left unprocessed in UnprocessedRecords, which a resend of that list meters', async () => {
+    // Prepare
+    const emulator = await startEmulator();
+    const client = sdkClient(emulator);
+    emulator.createRegistrationToken({ customerAWSAccountId: ACCOUNT });
+    const records = ['a', 'b', 'c'].map((dimension) => ({
+      CustomerAWSAccountId: ACCOUNT,
+      Dimension: dimension,
+    }));
+    emulator.leaveUnprocessed(2);
+
+    // Act
+    const first = await client.send(batchMeterUsage(records, PRODUCT_CODE));
+    const retry = await client.send(
+      new BatchMeterUsageCommand({ ProductCode: PRODUCT_CODE, UsageRecords: first.UnprocessedRecords ?? [] }),
+    );
+
+    // Assess
+    expect(first.Results?.map((result) => result.UsageRecord?.Dimension)).toEqual(['c']);
+    expect(first.UnprocessedRecords?.map((record) => record.Dimension)).toEqual(['a', 'b']);
+    expect(retry.Results?.map((result) => [result.UsageRecord?.Dimension, result.Status])).toEqual([
+      ['a', 'Success'],
+      ['b', 'Success'],
+    ]);
+    expect(retry.UnprocessedRecords).toEqual([]);
+    expect(emulator.batchRecords.map((record) => record.dimension)).toEqual(['c', 'a', 'b']);
+  });
+
+  it('answers 413 to a BatchMeterUsage body of 1 MB or more, which MeterUsage would take', async () => {
+    const emulator = await startEmulator();
+    const body = JSON.stringify({
+      ProductCode: PRODUCT_CODE,
+      UsageRecords: [],
+      Padding: 'x'.repeat(1_000_000),
+    });
+
+    const batch = await rawMeterUsage(emulator, body, {
+      'x-amz-target': 'AWSMPMeteringService.BatchMeterUsage',
+    });
+    const meter = await rawMeterUsage(emulator, body);
+
+    expect(batch.status).toBe(413);
+    expect(batch.headers.get('x-amzn-errortype')).toBe('RequestEntityTooLargeException');
+    expect(meter.status).toBe(400);
+    expect(meter.headers.get('x-amzn-errortype')).toBe('ValidationException');
+  });
+
+  it('refuses bad registration token specs and a license granted with other details', () => {
+    const emulator = new MeteringEmulator({ productCode: PRODUCT_CODE });
+    const { customer } = emulator.createRegistrationToken({ customerAWSAccountId: ACCOUNT });
+
+    expect(() => emulator.createRegistrationToken({ customerAWSAccountId: '12ab' })).toThrow(
+      /customerAWSAccountId/,
+    );
+    expect(() => emulator.createRegistrationToken({ lifetimeSeconds: 0 })).toThrow(/lifetimeSeconds/);
+    expect(() => emulator.createRegistrationToken({ productCode: 'bad code' })).toThrow(/productCode/);
+    expect(() =>
+      emulator.createRegistrationToken({
+        licenseArn: customer.licenseArn,
+        customerAWSAccountId: '999988887777',
+      }),
+    ).toThrow(/already belongs/);
+    expect(emulator.createRegistrationToken({ licenseArn: customer.licenseArn }).customer).toBe(customer);
+    expect(emulator.customers).toEqual([customer]);
+  });
+});
+
+describe('MeteringEmulator Region, content type and request size', () => {
+  it("refuses requests signed for another Region with each operation's own error", async () => {
+    const emulator = await startEmulator({ signingKey: SIGNING_KEY });
+    const client = sdkClient(emulator, 'TASKA', { region: 'eu-west-1' });
+
+    const meter = await rejectionOf(client.send(meterUsage()));
+    const register = await rejectionOf(client.send(registerUsage()));
+    const batch = await rejectionOf(
+      client.send(new BatchMeterUsageCommand({ ProductCode: PRODUCT_CODE, UsageRecords: [] })),
+    );
+
+    expect(meter).toBeInstanceOf(InvalidEndpointRegionException);
+    expect((meter as Error).message).toContain('signed for eu-west-1, but this endpoint is in us-east-1');
+    expect(register).toBeInstanceOf(InvalidRegionException);
+    expect(batch).toMatchObject({ name: 'InvalidSignatureException', $metadata: { httpStatusCode: 403 } });
+    expect(emulator.records).toEqual([]);
+  });
+
+  it('serves the Region it is given', async () => {
+    const emulator = await startEmulator({ region: 'eu-west-1' });
+
+    const output = await sdkClient(emulator, 'TASKA', { region: 'eu-west-1' }).send(meterUsage());
+    const other = await rejectionOf(sdkClient(emulator).send(meterUsage({ UsageDimension: 'other' })));
+
+    expect(emulator.region).toBe('eu-west-1');
+    expect(output.MeteringRecordId).toMatch(UUID);
+    expect(other).toBeInstanceOf(InvalidEndpointRegionException);
+    expect(() => new MeteringEmulator({ productCode: PRODUCT_CODE, region: 'mars' })).toThrow(/region/);
+  });
+
+  it('answers a body that is not AWS JSON 1.1 with UnknownOperationException and takes a charset parameter', async () => {
+    const emulator = await startEmulator();
+    const body = JSON.stringify({ ProductCode: PRODUCT_CODE, Timestamp: NOW_MS / 1000, UsageDimension: 'n' });
+
+    const json = await rawMeterUsage(emulator, body, { 'content-type': 'application/json' });
+    const charset = await rawMeterUsage(emulator, body, {
+      'content-type': 'application/x-amz-json-1.1; charset=utf-8',
+    });
+
+    expect(json.status).toBe(400);
+    expect(json.headers.get('x-amzn-errortype')).toBe('UnknownOperationException');
+    expect(((await json.json()) as { message: string }).message).toContain('application/x-amz-json-1.1');
+    expect(charset.status).toBe(200);
+    expect(emulator.records).toHaveLength(1);
+  });
+
+  it('admits the largest request the API model allows', async () => {
+    // 2,500 allocations of 5 tags with 100-character keys and 256-character values. With characters JSON
+    // escapes ('"' is in the model's pattern, not in the documented set) the body is the largest it can be.
+    const emulator = await startEmulator();
+    const allocations = (
+      fill: string,
+    ): { AllocatedUsageQuantity: number; Tags: { Key: string; Value: string }[] }[] =>
+      Array.from({ length: 2500 }, (_, index) => ({
+        AllocatedUsageQuantity: 1,
+        Tags: Array.from({ length: 5 }, (_unused, tag) => ({
+          Key: `${tag}`.padEnd(100, fill),
+          Value: `${index}`.padEnd(256, fill),
+        })),
+      }));
+    const escaped = JSON.stringify({
+      ProductCode: PRODUCT_CODE,
+      Timestamp: NOW_MS / 1000,
+      UsageDimension: 'n',
+      UsageQuantity: 2500,
+      UsageAllocations: allocations('"'),
+    });
+
+    const largest = await rawMeterUsage(emulator, escaped);
+    const output = await sdkClient(emulator).send(
+      meterUsage({ UsageQuantity: 2500, UsageAllocations: allocations('k') }),
+    );
+
+    expect(Buffer.byteLength(escaped)).toBeGreaterThan(9_000_000);
+    expect(largest.status).toBe(400);
+    expect(largest.headers.get('x-amzn-errortype')).toBe('InvalidTagException');
+    expect(output.MeteringRecordId).toMatch(UUID);
+    expect(emulator.records[0]?.allocations).toHaveLength(2500);
+  });
+});
+
+describe('MeteringEmulator SaaS control surface', () => {
+  it('grants registration tokens, lists customers and batch records, leaves records unprocessed, and forgets them on reset', async () => {
+    // Prepare
+    const emulator = await startEmulator();
+    const client = sdkClient(emulator);
+
+    // Act
+    const granted = await fetch(`${emulator.url}/emulator/registration-tokens`, {
+      method: 'POST',
+      body: JSON.stringify({ customerAWSAccountId: '111122223333', productCode: 'saas-1' }),
+    });
+    const grant = (await granted.json()) as {
+      registrationToken: string;
+      expiresAt: string;
+      customer: { licenseArn: string };
+    };
+    const resolved = await client.send(
+      new ResolveCustomerCommand({ RegistrationToken: grant.registrationToken }),
+    );
+    const unprocessed = await fetch(`${emulator.url}/emulator/unprocessed`, {
+      method: 'POST',
+      body: '{"count":1}',
+    });
+    const first = await client.send(
+      new BatchMeterUsageCommand({
+        UsageRecords: [
+          {
+            Timestamp: new Date(NOW_MS),
+            Dimension: 'a',
+            CustomerAWSAccountId: '111122223333',
+            LicenseArn: resolved.LicenseArn,
+          },
+          {
+            Timestamp: new Date(NOW_MS),
+            Dimension: 'b',
+            CustomerAWSAccountId: '111122223333',
+            LicenseArn: resolved.LicenseArn,
+          },
+        ],
+      }),
+    );
+    const customers = (await (await fetch(`${emulator.url}/emulator/customers`)).json()) as {
+      customers: unknown[];
+    };
+    const records = (await (await fetch(`${emulator.url}/emulator/records`)).json()) as {
+      batchRecords: unknown[];
+    };
+    await fetch(`${emulator.url}/emulator/reset`, { method: 'POST' });
+
+    // Assess
+    expect(granted.status).toBe(200);
+    expect(grant.expiresAt).toBe(new Date(NOW_MS + 3_600_000).toISOString());
+    expect(resolved).toMatchObject({
+      ProductCode: 'saas-1',
+      CustomerAWSAccountId: '111122223333',
+      LicenseArn: grant.customer.licenseArn,
+    });
+    expect(unprocessed.status).toBe(200);
+    expect(first.UnprocessedRecords?.map((record) => record.Dimension)).toEqual(['a']);
+    expect(customers.customers).toEqual([
+      {
+        productCode: 'saas-1',
+        customerAWSAccountId: '111122223333',
+        licenseArn: grant.customer.licenseArn,
+        subscribed: true,
+      },
+    ]);
+    expect(records.batchRecords).toMatchObject([{ dimension: 'b', productCode: 'saas-1' }]);
+    expect(emulator.customers).toEqual([]);
+    expect(emulator.batchRecords).toEqual([]);
+  });
+
+  it.each([
+    ['/emulator/registration-tokens', 'not json', 400, 'must be an object'],
+    ['/emulator/registration-tokens', '{"customerAWSAccountId":12}', 400, 'customerAWSAccountId'],
+    ['/emulator/registration-tokens', '{"accountId":"1"}', 400, 'unknown member'],
+    ['/emulator/unprocessed', '{"count":0}', 400, 'count'],
+    ['/emulator/unprocessed', '{}', 400, 'count'],
+  ])('refuses POST %s with %s', async (path, body, status, expected) => {
+    const emulator = await startEmulator();
+
+    const response = await fetch(`${emulator.url}${path}`, { method: 'POST', body });
+
+    expect(response.status).toBe(status);
+    expect(((await response.json()) as { error: string }).error).toContain(expected);
+    expect(emulator.customers).toEqual([]);
+  });
+
+  it('answers 409 to a token for a license granted with other details', async () => {
+    const emulator = await startEmulator();
+    const { customer } = emulator.createRegistrationToken({ customerAWSAccountId: '111122223333' });
+
+    const response = await fetch(`${emulator.url}/emulator/registration-tokens`, {
+      method: 'POST',
+      body: JSON.stringify({ licenseArn: customer.licenseArn, subscribed: false }),
+    });
+
+    expect(response.status).toBe(409);
+    expect(emulator.customers).toEqual([customer]);
   });
 });

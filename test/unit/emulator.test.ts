@@ -83,8 +83,8 @@ describe('parseTarget', () => {
 });
 
 describe('authenticate', () => {
-  it('takes the identity from the access key id of the credential scope', () => {
-    expect(authenticate(AUTHORIZATION)).toEqual({ kind: 'identity', identity: 'TASKA' });
+  it('takes the identity from the access key id of the credential scope, and its signing Region', () => {
+    expect(authenticate(AUTHORIZATION)).toEqual({ kind: 'identity', identity: 'TASKA', region: 'us-east-1' });
   });
 
   it('answers MissingAuthenticationTokenException when there is no authorization header', () => {
