@@ -12,8 +12,11 @@ RUN apt-get update \
 ENV npm_config_nodedir=/usr/local npm_config_update_notifier=false npm_config_fund=false npm_config_audit=false
 COPY package.json package-lock.json ./
 # An extra CA bundle for the npm registry can be passed as a build secret (id=extraca); without it Node only warns.
+# --engine-strict refuses a base whose Node.js package.json's engines exclude: 24.19.0 to 24.21.x abort the process
+# when a garbage collection frees a native addon's object (node::ObjectWrap's cleanup hooks, nodejs/node#65446),
+# and better-sqlite3 is such an addon (docs/design.md, "Runtime").
 RUN --mount=type=secret,id=extraca,target=/run/secrets/extraca \
-    NODE_EXTRA_CA_CERTS=/run/secrets/extraca npm ci
+    NODE_EXTRA_CA_CERTS=/run/secrets/extraca npm ci --engine-strict
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
 # The software bill of materials of what ships, the production dependencies, as CycloneDX (npm's own sbom),

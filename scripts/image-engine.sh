@@ -9,7 +9,7 @@
 # Everything it starts is stopped by PID in engine_stop, and the mounts it leaves are unmounted.
 
 TOOLS_DIR="${TOOLS_DIR:-$(pwd)/.tools/docker}"
-NODE_VERSION="${NODE_VERSION:-24.21.0}"
+NODE_VERSION="${NODE_VERSION:-24.22.3}"
 NODE_IMAGE="${NODE_IMAGE:-node:24-bookworm-slim}"
 DOCKER_DEBS=(docker.io containerd runc tini iptables libip4tc2 libip6tc2 libxtables12 libnftnl11
   libnetfilter-conntrack3 libnfnetlink0 libdevmapper1.02.1 debootstrap)
@@ -75,7 +75,11 @@ engine_stop() {
 # Creates $NODE_IMAGE locally when the engine does not have it: a minimal Debian bookworm with the official
 # Node.js $NODE_VERSION (binary and headers, for building native modules) and npm, like the official image.
 base_image() {
-  if "${DOCKER[@]}" image inspect "$NODE_IMAGE" >/dev/null 2>&1; then return; fi
+  # An image made here carries the Node.js version it holds; one made for another version is made again.
+  local made
+  made="$("${DOCKER[@]}" image inspect -f '{{ index .Config.Labels "metering.test.node-version" }}' "$NODE_IMAGE" 2>/dev/null || true)"
+  if [ -n "$made" ] && [ "$made" = "$NODE_VERSION" ]; then return; fi
+  if [ -z "$made" ] && "${DOCKER[@]}" image inspect "$NODE_IMAGE" >/dev/null 2>&1; then return; fi
   log "creating the local base image $NODE_IMAGE (Debian bookworm + Node.js $NODE_VERSION)"
   local rootfs="$TOOLS_DIR/rootfs" mirror
   rm -rf "$rootfs"
@@ -94,6 +98,6 @@ base_image() {
   ln -sf ../lib/node_modules/npm/bin/npx-cli.js "$rootfs/usr/local/bin/npx"
   chroot "$rootfs" groupadd -g 1000 node
   chroot "$rootfs" useradd -u 1000 -g node -m -s /bin/bash node
-  tar -C "$rootfs" -c . | "${DOCKER[@]}" import -c 'CMD ["node"]' -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' - "$NODE_IMAGE" >/dev/null
+  tar -C "$rootfs" -c . | "${DOCKER[@]}" import -c 'CMD ["node"]' -c "LABEL metering.test.node-version=$NODE_VERSION" -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' - "$NODE_IMAGE" >/dev/null
   rm -rf "$rootfs" "$pack"
 }
