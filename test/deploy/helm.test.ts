@@ -1,7 +1,8 @@
 /**
  * The Helm chart (helm/metering-sidecar) rendered by the real, pinned helm binary (scripts/helm.mjs) for the
  * lowest Kubernetes version it supports, with several value sets. Every rendered object is validated against the
- * Kubernetes schemas (kubernetes-models) or, for prometheus-operator kinds, by hand; then the deployment shape of
+ * Kubernetes schemas (kubernetes-models) or, for prometheus-operator kinds, by hand, and again strictly for each
+ * Kubernetes version EKS supports (scripts/kube-api.mjs: unknown fields, required fields, types); then the deployment shape of
  * docs/design.md is asserted: a native sidecar gated by a startup probe on /readyz, the app wired to the socket, a grace
  * period longer than the sidecar's shutdown, IRSA, restricted security, emptyDir volumes, and only environment
  * variables the sidecar reads.
@@ -29,8 +30,12 @@ import {
   isRecord,
   listAt,
   parseManifests,
+  loadKubeApi,
   render,
+  strictErrors,
+  strictKubeVersions,
   validateObject,
+  type KubeApi,
   type KubeObject,
 } from '../helpers/kube.js';
 
@@ -647,6 +652,70 @@ describe.each(Object.entries(VALUE_SETS))(
   },
 );
 
+/** The Kubernetes versions EKS supports, each with its own API table (scripts/kube-api.mjs). */
+const STRICT_VERSIONS = await strictKubeVersions();
+
+describe.each(STRICT_VERSIONS)('helm chart metering-sidecar validated strictly for Kubernetes %s', (kube) => {
+  let api: KubeApi;
+
+  beforeAll(async () => {
+    api = await loadKubeApi(kube);
+  });
+
+  it.each(Object.entries(VALUE_SETS))(
+    'renders the %s values with only the fields, types and required fields of that API',
+    async (_name, set) => {
+      const objects = await render(set.values, {
+        kubeVersion: `${kube}.0`,
+        ...(set.apiVersions ? { apiVersions: set.apiVersions } : {}),
+      });
+
+      expect(objects.filter((o) => o.kind === 'Deployment')).toHaveLength(1);
+      expect(await strictErrors(api, objects)).toEqual([]);
+    },
+  );
+
+  it('refuses a misspelt field, a missing required field and a value of the wrong type', async () => {
+    const deployment = findOne(await render(FULL, { kubeVersion: `${kube}.0` }), 'Deployment');
+    const broken = structuredClone(deployment) as unknown as Record<string, unknown>;
+    const spec = podSpec(broken as unknown as KubeObject);
+    const sidecar = sidecarOf(spec);
+    sidecar['resouces'] = sidecar['resources'];
+    delete sidecar['name'];
+    spec['terminationGracePeriodSeconds'] = '90';
+    listAt(spec, 'volumes')[0]['emptyDir'] = { medium: 'Memory', sizeLimt: '1Mi' };
+
+    const errors = await strictErrors(api, [broken]);
+
+    expect([...errors].sort()).toEqual(
+      [
+        `Deployment ${deployment.metadata.name}: spec.template.spec.initContainers[0].resouces: unknown field (not in V1Container of Kubernetes ${kube})`,
+        `Deployment ${deployment.metadata.name}: spec.template.spec.initContainers[0].name: required`,
+        `Deployment ${deployment.metadata.name}: spec.template.spec.terminationGracePeriodSeconds: must be a number`,
+        `Deployment ${deployment.metadata.name}: spec.template.spec.volumes[0].emptyDir.sizeLimt: unknown field (not in V1EmptyDirVolumeSource of Kubernetes ${kube})`,
+      ].sort(),
+    );
+  });
+});
+
+// A field Kubernetes 1.34 added (container restart rules): what the chart would break on older clusters.
+it('tells the Kubernetes versions apart: a field 1.34 added is refused by the versions before it', async () => {
+  const deployment = findOne(await render(MINIMAL), 'Deployment');
+  const withRules = structuredClone(deployment) as unknown as Record<string, unknown>;
+  sidecarOf(podSpec(withRules as unknown as KubeObject))['restartPolicyRules'] = [
+    { action: 'Restart', exitCodes: { operator: 'In', values: [42] } },
+  ];
+
+  const refusedBy: string[] = [];
+  for (const kube of STRICT_VERSIONS) {
+    if ((await strictErrors(await loadKubeApi(kube), [withRules])).length > 0) refusedBy.push(kube);
+  }
+
+  expect(STRICT_VERSIONS).toContain('1.34');
+  expect(refusedBy).toEqual(STRICT_VERSIONS.filter((v) => Number(v.split('.')[1]) < 34));
+  expect(refusedBy.length).toBeGreaterThan(0);
+});
+
 describe('helm chart metering-sidecar: NOTES.txt', () => {
   /**
    * helm template discards NOTES.txt (only install prints it, and install needs a cluster), so a copy of the
@@ -891,6 +960,15 @@ describe('helm chart metering-sidecar: named templates from a parent chart', () 
     expect(spec['terminationGracePeriodSeconds']).toBeGreaterThan(
       Number(envOf(sidecar).get('METERING_SHUTDOWN_TIMEOUT_SECONDS')),
     );
+  });
+
+  it.each(STRICT_VERSIONS)('renders objects valid for Kubernetes %s, strictly', async (kube) => {
+    const result = await helm(['template', 'acme', parentDir, '--kube-version', `${kube}.0`]);
+    if (result.code !== 0) throw new Error(`helm template failed: ${result.stderr}`);
+    const rendered = parseManifests(result.stdout);
+
+    expect(rendered.map((o) => o.kind).sort()).toEqual(['Deployment', 'Secret', 'ServiceAccount']);
+    expect(await strictErrors(await loadKubeApi(kube), rendered)).toEqual([]);
   });
 
   it("creates the IRSA ServiceAccount and key Secret from the dependency, not this chart's Deployment", () => {

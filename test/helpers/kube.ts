@@ -2,7 +2,8 @@
  * Helpers for testing the Helm chart with the real, pinned helm binary (scripts/helm.mjs): run helm, render a
  * chart with a value set, parse the manifests, and validate each object against the Kubernetes schemas
  * (kubernetes-models, Kubernetes 1.27 OpenAPI plus the native-sidecar fields) or, for the prometheus-operator
- * kinds it does not model, against their structure checked by hand.
+ * kinds it does not model, against their structure checked by hand; and strictly, against the API of each
+ * Kubernetes version EKS supports (scripts/kube-api.mjs).
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -63,6 +64,8 @@ export interface RenderOptions {
   readonly apiVersions?: readonly string[];
   readonly release?: string;
   readonly chartDir?: string;
+  /** The Kubernetes version helm renders for (`--kube-version`); {@link KUBE_VERSION} by default. */
+  readonly kubeVersion?: string;
 }
 
 /**
@@ -82,7 +85,7 @@ export async function helmWithValues(
     const apiVersions = (options.apiVersions ?? []).flatMap((v) => ['--api-versions', v]);
     const args =
       command === 'lint'
-        ? ['lint', '--strict', chart, '-f', file, '--kube-version', KUBE_VERSION]
+        ? ['lint', '--strict', chart, '-f', file, '--kube-version', options.kubeVersion ?? KUBE_VERSION]
         : [
             'template',
             options.release ?? 'acme',
@@ -92,7 +95,7 @@ export async function helmWithValues(
             '-f',
             file,
             '--kube-version',
-            KUBE_VERSION,
+            options.kubeVersion ?? KUBE_VERSION,
             ...apiVersions,
           ];
     return await helm(args);
@@ -157,6 +160,53 @@ export function listAt(value: unknown, ...path: (string | number)[]): Record<str
 
 export function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/** What scripts/kube-api.mjs exports (a plain .mjs script, so its types are declared here). */
+interface KubeApiScript {
+  readonly KUBE_APIS: readonly { readonly kube: string; readonly client: string }[];
+  loadKubeApi(kube: string): Promise<KubeApi>;
+  kubeApiErrors(api: KubeApi, object: unknown): string[];
+}
+
+/** One Kubernetes version's API, as scripts/kube-api.mjs reduces it: fields by JSON name for each model class. */
+export interface KubeApi {
+  readonly kube: string;
+  readonly client: string;
+  readonly classes: Readonly<
+    Record<string, Readonly<Record<string, { type: string; format: string; required: boolean }>>>
+  >;
+}
+
+const KUBE_API_SCRIPT_URL = new URL('../../scripts/kube-api.mjs', import.meta.url).href;
+
+async function kubeApiScript(): Promise<KubeApiScript> {
+  return (await import(KUBE_API_SCRIPT_URL)) as KubeApiScript;
+}
+
+/** The Kubernetes versions objects are validated strictly for: those EKS supports ("1.32", ...). */
+export async function strictKubeVersions(): Promise<string[]> {
+  return (await kubeApiScript()).KUBE_APIS.map((p) => p.kube);
+}
+
+/** The API of Kubernetes `kube`, fetched once from the npm registry and cached under .tools/. */
+export async function loadKubeApi(kube: string): Promise<KubeApi> {
+  return (await kubeApiScript()).loadKubeApi(kube);
+}
+
+/**
+ * Strict problems of `objects` for `api`: unknown fields, missing required fields, wrong types, kinds the version
+ * does not serve. The prometheus-operator's kinds are custom resources, checked by {@link validateObject} instead.
+ */
+export async function strictErrors(api: KubeApi, objects: readonly unknown[]): Promise<string[]> {
+  const script = await kubeApiScript();
+  return objects
+    .filter((o) => !(isRecord(o) && String(o['apiVersion']).startsWith('monitoring.coreos.com/')))
+    .flatMap((o) =>
+      script
+        .kubeApiErrors(api, o)
+        .map((e) => `${String(at(o, 'kind'))} ${String(at(o, 'metadata', 'name'))}: ${e}`),
+    );
 }
 
 type Validator = (object: KubeObject) => string[];
