@@ -7,9 +7,9 @@
  * The API of a version comes from the official JavaScript client, @kubernetes/client-node, whose models are
  * generated from that version's OpenAPI document (one client release per Kubernetes version; the npm registry is
  * the one registry we can reach). Each pinned release is fetched once with `npm pack` (no install, no scripts),
- * checked against its registry integrity, and its generated models are reduced to a field table cached in
- * `.tools/kube-api/` (git-ignored): field names, JSON types and formats from the models' attribute maps, required
- * fields from their type declarations.
+ * checked against its registry integrity, and its generated code is reduced to a table cached in `.tools/kube-api/`
+ * (git-ignored): the kinds each group version serves from the API classes' create calls, field names, JSON types
+ * and formats from the models' attribute maps, required fields from their type declarations.
  *
  * Usage:
  *   import { KUBE_APIS, loadKubeApi, kubeApiErrors } from '../../scripts/kube-api.mjs';   // from tests
@@ -66,13 +66,15 @@ export const KUBE_APIS = [
 ];
 
 /**
- * One version's API: for each model class (`V1Container`, ...) its fields by JSON name.
+ * One version's API: the model class of each kind it serves, by `apiVersion/kind` (`apps/v1/Deployment` ->
+ * `V1Deployment`), and for each model class (`V1Container`, ...) its fields by JSON name.
  * @typedef {{ type: string, format: string, required: boolean }} KubeField
- * @typedef {{ kube: string, client: string, classes: Record<string, Record<string, KubeField>> }} KubeApi
+ * @typedef {{ kube: string, client: string, kinds: Record<string, string>,
+ *   classes: Record<string, Record<string, KubeField>> }} KubeApi
  */
 
 /** Bumped when the cached table's shape changes, so a stale cache is rebuilt. */
-const TABLE_FORMAT = 1;
+const TABLE_FORMAT = 2;
 
 /** Loaded tables by Kubernetes version, per process. */
 const loaded = new Map();
@@ -124,7 +126,15 @@ async function prepare(pin) {
     if (integrity !== pin.integrity) {
       throw new Error(`${spec} has integrity ${integrity}, expected ${pin.integrity}`);
     }
-    await execFileAsync('tar', ['-xzf', tgz, '-C', work, '--wildcards', 'package/dist/gen/models/*']);
+    await execFileAsync('tar', [
+      '-xzf',
+      tgz,
+      '-C',
+      work,
+      '--wildcards',
+      'package/dist/gen/models/*',
+      'package/dist/gen/apis/*Api.js',
+    ]);
     const api = await reduceModels(work, pin);
     const tmp = join(work, 'table.json');
     await writeFile(tmp, JSON.stringify({ format: TABLE_FORMAT, client: pin.client, api }));
@@ -136,7 +146,7 @@ async function prepare(pin) {
 }
 
 /**
- * Reduces the generated models (`dist/gen/models`) to a field table.
+ * Reduces the generated models (`dist/gen/models`) and API classes (`dist/gen/apis`) to the version's table.
  * @param {string} work where the package was extracted
  * @param {{ kube: string, client: string }} pin
  * @returns {Promise<KubeApi>}
@@ -165,10 +175,39 @@ async function reduceModels(work, pin) {
       ]),
     );
   }
-  if (!classes['V1Deployment'] || !classes['V1Container']) {
+  const kinds = await servedKinds(join(work, 'package', 'dist', 'gen', 'apis'), classes);
+  if (kinds['apps/v1/Deployment'] !== 'V1Deployment' || !classes['V1Container']) {
     throw new Error(`client-node ${pin.client} has no models generated from Kubernetes ${pin.kube} (${dir})`);
   }
-  return { kube: pin.kube, client: pin.client, classes };
+  return { kube: pin.kube, client: pin.client, kinds, classes };
+}
+
+/**
+ * The kinds served, from the API classes' create calls: a POST to a collection (`/api/v1/namespaces/{namespace}/
+ * services`, `/apis/apps/v1/deployments`; subresources such as `.../pods/{name}/eviction` are not kinds) whose body
+ * is a model of this version. API classes carry no spec version, so one left over from an earlier generation counts
+ * only through a model this version still has.
+ * @param {string} dir
+ * @param {Record<string, Record<string, KubeField>>} classes
+ * @returns {Promise<Record<string, string>>} model class by `apiVersion/kind`
+ */
+async function servedKinds(dir, classes) {
+  /** @type {Record<string, string>} */
+  const kinds = {};
+  for (const name of (await readdir(dir)).filter((n) => n.endsWith('Api.js'))) {
+    const js = await readFile(join(dir, name), 'utf8');
+    for (const call of js.split(/(?=const localVarPath = ')/).slice(1)) {
+      const path =
+        /^const localVarPath = '\/(?:api\/(v1)|apis\/([a-z0-9.-]+\/[a-z0-9]+))(?:\/namespaces\/\{namespace\})?\/[a-z]+'/.exec(
+          call,
+        );
+      const body = /ObjectSerializer\.serialize\(body, "(\w+)"/.exec(call);
+      if (!path || !body || !/HttpMethod\.POST\b/.test(call) || !classes[body[1]]) continue;
+      const kind = /^[A-Za-z]*?V\d+(?:(?:alpha|beta)\d+)?(?=[A-Z])(\w+)$/.exec(body[1]);
+      if (kind) kinds[`${path[1] ?? path[2]}/${kind[1]}`] = body[1];
+    }
+  }
+  return kinds;
 }
 
 /**
@@ -200,9 +239,8 @@ export function kubeApiErrors(api, object) {
   if (!isRecord(object) || typeof object['apiVersion'] !== 'string' || typeof object['kind'] !== 'string') {
     return ['not a Kubernetes object (no apiVersion and kind)'];
   }
-  const version = object['apiVersion'].split('/').pop() ?? '';
-  const className = `${version.charAt(0).toUpperCase()}${version.slice(1)}${object['kind']}`;
-  if (!api.classes[className]) {
+  const className = api.kinds[`${object['apiVersion']}/${object['kind']}`];
+  if (!className) {
     return [`${object['apiVersion']} ${object['kind']} is not in the Kubernetes ${api.kube} API`];
   }
   const errors = [];

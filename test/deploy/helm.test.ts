@@ -675,7 +675,7 @@ describe.each(STRICT_VERSIONS)('helm chart metering-sidecar validated strictly f
     },
   );
 
-  it('refuses a misspelt field, a missing required field and a value of the wrong type', async () => {
+  it('refuses a misspelt field, a missing required field, a value of the wrong type and a removed API', async () => {
     const deployment = findOne(await render(FULL, { kubeVersion: `${kube}.0` }), 'Deployment');
     const broken = structuredClone(deployment) as unknown as Record<string, unknown>;
     const spec = podSpec(broken as unknown as KubeObject);
@@ -685,7 +685,9 @@ describe.each(STRICT_VERSIONS)('helm chart metering-sidecar validated strictly f
     spec['terminationGracePeriodSeconds'] = '90';
     listAt(spec, 'volumes')[0]['emptyDir'] = { medium: 'Memory', sizeLimt: '1Mi' };
 
-    const errors = await strictErrors(api, [broken]);
+    const elsewhere = { ...deployment, apiVersion: 'extensions/v1beta1' }; // removed in Kubernetes 1.16
+
+    const errors = await strictErrors(api, [broken, elsewhere]);
 
     expect([...errors].sort()).toEqual(
       [
@@ -693,6 +695,7 @@ describe.each(STRICT_VERSIONS)('helm chart metering-sidecar validated strictly f
         `Deployment ${deployment.metadata.name}: spec.template.spec.initContainers[0].name: required`,
         `Deployment ${deployment.metadata.name}: spec.template.spec.terminationGracePeriodSeconds: must be a number`,
         `Deployment ${deployment.metadata.name}: spec.template.spec.volumes[0].emptyDir.sizeLimt: unknown field (not in V1EmptyDirVolumeSource of Kubernetes ${kube})`,
+        `Deployment ${deployment.metadata.name}: extensions/v1beta1 Deployment is not in the Kubernetes ${kube} API`,
       ].sort(),
     );
   });

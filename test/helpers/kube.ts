@@ -169,10 +169,12 @@ interface KubeApiScript {
   kubeApiErrors(api: KubeApi, object: unknown): string[];
 }
 
-/** One Kubernetes version's API, as scripts/kube-api.mjs reduces it: fields by JSON name for each model class. */
+/** One Kubernetes version's API, as scripts/kube-api.mjs reduces it. */
 export interface KubeApi {
   readonly kube: string;
   readonly client: string;
+  /** The model class of each kind served, by `apiVersion/kind` (`apps/v1/Deployment` -> `V1Deployment`). */
+  readonly kinds: Readonly<Record<string, string>>;
   readonly classes: Readonly<
     Record<string, Readonly<Record<string, { type: string; format: string; required: boolean }>>>
   >;
