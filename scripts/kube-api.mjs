@@ -118,7 +118,15 @@ async function prepare(pin) {
   const work = await mkdtemp(join(CACHE_DIR, 'fetch-'));
   try {
     const spec = `@kubernetes/client-node@${pin.client}`;
-    const { stdout } = await execFileAsync('npm', ['pack', '--silent', spec], { cwd: work });
+    let stdout;
+    try {
+      ({ stdout } = await execFileAsync('npm', ['pack', '--loglevel=error', spec], { cwd: work }));
+    } catch (err) {
+      const detail = /** @type {{ stderr?: string }} */ (err).stderr?.trim();
+      throw new Error(
+        `npm pack ${spec} failed: ${detail || (err instanceof Error ? err.message : String(err))}`,
+      );
+    }
     const tgz = join(work, stdout.trim().split('\n').pop() ?? '');
     const integrity = `sha512-${createHash('sha512')
       .update(await readFile(tgz))
@@ -126,15 +134,7 @@ async function prepare(pin) {
     if (integrity !== pin.integrity) {
       throw new Error(`${spec} has integrity ${integrity}, expected ${pin.integrity}`);
     }
-    await execFileAsync('tar', [
-      '-xzf',
-      tgz,
-      '-C',
-      work,
-      '--wildcards',
-      'package/dist/gen/models/*',
-      'package/dist/gen/apis/*Api.js',
-    ]);
+    await execFileAsync('tar', ['-xzf', tgz, '-C', work, 'package/dist/gen/models', 'package/dist/gen/apis']);
     const api = await reduceModels(work, pin);
     const tmp = join(work, 'table.json');
     await writeFile(tmp, JSON.stringify({ format: TABLE_FORMAT, client: pin.client, api }));
@@ -248,6 +248,28 @@ export function kubeApiErrors(api, object) {
   return errors;
 }
 
+/**
+ * Fields holding resource quantities. The client types a quantity as a string, but Kubernetes also takes a JSON
+ * number (`cpu: 1`), as its OpenAPI v3 document says (string or number).
+ */
+const QUANTITY_FIELDS = new Set([
+  'V1ResourceRequirements.limits',
+  'V1ResourceRequirements.requests',
+  'V1VolumeResourceRequirements.limits',
+  'V1VolumeResourceRequirements.requests',
+  'V1EmptyDirVolumeSource.sizeLimit',
+  'V1LimitRangeItem.default',
+  'V1LimitRangeItem.defaultRequest',
+  'V1LimitRangeItem.max',
+  'V1LimitRangeItem.min',
+  'V1LimitRangeItem.maxLimitRequestRatio',
+  'V1ResourceQuotaSpec.hard',
+  'V1PodSpec.overhead',
+  'V1PersistentVolumeSpec.capacity',
+  'V1CSIStorageCapacity.capacity',
+  'V1CSIStorageCapacity.maximumVolumeSize',
+]);
+
 const INTEGER_FORMATS = new Set(['int32', 'int64']);
 const DATE_FORMATS = new Set(['date-time', 'date-time-micro']);
 const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
@@ -264,7 +286,7 @@ const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$
 function checkValue(api, type, format, value, path, errors) {
   const where = path || '(root)';
   if (value === null || value === undefined) {
-    errors.push(`${where}: null (a field that is not set is left out)`);
+    errors.push(`${where}: null`);
     return;
   }
   const array = /^Array<(.+)>$/.exec(type);
@@ -279,6 +301,9 @@ function checkValue(api, type, format, value, path, errors) {
         checkValue(api, map[1], format, item, `${path}[${JSON.stringify(key)}]`, errors);
       }
     }
+  } else if (type === 'Quantity') {
+    if (typeof value !== 'string' && (typeof value !== 'number' || !Number.isFinite(value)))
+      errors.push(`${where}: must be a quantity (a string or a number)`);
   } else if (type === 'string' || DATE_FORMATS.has(format)) {
     if (typeof value !== 'string') errors.push(`${where}: must be a string, not ${JSON.stringify(value)}`);
     else if (format === 'byte' && !BASE64.test(value)) errors.push(`${where}: must be base64`);
@@ -312,10 +337,18 @@ function checkValue(api, type, format, value, path, errors) {
       const field = fields[key];
       const at = path ? `${path}.${key}` : key;
       if (!field) errors.push(`${at}: unknown field (not in ${type} of Kubernetes ${api.kube})`);
-      else checkValue(api, field.type, field.format, item, at, errors);
+      else if (item === null)
+        continue; // Kubernetes reads a null field as one not set
+      else {
+        const fieldType = QUANTITY_FIELDS.has(`${type}.${key}`)
+          ? field.type.replace(/string(?=(?:; \})?$)/, 'Quantity')
+          : field.type;
+        checkValue(api, fieldType, field.format, item, at, errors);
+      }
     }
     for (const [key, field] of Object.entries(fields)) {
-      if (field.required && !(key in value)) errors.push(`${path ? `${path}.${key}` : key}: required`);
+      if (field.required && (value[key] === undefined || value[key] === null))
+        errors.push(`${path ? `${path}.${key}` : key}: required`);
     }
   }
 }
@@ -329,9 +362,26 @@ function isRecord(value) {
 }
 
 /**
+ * Whether any of `apis` serves the group of `apiVersion` (`apps/v1` -> `apps`, `v1` -> the core group): objects of
+ * other groups are custom resources, which these tables do not describe.
+ * @param {readonly KubeApi[]} apis
+ * @param {string} apiVersion
+ * @returns {boolean}
+ */
+export function servesGroup(apis, apiVersion) {
+  const group = apiVersion.includes('/') ? apiVersion.slice(0, apiVersion.indexOf('/')) : '';
+  return apis.some((api) =>
+    Object.keys(api.kinds).some((key) =>
+      group === '' ? key.split('/').length === 2 : key.startsWith(`${group}/`),
+    ),
+  );
+}
+
+/**
  * Command line: validates the manifests on stdin for the versions named (all of {@link KUBE_APIS} without any).
- * Kinds a version does not model (custom resources such as the prometheus-operator's) are reported as skipped.
- * Exits 1 when any object is invalid for any version, 2 on bad arguments.
+ * Objects of a group no version serves (custom resources, such as the prometheus-operator's) are reported as
+ * skipped. Exits 1 when any object is invalid for any version, or the input is not YAML or holds no object; 2 on
+ * bad arguments; 3 when a version's API cannot be loaded (the npm registry unreachable on first use).
  * @param {string[]} argv
  */
 async function main(argv) {
@@ -345,29 +395,43 @@ async function main(argv) {
       return;
     }
   }
-  const objects = parseAllDocuments(readFileSync(0, 'utf8'))
-    .map((doc) => doc.toJS())
-    .filter((o) => o !== null && o !== undefined);
+  const documents = parseAllDocuments(readFileSync(0, 'utf8'));
+  const yamlErrors = documents.flatMap((doc) => doc.errors.map((e) => e.message));
+  if (yamlErrors.length > 0) {
+    process.stderr.write(yamlErrors.map((e) => `kube-api: invalid YAML: ${e}\n`).join(''));
+    process.exitCode = 1;
+    return;
+  }
+  const objects = documents.map((doc) => doc.toJS()).filter((o) => o !== null && o !== undefined);
+  if (objects.length === 0) {
+    process.stderr.write('kube-api: no objects on stdin (did the command before the pipe fail?)\n');
+    process.exitCode = 1;
+    return;
+  }
+  let apis;
+  try {
+    apis = await Promise.all(versions.map((v) => loadKubeApi(v)));
+  } catch (err) {
+    process.stderr.write(`kube-api: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exitCode = 3;
+    return;
+  }
   let invalid = 0;
-  for (const v of versions) {
-    const api = await loadKubeApi(v);
+  for (const api of apis) {
     for (const object of objects) {
       const name = `${object?.kind ?? '?'} ${object?.metadata?.name ?? '?'}`;
-      if (
-        typeof object?.apiVersion === 'string' &&
-        object.apiVersion.includes('.') &&
-        object.apiVersion.includes('/')
-      ) {
-        const group = object.apiVersion.split('/')[0];
-        if (!group.endsWith('.k8s.io')) {
-          process.stdout.write(`${v} ${name}: skipped (${object.apiVersion} is not a built-in API)\n`);
-          continue;
-        }
+      if (typeof object?.apiVersion === 'string' && !servesGroup(apis, object.apiVersion)) {
+        process.stdout.write(
+          `${api.kube} ${name}: skipped (${object.apiVersion} is not a built-in API group)\n`,
+        );
+        continue;
       }
       const errors = kubeApiErrors(api, object);
       invalid += errors.length > 0 ? 1 : 0;
       process.stdout.write(
-        errors.length === 0 ? `${v} ${name}: valid\n` : errors.map((e) => `${v} ${name}: ${e}\n`).join(''),
+        errors.length === 0
+          ? `${api.kube} ${name}: valid\n`
+          : errors.map((e) => `${api.kube} ${name}: ${e}\n`).join(''),
       );
     }
   }

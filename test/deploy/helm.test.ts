@@ -685,9 +685,10 @@ describe.each(STRICT_VERSIONS)('helm chart metering-sidecar validated strictly f
     spec['terminationGracePeriodSeconds'] = '90';
     listAt(spec, 'volumes')[0]['emptyDir'] = { medium: 'Memory', sizeLimt: '1Mi' };
 
-    const elsewhere = { ...deployment, apiVersion: 'extensions/v1beta1' }; // removed in Kubernetes 1.16
+    const removed = { ...deployment, apiVersion: 'extensions/v1beta1' }; // removed in Kubernetes 1.16
+    const otherGroup = { ...deployment, apiVersion: 'batch/v1' }; // a group version that serves other kinds
 
-    const errors = await strictErrors(api, [broken, elsewhere]);
+    const errors = await strictErrors(api, [broken, removed, otherGroup]);
 
     expect([...errors].sort()).toEqual(
       [
@@ -696,6 +697,7 @@ describe.each(STRICT_VERSIONS)('helm chart metering-sidecar validated strictly f
         `Deployment ${deployment.metadata.name}: spec.template.spec.terminationGracePeriodSeconds: must be a number`,
         `Deployment ${deployment.metadata.name}: spec.template.spec.volumes[0].emptyDir.sizeLimt: unknown field (not in V1EmptyDirVolumeSource of Kubernetes ${kube})`,
         `Deployment ${deployment.metadata.name}: extensions/v1beta1 Deployment is not in the Kubernetes ${kube} API`,
+        `Deployment ${deployment.metadata.name}: batch/v1 Deployment is not in the Kubernetes ${kube} API`,
       ].sort(),
     );
   });
