@@ -75,11 +75,12 @@ engine_stop() {
 # Creates $NODE_IMAGE locally when the engine does not have it: a minimal Debian bookworm with the official
 # Node.js $NODE_VERSION (binary and headers, for building native modules) and npm, like the official image.
 base_image() {
-  # An image made here carries the Node.js version it holds; one made for another version is made again.
+  # An image made here carries the Node.js version it holds; one made for another version, or before the label
+  # existed, is made again. On an engine of the user's own (DOCKER_HOST), any image of that name is used as it is.
   local made
   made="$("${DOCKER[@]}" image inspect -f '{{ index .Config.Labels "metering.test.node-version" }}' "$NODE_IMAGE" 2>/dev/null || true)"
-  if [ -n "$made" ] && [ "$made" = "$NODE_VERSION" ]; then return; fi
-  if [ -z "$made" ] && "${DOCKER[@]}" image inspect "$NODE_IMAGE" >/dev/null 2>&1; then return; fi
+  if [ "$made" = "$NODE_VERSION" ]; then return; fi
+  if [ -z "$ENGINE_PID" ] && "${DOCKER[@]}" image inspect "$NODE_IMAGE" >/dev/null 2>&1; then return; fi
   log "creating the local base image $NODE_IMAGE (Debian bookworm + Node.js $NODE_VERSION)"
   local rootfs="$TOOLS_DIR/rootfs" mirror
   rm -rf "$rootfs"
