@@ -362,25 +362,23 @@ function isRecord(value) {
 }
 
 /**
- * Whether any of `apis` serves the group of `apiVersion` (`apps/v1` -> `apps`, `v1` -> the core group): objects of
- * other groups are custom resources, which these tables do not describe.
+ * Whether the group of `apiVersion` (`apps/v1` -> `apps`, `v1` -> the core group) is Kubernetes' own: one of `apis`
+ * serves it, or it has no dot, which a custom resource's group must have (so `extensions`, removed in 1.16, is still
+ * told apart). Objects of other groups are custom resources, which these tables do not describe.
  * @param {readonly KubeApi[]} apis
  * @param {string} apiVersion
  * @returns {boolean}
  */
-export function servesGroup(apis, apiVersion) {
+export function isBuiltInGroup(apis, apiVersion) {
   const group = apiVersion.includes('/') ? apiVersion.slice(0, apiVersion.indexOf('/')) : '';
-  return apis.some((api) =>
-    Object.keys(api.kinds).some((key) =>
-      group === '' ? key.split('/').length === 2 : key.startsWith(`${group}/`),
-    ),
-  );
+  if (!group.includes('.')) return true;
+  return apis.some((api) => Object.keys(api.kinds).some((key) => key.startsWith(`${group}/`)));
 }
 
 /**
  * Command line: validates the manifests on stdin for the versions named (all of {@link KUBE_APIS} without any).
- * Objects of a group no version serves (custom resources, such as the prometheus-operator's) are reported as
- * skipped. Exits 1 when any object is invalid for any version, or the input is not YAML or holds no object; 2 on
+ * Objects of a group that is not Kubernetes' own (custom resources, such as the prometheus-operator's) are
+ * reported as skipped. Exits 1 when any object is invalid for any version, or the input is not YAML or holds no object; 2 on
  * bad arguments; 3 when a version's API cannot be loaded (the npm registry unreachable on first use).
  * @param {string[]} argv
  */
@@ -420,7 +418,7 @@ async function main(argv) {
   for (const api of apis) {
     for (const object of objects) {
       const name = `${object?.kind ?? '?'} ${object?.metadata?.name ?? '?'}`;
-      if (typeof object?.apiVersion === 'string' && !servesGroup(apis, object.apiVersion)) {
+      if (typeof object?.apiVersion === 'string' && !isBuiltInGroup(apis, object.apiVersion)) {
         process.stdout.write(
           `${api.kube} ${name}: skipped (${object.apiVersion} is not a built-in API group)\n`,
         );

@@ -96,6 +96,18 @@ describe('scripts/kube-api.mjs on the command line', () => {
     expect(run.code).toBe(0);
   });
 
+  it('fails on a kind of a group Kubernetes removed, instead of skipping it as a custom resource', async () => {
+    const run = await kubeApi(
+      ['1.32'],
+      manifests({ apiVersion: 'extensions/v1beta1', kind: 'Deployment', metadata: { name: 'd' } }),
+    );
+
+    expect(run.stdout).toBe(
+      '1.32 Deployment d: extensions/v1beta1 Deployment is not in the Kubernetes 1.32 API\n',
+    );
+    expect(run.code).toBe(1);
+  });
+
   it('fails on input that is not YAML, has a key twice, or holds no object', async () => {
     const broken = await kubeApi(['1.32'], 'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x\n');
     const twice = await kubeApi(['1.32'], 'apiVersion: v1\nkind: ConfigMap\ndata: {}\ndata: {}\n');

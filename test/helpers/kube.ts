@@ -167,6 +167,7 @@ interface KubeApiScript {
   readonly KUBE_APIS: readonly { readonly kube: string; readonly client: string }[];
   loadKubeApi(kube: string): Promise<KubeApi>;
   kubeApiErrors(api: KubeApi, object: unknown): string[];
+  isBuiltInGroup(apis: readonly KubeApi[], apiVersion: string): boolean;
 }
 
 /** One Kubernetes version's API, as scripts/kube-api.mjs reduces it. */
@@ -198,12 +199,13 @@ export async function loadKubeApi(kube: string): Promise<KubeApi> {
 
 /**
  * Strict problems of `objects` for `api`: unknown fields, missing required fields, wrong types, kinds the version
- * does not serve. The prometheus-operator's kinds are custom resources, checked by {@link validateObject} instead.
+ * does not serve. Objects of a group that is not Kubernetes' own are custom resources (the prometheus-operator's),
+ * which these tables do not describe: {@link validateObject} checks those.
  */
 export async function strictErrors(api: KubeApi, objects: readonly unknown[]): Promise<string[]> {
   const script = await kubeApiScript();
   return objects
-    .filter((o) => !(isRecord(o) && String(o['apiVersion']).startsWith('monitoring.coreos.com/')))
+    .filter((o) => !(isRecord(o) && !script.isBuiltInGroup([api], String(o['apiVersion']))))
     .flatMap((o) =>
       script
         .kubeApiErrors(api, o)
