@@ -40,8 +40,8 @@ export class InProcessLedger implements Ledger {
     return this.#ledger.cancel(id);
   }
 
-  seal(clockMs: number, includeOpen: boolean): Promise<StoredRecord[]> {
-    return this.#durably(() => this.#ledger.seal(clockMs, includeOpen));
+  seal(clockMs: number, includeOpen: boolean, limit?: number): Promise<StoredRecord[]> {
+    return this.#durably(() => this.#ledger.seal(clockMs, includeOpen, limit));
   }
 
   due(nowMs: number): Promise<StoredRecord[]> {

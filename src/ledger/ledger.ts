@@ -215,8 +215,11 @@ export interface UsageLedger {
  * while it is pending.
  */
 export interface SendLedger {
-  /** Seals every (dimension, hour) that may be sealed at `clockMs` (with `includeOpen`, the open hour too). */
-  seal(clockMs: number, includeOpen: boolean): Promise<StoredRecord[]>;
+  /**
+   * Seals every (dimension, hour) that may be sealed at `clockMs` (with `includeOpen`, the open hour too), or the
+   * first `limit` of them, oldest hour first; the next call goes on with the rest.
+   */
+  seal(clockMs: number, includeOpen: boolean, limit?: number): Promise<StoredRecord[]>;
   /** Pending records whose next attempt is due at `nowMs`, oldest first. */
   due(nowMs: number): Promise<StoredRecord[]>;
   /** Pending records past their carry deadline at `clockMs`. */

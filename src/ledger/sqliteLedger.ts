@@ -74,6 +74,8 @@ export class SqliteLedger {
   readonly #ledgerId: string;
   /** Sealed hours per dimension: late usage for these goes to the next hour. Mirrors `records`. */
   readonly #sealed = new Map<string, Set<number>>();
+  /** The tags of each tag set, while a run of {@link seal} calls with a limit has more to seal. */
+  #sealTags: Map<string, readonly Tag[]> | undefined;
   #queue: Queued[] = [];
   #flushScheduled = false;
   /** A group's commit is being synced; see {@link SqliteLedger.#scheduleFlush}. */
@@ -346,18 +348,21 @@ export class SqliteLedger {
 
   /**
    * Seals every (dimension, hour) that may be sealed at `clockMs` (closed hours; with `includeOpen`, at shutdown,
-   * also the open hour) into pending records, each with its stored MeterUsage request. Excess over the quantity
-   * cap moves to the next hour. Each (dimension, hour) is sealed at most once. Returns the new records.
+   * also the open hour) into pending records, each with its stored MeterUsage request, or the first `limit` of
+   * them, oldest hour first (the rest are sealed by the next calls, so that a sender can send one record while
+   * the next is sealed). Excess over the quantity cap moves to the next hour. Each (dimension, hour) is sealed at
+   * most once. Returns the new records.
    * @throws StorageUnavailableError when the transaction could not commit; nothing changed.
    */
-  seal(clockMs: number, includeOpen: boolean): StoredRecord[] {
+  seal(clockMs: number, includeOpen: boolean, limit = Infinity): StoredRecord[] {
     if (this.#broken !== undefined) throw this.#broken;
     this.#timeNow(clockMs); // keeps the high-water mark moving with the clock
     const stmt = this.#stmt;
     const sealedNow = new Set<string>();
     const sealedKey = (dimension: string, hourMs: number): string => `${hourMs}\n${dimension}`;
+    // A tag set's tags are built once for the whole run of calls that seals an hour, not once per dimension.
+    const tagsCache = (this.#sealTags ??= new Map<string, readonly Tag[]>());
     try {
-      const tagsCache = new Map<string, readonly Tag[]>();
       const records = this.#db.transaction(() => {
         const out: StoredRecord[] = [];
         const insert = (dimension: string, hourMs: number, sealed: Seal): void => {
@@ -387,6 +392,7 @@ export class SqliteLedger {
         };
         const hours = stmt.bucketHours.all() as { dimension: string; hour_ms: number }[];
         for (const { dimension, hour_ms: hourMs } of hours) {
+          if (out.length >= limit) return out;
           if (!maySeal(hourMs, clockMs, includeOpen) || this.#isSealed(dimension, hourMs)) continue;
           const buckets = (
             stmt.bucketsOf.all(dimension, hourMs) as { tags: string; quantity: number; first_at_ms: number }[]
@@ -413,6 +419,7 @@ export class SqliteLedger {
           const startedMs = Math.ceil(Math.max(zero.fromMs, clockMs - elapsedMs));
           for (const hourMs of zeroUsageHours(startedMs, clockMs, includeOpen)) {
             for (const dimension of zero.dimensions) {
+              if (out.length >= limit) return out;
               if (this.#isSealed(dimension, hourMs) || sealedNow.has(sealedKey(dimension, hourMs))) continue;
               if (stmt.tagsOf.get(dimension, hourMs) !== undefined) continue; // usage arrived: not zero
               insert(dimension, hourMs, {
@@ -427,8 +434,10 @@ export class SqliteLedger {
         return out;
       })();
       for (const record of records) this.#markSealed(record.dimension, record.hourStartMs);
+      if (records.length < limit) this.#sealTags = undefined; // nothing is left to seal
       return records;
     } catch (err) {
+      this.#sealTags = undefined;
       throw new StorageUnavailableError(`the ledger could not seal (${describeError(err)})`, { cause: err });
     }
   }

@@ -130,35 +130,57 @@ export class Dispatcher {
       if (await this.#expire(record, 'window closing before the record could be sent')) counts.carried++;
       else counts.failed++;
     }
-    const sealedRecords = await ledger.seal(clock.now(), includeOpen);
-    for (const record of sealedRecords) {
-      this.#count('sealed', record);
-      // A crash before this leaves the record due at once: sent at the next start, as any left behind.
-      const sendAtMs = clock.now() + Math.floor(random() * spreadMs);
-      if (sendAtMs > clock.now()) await ledger.dueAt(record.id, sendAtMs);
-      logger.info(
-        {
-          dimension: record.dimension,
-          hour: iso(record.hourStartMs),
-          quantity: record.quantity,
-          sendAt: iso(sendAtMs),
-        },
-        'hour sealed',
-      );
-    }
-    await ledger.prune(clock.now());
-    const summary = (paced: boolean, resumeAtMs?: number): RunSummary => ({
-      sealed: sealedRecords.length,
-      ...counts,
-      paced,
-      ...(resumeAtMs !== undefined ? { resumeAtMs } : {}),
-    });
-    const due = await ledger.due(clock.now());
+    // Sealing goes one (dimension, hour) at a time, so that with nothing spread the first record goes out at once
+    // and each later one is sealed while the record before it is on its way; every pass still seals all it may
+    // before it returns. A spread pass (`wait`) shares its time among all the due records: it seals them first.
+    const sealClockMs = clock.now();
+    const due = await ledger.due(sealClockMs);
+    let sealed = 0;
+    let sealing = true;
+    const sealNext = async (): Promise<void> => {
+      const records = await ledger.seal(sealClockMs, includeOpen, 1);
+      if (records.length === 0) sealing = false;
+      for (const record of records) {
+        sealed++;
+        this.#count('sealed', record);
+        // A crash before this leaves the record due at once: sent at the next start, as any left behind.
+        const sendAtMs = clock.now() + Math.floor(random() * spreadMs);
+        if (sendAtMs > clock.now()) await ledger.dueAt(record.id, sendAtMs);
+        else due.push(record);
+        logger.info(
+          {
+            dimension: record.dimension,
+            hour: iso(record.hourStartMs),
+            quantity: record.quantity,
+            sendAt: iso(sendAtMs),
+          },
+          'hour sealed',
+        );
+      }
+    };
+    const sealAll = async (): Promise<void> => {
+      while (sealing) await sealNext();
+    };
+    const summary = async (paced: boolean, resumeAtMs?: number): Promise<RunSummary> => {
+      await sealAll();
+      await ledger.prune(clock.now());
+      return {
+        sealed,
+        ...counts,
+        paced,
+        ...(resumeAtMs !== undefined ? { resumeAtMs } : {}),
+      };
+    };
+    if (pacing.kind === 'wait') await sealAll();
     const spreadFromMs = clock.now();
-    for (const [index, record] of due.entries()) {
+    const spreadCount = due.length;
+    for (let index = 0; ; index++) {
+      while (index === due.length && sealing) await sealNext();
+      const record = due[index];
+      if (record === undefined) break;
       if (signal.aborted) break;
       if (pacing.kind === 'wait' && pacing.spreadUntilMs > spreadFromMs) {
-        const shareMs = (pacing.spreadUntilMs - spreadFromMs) / due.length;
+        const shareMs = (pacing.spreadUntilMs - spreadFromMs) / spreadCount;
         await sleepUntil(clock, Math.round(spreadFromMs + (index + random()) * shareMs), signal);
         if (signal.aborted) break;
       }
@@ -177,11 +199,23 @@ export class Dispatcher {
         }
       }
       // In flight (durably) only once the request is on its way: a crash while credentials are still being
-      // fetched leaves the record plainly pending, so its usage can still be carried if its window closes.
+      // fetched leaves the record plainly pending, so its usage can still be carried if its window closes. Once
+      // it is, the next (dimension, hour) is sealed while the answer is awaited; a seal that fails fails the pass
+      // once the send is settled.
+      let sealedMeanwhile: Promise<{ error: unknown } | undefined> | undefined;
+      let sending = true;
       const result = await this.#options.sender.send(record.request, {
         signal: sendSignal,
         onRequest: () => ledger.markInFlight(record.id),
+        onSent: () => {
+          if (!sending || !sealing || sealedMeanwhile !== undefined) return;
+          sealedMeanwhile = sealNext().then(
+            () => undefined,
+            (error: unknown) => ({ error }),
+          );
+        },
       });
+      sending = false;
       const throttled = isThrottling(result);
       if (pacer !== undefined && (throttled || result.status === 'accepted')) {
         pacer.answered(throttled);
@@ -189,6 +223,8 @@ export class Dispatcher {
       }
       const followed = pacing.kind === 'ignore' ? undefined : pacer;
       counts[await this.#settle(record, result, retryAt, followed)]++;
+      const sealFailure = await sealedMeanwhile;
+      if (sealFailure !== undefined) throw sealFailure.error;
       if (throttled && pacing.kind === 'wait') return summary(true);
     }
     return summary(false);

@@ -22,6 +22,12 @@ export interface ConnectionEvidence {
    * AWS.
    */
   readonly onRequest: (() => void | Promise<void>) | undefined;
+  /**
+   * Called at most once, when the request's bytes have all been handed to the connection (the kernel has them),
+   * so the caller can do other work while the answer is on its way. Never called for a request that got no
+   * connection, and not always for one that did: it is a hint for overlapping work, never evidence.
+   */
+  readonly onSent: (() => void) | undefined;
 }
 
 /** The evidence of the send running in this async context (set by {@link withConnectionEvidence}). */
@@ -42,8 +48,9 @@ const transportScope = new AsyncLocalStorage<ConnectionEvidence>();
 export async function withConnectionEvidence<T>(
   send: () => Promise<T>,
   onRequest?: () => void | Promise<void>,
+  onSent?: () => void,
 ): Promise<{ ok: true; value: T; connected: boolean } | { ok: false; error: unknown; connected: boolean }> {
-  const evidence: ConnectionEvidence = { connected: false, onRequest };
+  const evidence: ConnectionEvidence = { connected: false, onRequest, onSent };
   try {
     const value = await sendScope.run(evidence, send);
     return { ok: true, value, connected: evidence.connected };
@@ -70,12 +77,22 @@ export function addConnectionEvidence(client: MarketplaceMeteringClient): void {
   );
 }
 
-/** Notes on the current request's evidence when `socket` emits `event` (its connection is established). */
+/**
+ * Notes on the current request's evidence when `socket` emits `event` (its connection is established), and
+ * tells its `onSent` once what the request queued on the socket while it connected has been written.
+ */
 function watch(socket: Duplex | null | undefined, event: 'connect' | 'secureConnect'): void {
   const evidence = transportScope.getStore();
   if (evidence === undefined || socket === null || socket === undefined) return;
   socket.once(event, () => {
     evidence.connected = true;
+    const { onSent } = evidence;
+    if (onSent === undefined) return;
+    // The queued writes start on this event; by the next turn they are written or waiting for a drain.
+    setImmediate(() => {
+      if (socket.writableLength === 0) onSent();
+      else socket.once('drain', onSent);
+    });
   });
 }
 

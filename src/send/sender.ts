@@ -17,6 +17,11 @@ export interface SendOptions {
    * earlier. The dispatcher marks the record in flight here. What it throws ends the send and is rethrown.
    */
   readonly onRequest?: () => void | Promise<void>;
+  /**
+   * Called at most once, when the request has been written to its connection: a hint that the answer is now
+   * awaited, for doing other work meanwhile. Not guaranteed to be called, even for a delivered request.
+   */
+  readonly onSent?: () => void;
 }
 
 /**
@@ -45,7 +50,7 @@ export class MeteringSender implements Sender {
   }
 
   async send(request: MeterUsageRequest, options: SendOptions = {}): Promise<SendResult> {
-    const { signal, onRequest } = options;
+    const { signal, onRequest, onSent } = options;
     const command = new MeterUsageCommand({
       ProductCode: request.ProductCode,
       Timestamp: new Date(request.TimestampMs),
@@ -74,6 +79,7 @@ export class MeteringSender implements Sender {
             throw error;
           }
         }),
+      onSent,
     );
     if (hookFailure !== undefined) throw hookFailure.error;
     if (outcome.ok) {

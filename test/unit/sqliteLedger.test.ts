@@ -652,6 +652,54 @@ describe('SqliteLedger', () => {
       ]);
     });
 
+    it('seals the same records one (dimension, hour) at a time as all at once, zeros and capped excess too', async () => {
+      const started = H10 + 5 * 60_000;
+      const usage = [
+        report('a', MAX_QUANTITY, { t: 'x' }),
+        report('a', 7, { t: 'y' }),
+        report('c', 3, { t: 'x' }),
+      ];
+      const whole = zeroLedger(started);
+      const stepped = zeroLedger(started);
+      for (const { clock, ledger } of [whole, stepped]) {
+        await recorded(ledger, usage);
+        clock.set(H11 + 10 * 60_000);
+        await recorded(ledger, [report('c', 2, { t: 'x' })]);
+        clock.set(H12 + 60_000);
+      }
+      const shape = (records: { dimension: string; hourStartMs: number; request: object }[]): unknown[] =>
+        records.map((r) => ({ ...r.request, ClientToken: undefined, hour: r.hourStartMs }));
+
+      const first = whole.ledger.seal(whole.clock.now(), false);
+      // a, b, c for H10; b and c for H11. a's H11 holds only the excess carried while sealing: the next seal.
+      expect(first.map((r) => [r.dimension, r.hourStartMs])).toEqual([
+        ['a', H10],
+        ['c', H10],
+        ['c', H11],
+        ['b', H10],
+        ['b', H11],
+      ]);
+      const all = [...first, ...whole.ledger.seal(whole.clock.now(), false)];
+      const steps: number[] = [];
+      const oneByOne = [];
+      for (;;) {
+        const records = stepped.ledger.seal(stepped.clock.now(), false, 1);
+        steps.push(records.length);
+        if (records.length === 0) break;
+        oneByOne.push(...records);
+      }
+
+      // One at a time, the excess carried into a closed hour is sealed by the same run of calls.
+      expect(all.map((r) => [r.dimension, r.hourStartMs, r.quantity]).at(-1)).toEqual(['a', H11, 7]);
+      expect(steps).toEqual([...all.map(() => 1), 0]);
+      expect(shape(oneByOne).sort(byJson)).toEqual(shape(all).sort(byJson));
+      // Nothing is left open, and nothing is sealed twice.
+      expect(stepped.ledger.status(stepped.clock.now()).open).toEqual(
+        whole.ledger.status(whole.clock.now()).open,
+      );
+      expect(stepped.ledger.seal(stepped.clock.now(), false)).toEqual([]);
+    });
+
     it('seals the open hour too at shutdown, and an hour whose usage summed to 0', async () => {
       const { clock, ledger } = zeroLedger(H10 + 60_000);
       await recorded(ledger, [report('a', 0)]);
@@ -1062,3 +1110,9 @@ describe('SqliteLedger', () => {
     ]);
   });
 });
+
+/** Orders values by their JSON text, for comparing lists whose order does not matter. */
+function byJson(a: unknown, b: unknown): number {
+  const [x, y] = [JSON.stringify(a), JSON.stringify(b)];
+  return x < y ? -1 : x > y ? 1 : 0;
+}
