@@ -18,6 +18,7 @@ COPY package.json package-lock.json ./
 RUN --mount=type=secret,id=extraca,target=/run/secrets/extraca \
     NODE_EXTRA_CA_CERTS=/run/secrets/extraca npm ci --engine-strict
 COPY tsconfig.json tsconfig.build.json ./
+COPY scripts/bundle.mjs ./scripts/bundle.mjs
 COPY src ./src
 # The software bill of materials of what ships, the production dependencies, as CycloneDX (npm's own sbom),
 # made while the whole tree is installed (npm sbom refuses a tree with dependencies missing), then pruned to it.

@@ -3,8 +3,9 @@
  * local mode with the embedded emulator, and the standalone emulator command.
  */
 import { execFile } from 'node:child_process';
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join, relative } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import { MarketplaceMeteringClient, MeterUsageCommand } from '@aws-sdk/client-marketplace-metering';
 import { describe, expect, it } from 'vitest';
@@ -40,6 +41,56 @@ describe('metering-sidecar CLI', () => {
       env: { PATH: process.env['PATH'] ?? '' },
     });
     expect(stdout.trim()).toMatch(/^\d+\.\d+\.\d+$/);
+  });
+
+  it('is one bundled file, loading the agent, the SDK and the emulator only for the commands that run them', async () => {
+    // A module resolution hook (module.register) records every module the process loads as an ES module.
+    const dir = tempDir();
+    const log = join(dir, 'loaded.txt');
+    const hooks = join(dir, 'hooks.mjs');
+    writeFileSync(
+      hooks,
+      `import { appendFileSync } from 'node:fs';
+export async function resolve(specifier, context, next) {
+  const result = await next(specifier, context);
+  appendFileSync(${JSON.stringify(log)}, result.url + '\\n');
+  return result;
+}
+`,
+    );
+    const register = join(dir, 'register.mjs');
+    writeFileSync(
+      register,
+      `import { register } from 'node:module';\nregister(${JSON.stringify(pathToFileURL(hooks).href)});\n`,
+    );
+    const nodeOptions = { NODE_OPTIONS: `--import=${pathToFileURL(register).href}` };
+    const dist = dirname(MAIN);
+    const loaded = (): string[] => {
+      const files = existsSync(log) ? readFileSync(log, 'utf8').split('\n') : [];
+      writeFileSync(log, '');
+      return files
+        .filter((url) => url.startsWith('file:') && url !== pathToFileURL(register).href)
+        .map((url) => relative(dist, fileURLToPath(url)));
+    };
+
+    const check = await cli(['healthcheck'], { ...nodeOptions, METERING_SOCKET: join(dir, 'none.sock') });
+    expect(check.code).toBe(1);
+    const forCheck = loaded();
+    expect(forCheck).toContain('main.js');
+    expect(forCheck.filter((f) => f !== 'main.js' && !/^chunks\/chunk-\w+\.js$/.test(f))).toEqual([]);
+
+    const sidecar = scope.localSidecar(dir, nodeOptions);
+    await sidecar.ready();
+    expect((await sidecar.stop('SIGTERM')).code).toBe(0);
+    const forRun = loaded();
+    expect(forRun.filter((f) => /^chunks\/agent-\w+\.js$/.test(f))).toHaveLength(1);
+    expect(forRun.filter((f) => /^chunks\/emulator-\w+\.js$/.test(f))).toHaveLength(1);
+    // From outside the bundle, only the native addon: the SDK, prom-client and pino are in it.
+    const outside = forRun.filter((f) => f !== 'main.js' && !f.startsWith('chunks/'));
+    expect(outside.length).toBeGreaterThan(0);
+    expect(outside.filter((f) => !f.startsWith(join('..', 'node_modules', 'better-sqlite3') + '/'))).toEqual(
+      [],
+    );
   });
 
   it('exits 78 listing every configuration problem at once', async () => {
