@@ -74,8 +74,8 @@ export class SqliteLedger {
   readonly #ledgerId: string;
   /** Sealed hours per dimension: late usage for these goes to the next hour. Mirrors `records`. */
   readonly #sealed = new Map<string, Set<number>>();
-  /** The tags of each tag set, while a run of {@link seal} calls with a limit has more to seal. */
-  #sealTags: Map<string, readonly Tag[]> | undefined;
+  /** What a run of {@link seal} calls at one clock reading shares, while it has more to seal. */
+  #sealRun: SealRun | undefined;
   #queue: Queued[] = [];
   #flushScheduled = false;
   /** A group's commit is being synced; see {@link SqliteLedger.#scheduleFlush}. */
@@ -360,8 +360,20 @@ export class SqliteLedger {
     const stmt = this.#stmt;
     const sealedNow = new Set<string>();
     const sealedKey = (dimension: string, hourMs: number): string => `${hourMs}\n${dimension}`;
-    // A tag set's tags are built once for the whole run of calls that seals an hour, not once per dimension.
-    const tagsCache = (this.#sealTags ??= new Map<string, readonly Tag[]>());
+    let run = this.#sealRun;
+    if (run?.clockMs !== clockMs || run.includeOpen !== includeOpen) {
+      run = {
+        clockMs,
+        includeOpen,
+        hours: [],
+        next: 0,
+        sealedFromHours: false,
+        tags: new Map(),
+        zeroStartedMs: this.#zeroStartedMs(clockMs),
+      };
+      this.#sealRun = run;
+    }
+    const tagsCache = run.tags;
     try {
       const records = this.#db.transaction(() => {
         const out: StoredRecord[] = [];
@@ -390,16 +402,30 @@ export class SqliteLedger {
           sealedNow.add(sealedKey(dimension, hourMs));
           out.push(toRecord(row));
         };
-        const hours = stmt.bucketHours.all() as { dimension: string; hour_ms: number }[];
-        for (const { dimension, hour_ms: hourMs } of hours) {
+        let readNow = false;
+        for (;;) {
+          if (run.next === run.hours.length) {
+            // The list is read at the first call, and again when used up: once in each call (for usage that came
+            // between the calls) and after each list a pair was sealed from (a seal may carry excess into a new
+            // pair). Each call thus ends on a fresh list; the calls between walk the list they have.
+            if (readNow && !run.sealedFromHours) break;
+            run.hours = stmt.bucketHours.all() as { dimension: string; hour_ms: number }[];
+            run.next = 0;
+            run.sealedFromHours = false;
+            readNow = true;
+            continue;
+          }
           if (out.length >= limit) return out;
+          const { dimension, hour_ms: hourMs } = run.hours[run.next++];
           if (!maySeal(hourMs, clockMs, includeOpen) || this.#isSealed(dimension, hourMs)) continue;
+          if (sealedNow.has(sealedKey(dimension, hourMs))) continue;
           const buckets = (
             stmt.bucketsOf.all(dimension, hourMs) as { tags: string; quantity: number; first_at_ms: number }[]
           ).map((b) => ({ tagsKey: b.tags, quantity: b.quantity, firstAtMs: b.first_at_ms }));
           stmt.deleteBuckets.run(dimension, hourMs);
           const bucketSeal = seal(buckets);
           if (bucketSeal === undefined) continue; // Zero usage: nothing to send, and the hour stays unlocked.
+          run.sealedFromHours = true;
           insert(dimension, hourMs, {
             ...bucketSeal,
             timestampMs: recordTimestamp(bucketSeal.timestampMs, hourMs, clockMs),
@@ -412,11 +438,7 @@ export class SqliteLedger {
         if (zero !== undefined) {
           // Zero reporting: every configured dimension without a record gets one of quantity 0 for each hour this
           // sidecar ran in, from the moment it started (never earlier), so a buyer sees the product metered.
-          // When it started, by the clock as it reads now: a clock corrected since the start (it was behind)
-          // must not reach back into hours before the start.
-          const elapsedMs = this.#options.clock.monotonicMs() - zero.fromMonotonicMs;
-          // Whole milliseconds (the monotonic clock has fractions), rounded up: never before the start.
-          const startedMs = Math.ceil(Math.max(zero.fromMs, clockMs - elapsedMs));
+          const startedMs = run.zeroStartedMs ?? zero.fromMs; // read whenever zero reporting is on
           for (const hourMs of zeroUsageHours(startedMs, clockMs, includeOpen)) {
             for (const dimension of zero.dimensions) {
               if (out.length >= limit) return out;
@@ -434,12 +456,25 @@ export class SqliteLedger {
         return out;
       })();
       for (const record of records) this.#markSealed(record.dimension, record.hourStartMs);
-      if (records.length < limit) this.#sealTags = undefined; // nothing is left to seal
+      if (records.length < limit) this.#sealRun = undefined; // nothing is left to seal
       return records;
     } catch (err) {
-      this.#sealTags = undefined;
+      this.#sealRun = undefined;
       throw new StorageUnavailableError(`the ledger could not seal (${describeError(err)})`, { cause: err });
     }
+  }
+
+  /**
+   * When zero reporting counts the sidecar as started, by the clock as it reads at `clockMs` (read when a run of
+   * seals begins, as close to that reading as can be: a later call would put the start earlier by the time the
+   * run has taken). A clock corrected since the start (it was behind) must not reach back into hours before it.
+   */
+  #zeroStartedMs(clockMs: number): number | undefined {
+    const zero = this.#options.zeroUsage;
+    if (zero === undefined) return undefined;
+    const elapsedMs = this.#options.clock.monotonicMs() - zero.fromMonotonicMs;
+    // Whole milliseconds (the monotonic clock has fractions), rounded up: never before the start.
+    return Math.ceil(Math.max(zero.fromMs, clockMs - elapsedMs));
   }
 
   /** Handing what is left to another sidecar, and adopting what others left (./handoffStore.ts). */
@@ -645,4 +680,22 @@ export class SqliteLedger {
     }
     hours.add(hourMs);
   }
+}
+
+/**
+ * A run of {@link SqliteLedger.seal} calls at one clock reading, from its first call until one returns fewer
+ * records than its limit or throws. A call with another reading starts a new run.
+ */
+interface SealRun {
+  readonly clockMs: number;
+  readonly includeOpen: boolean;
+  /** The (dimension, hour) pairs with buckets, oldest hour first, as last read, and the next one to look at. */
+  hours: { dimension: string; hour_ms: number }[];
+  next: number;
+  /** Whether a pair of the list read last was sealed (so a seal may have carried excess into a new pair). */
+  sealedFromHours: boolean;
+  /** The tags of each tag set, built once for the run, not once per dimension. */
+  readonly tags: Map<string, readonly Tag[]>;
+  /** When zero reporting counts the sidecar as started, read when the run began; undefined without it. */
+  readonly zeroStartedMs: number | undefined;
 }

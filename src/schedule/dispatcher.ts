@@ -137,9 +137,9 @@ export class Dispatcher {
     const due = await ledger.due(sealClockMs);
     let sealed = 0;
     let sealing = true;
-    const sealNext = async (): Promise<void> => {
-      const records = await ledger.seal(sealClockMs, includeOpen, 1);
-      if (records.length === 0) sealing = false;
+    const sealNext = async (limit = 1): Promise<void> => {
+      const records = await ledger.seal(sealClockMs, includeOpen, limit);
+      if (records.length < limit) sealing = false;
       for (const record of records) {
         sealed++;
         this.#count('sealed', record);
@@ -158,11 +158,14 @@ export class Dispatcher {
         );
       }
     };
+    // What is left in one transaction: nothing is sent meanwhile.
     const sealAll = async (): Promise<void> => {
-      while (sealing) await sealNext();
+      if (sealing) await sealNext(Infinity);
     };
     const summary = async (paced: boolean, resumeAtMs?: number): Promise<RunSummary> => {
-      await sealAll();
+      // A pass that was stopped (the shutdown's deadline) leaves the rest as it is: usage not yet sealed is as
+      // durable as a record, and is sealed by the next pass or handed off.
+      if (!signal.aborted) await sealAll();
       await ledger.prune(clock.now());
       return {
         sealed,
@@ -175,10 +178,10 @@ export class Dispatcher {
     const spreadFromMs = clock.now();
     const spreadCount = due.length;
     for (let index = 0; ; index++) {
+      if (signal.aborted) break;
       while (index === due.length && sealing) await sealNext();
       const record = due[index];
       if (record === undefined) break;
-      if (signal.aborted) break;
       if (pacing.kind === 'wait' && pacing.spreadUntilMs > spreadFromMs) {
         const shareMs = (pacing.spreadUntilMs - spreadFromMs) / spreadCount;
         await sleepUntil(clock, Math.round(spreadFromMs + (index + random()) * shareMs), signal);
@@ -204,26 +207,36 @@ export class Dispatcher {
       // once the send is settled.
       let sealedMeanwhile: Promise<{ error: unknown } | undefined> | undefined;
       let sending = true;
-      const result = await this.#options.sender.send(record.request, {
-        signal: sendSignal,
-        onRequest: () => ledger.markInFlight(record.id),
-        onSent: () => {
-          if (!sending || !sealing || sealedMeanwhile !== undefined) return;
-          sealedMeanwhile = sealNext().then(
-            () => undefined,
-            (error: unknown) => ({ error }),
-          );
-        },
-      });
-      sending = false;
+      let result: SendResult;
+      try {
+        result = await this.#options.sender.send(record.request, {
+          signal: sendSignal,
+          onRequest: () => ledger.markInFlight(record.id),
+          onSent: () => {
+            if (!sending || !sealing || sealedMeanwhile !== undefined) return;
+            sealedMeanwhile = sealNext().then(
+              () => undefined,
+              (error: unknown) => ({ error }),
+            );
+          },
+        });
+      } finally {
+        sending = false;
+      }
       const throttled = isThrottling(result);
       if (pacer !== undefined && (throttled || result.status === 'accepted')) {
         pacer.answered(throttled);
         this.#options.metrics?.pace?.(pacer.ratePerSecond);
       }
       const followed = pacing.kind === 'ignore' ? undefined : pacer;
-      counts[await this.#settle(record, result, retryAt, followed)]++;
+      // The seal started meanwhile ends before the pass goes on or fails, whichever way the record settled.
+      const settled = await this.#settle(record, result, retryAt, followed).then(
+        (kind) => ({ kind }),
+        (error: unknown) => ({ error }),
+      );
       const sealFailure = await sealedMeanwhile;
+      if ('error' in settled) throw settled.error;
+      counts[settled.kind]++;
       if (sealFailure !== undefined) throw sealFailure.error;
       if (throttled && pacing.kind === 'wait') return summary(true);
     }

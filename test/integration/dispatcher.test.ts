@@ -47,7 +47,7 @@ async function setup() {
   });
   cleanups.push(() => client.destroy());
   const steps: Step[] = [];
-  const fault = { failSealCall: 0 };
+  const fault: { failSealCall: number; stopOnAnswer?: AbortController } = { failSealCall: 0 };
   let sealCalls = 0;
   // The real ledger and sender, with what they do written down, and a seal that can be made to fail.
   class WatchedLedger extends InProcessLedger {
@@ -66,14 +66,15 @@ async function setup() {
       steps.push(`send ${request.UsageDimension}`);
       const result = await real.send(request, options);
       steps.push(`answer ${request.UsageDimension}`);
+      fault.stopOnAnswer?.abort();
       return result;
     },
   };
   const dispatcher = new Dispatcher({ ledger, sender, clock, logger: memoryLogger('silent').logger });
-  const pass = () =>
+  const pass = (signal = new AbortController().signal) =>
     dispatcher.pass({
       includeOpen: false,
-      signal: new AbortController().signal,
+      signal,
       retryAt: (_, now) => now + 1,
     });
   // 200 tag sets per dimension, so each sealed record carries a request of some size.
@@ -131,5 +132,28 @@ describe('send pass', () => {
       Object.fromEntries(DIMENSIONS.map((d) => [d, HOUR_TOTAL])),
     );
     expect(await pass()).toMatchObject({ sealed: 0, sent: 0 });
+  });
+
+  it('seals nothing more once the pass is stopped (a shutdown deadline), and the next pass sends the rest once', async () => {
+    const { emulator, sqlite, steps, fault, pass, clock } = await setup();
+    const stop = new AbortController();
+    fault.stopOnAnswer = stop; // the deadline passes while the first record is answered
+
+    expect(await pass(stop.signal)).toMatchObject({ sent: 1, failed: 0 });
+
+    // The seal that overlapped the first answer is the last one: nothing is sealed after the deadline.
+    const firstAnswer = steps.findIndex((s) => s.startsWith('answer'));
+    expect(steps.slice(firstAnswer).filter((s) => s === 'seal')).toEqual([]);
+    expect(steps.filter((s) => s === 'seal')).toHaveLength(2);
+    const left = sqlite.status(clock.now());
+    expect(left.records).toMatchObject({ pending: 1, sent: 1 });
+    expect(left.open).toHaveLength(2);
+
+    fault.stopOnAnswer = undefined;
+    expect(await pass()).toMatchObject({ sealed: 2, sent: 3, failed: 0 });
+    expect(emulator.records).toHaveLength(4);
+    expect(Object.fromEntries(emulator.totals())).toEqual(
+      Object.fromEntries(DIMENSIONS.map((d) => [d, HOUR_TOTAL])),
+    );
   });
 });

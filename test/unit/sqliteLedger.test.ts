@@ -1,7 +1,7 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { HOUR_MS } from '../../src/clock.js';
 import { LedgerCorruptError, StateLockedError, StorageUnavailableError } from '../../src/errors.js';
 import type { Rejection } from '../../src/intake/usage.js';
@@ -255,6 +255,40 @@ describe('SqliteLedger', () => {
       ClientToken: records[0].clientToken,
     });
     expect(ledger.status(H11).open).toEqual([]);
+  });
+
+  it('reads the hours with usage three times for a run of seals one at a time, not once a record', async () => {
+    const { clock, ledger } = setup(H10 + 60_000);
+    for (let h = 0; h < 4; h++) {
+      await recorded(
+        ledger,
+        ['a', 'b', 'c', 'd', 'e', 'f'].map((d) => report(d, h + 1, { t: d })),
+      );
+      clock.advance(HOUR_MS);
+    }
+    const statement = Object.getPrototypeOf(new Database(':memory:').prepare('SELECT 1')) as {
+      all: (...args: unknown[]) => unknown[];
+    };
+    const all = vi.spyOn(statement, 'all');
+    try {
+      const sealed = [];
+      for (;;) {
+        const records = ledger.seal(clock.now(), false, 1);
+        if (records.length === 0) break;
+        sealed.push(...records);
+      }
+      expect(sealed.map((r) => r.quantity)).toEqual([
+        1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 4, 4, 4, 4, 4, 4,
+      ]);
+      const reads = all.mock.contexts.filter((c) =>
+        (c as { source: string }).source.startsWith('SELECT DISTINCT'),
+      );
+      // At the first call, when the list is used up (by the call that seals its last pair), and by the last call,
+      // which finds nothing more: not 25, one for each call.
+      expect(reads).toHaveLength(3);
+    } finally {
+      all.mockRestore();
+    }
   });
 
   it('seals each (dimension, hour) at most once and moves late usage to the next hour', async () => {
@@ -670,16 +704,18 @@ describe('SqliteLedger', () => {
       const shape = (records: { dimension: string; hourStartMs: number; request: object }[]): unknown[] =>
         records.map((r) => ({ ...r.request, ClientToken: undefined, hour: r.hourStartMs }));
 
-      const first = whole.ledger.seal(whole.clock.now(), false);
-      // a, b, c for H10; b and c for H11. a's H11 holds only the excess carried while sealing: the next seal.
-      expect(first.map((r) => [r.dimension, r.hourStartMs])).toEqual([
+      const all = whole.ledger.seal(whole.clock.now(), false);
+      // a, b, c for H10; b and c for H11; and a's H11, which holds only the excess carried while sealing a's H10:
+      // the same call seals it once the hours with usage are done, before the zeros.
+      expect(all.map((r) => [r.dimension, r.hourStartMs])).toEqual([
         ['a', H10],
         ['c', H10],
         ['c', H11],
+        ['a', H11],
         ['b', H10],
         ['b', H11],
       ]);
-      const all = [...first, ...whole.ledger.seal(whole.clock.now(), false)];
+      expect(whole.ledger.seal(whole.clock.now(), false)).toEqual([]);
       const steps: number[] = [];
       const oneByOne = [];
       for (;;) {
@@ -690,9 +726,12 @@ describe('SqliteLedger', () => {
       }
 
       // One at a time, the excess carried into a closed hour is sealed by the same run of calls.
-      expect(all.map((r) => [r.dimension, r.hourStartMs, r.quantity]).at(-1)).toEqual(['a', H11, 7]);
+      expect(all.map((r) => [r.dimension, r.hourStartMs, r.quantity])[3]).toEqual(['a', H11, 7]);
       expect(steps).toEqual([...all.map(() => 1), 0]);
       expect(shape(oneByOne).sort(byJson)).toEqual(shape(all).sort(byJson));
+      expect(oneByOne.map((r) => [r.dimension, r.hourStartMs])).toEqual(
+        all.map((r) => [r.dimension, r.hourStartMs]),
+      );
       // Nothing is left open, and nothing is sealed twice.
       expect(stepped.ledger.status(stepped.clock.now()).open).toEqual(
         whole.ledger.status(whole.clock.now()).open,
@@ -725,6 +764,27 @@ describe('SqliteLedger', () => {
       expect(records.map((r) => [r.dimension, r.hourStartMs, r.timestampMs])).toEqual([
         ['a', H10, H10 + 5 * 60_000],
         ['b', H10, H10 + 5 * 60_000],
+      ]);
+    });
+
+    // Regression: a run of seals one at a time at one clock reading took the start back from the monotonic
+    // clock at each call, so the time the run had taken moved the start earlier, into the hour before it.
+    it('reaches back no further than the start while a run of seals one at a time takes its time', async () => {
+      const { clock, ledger } = zeroLedger(H10 - 3 * HOUR_MS + 200); // three hours behind, 200 ms into H10
+      clock.jump(H10 + 200); // corrected: no time passed
+      await recorded(ledger, [report('a', 5)]);
+      clock.set(H11 + 60_000);
+      const sealClockMs = clock.now();
+      const records = [];
+      for (;;) {
+        const sealed = ledger.seal(sealClockMs, false, 1);
+        if (sealed.length === 0) break;
+        records.push(...sealed);
+        clock.advance(300); // the send of each record takes 300 ms
+      }
+      expect(records.map((r) => [r.dimension, r.hourStartMs, r.quantity, r.timestampMs])).toEqual([
+        ['a', H10, 5, H10 + 200],
+        ['b', H10, 0, H10 + 200],
       ]);
     });
 
