@@ -257,6 +257,31 @@ describe('SqliteLedger', () => {
     expect(ledger.status(H11).open).toEqual([]);
   });
 
+  it('hands the record sealed last the request it was stored from, once; every other read parses the stored text', async () => {
+    const { ledger } = setup(H10 + 60_000);
+    await recorded(ledger, [report('requests', 2, { t: 'a' }), report('gb', 7, { t: 'a' }), report('gb', 1)]);
+    const [first, last] = ledger.seal(H11, false);
+    const stored = new Map(ledger.due(H11).map((r) => [r.id, r.request]));
+    expect([...stored.keys()]).toEqual([first.id, last.id]);
+
+    const parse = vi.spyOn(JSON, 'parse');
+    try {
+      const handed = last.request;
+      expect(parse).not.toHaveBeenCalled(); // the object the text was serialised from, not a parse of it
+      expect(handed).toEqual(stored.get(last.id));
+      expect(JSON.stringify(handed)).toBe(JSON.stringify(stored.get(last.id)));
+      const again = last.request;
+      expect(parse).toHaveBeenCalledTimes(1);
+      expect(again).toEqual(handed);
+      expect(again).not.toBe(handed);
+      // Sealed before the last one: only its text is kept.
+      expect(first.request).toEqual(stored.get(first.id));
+      expect(parse).toHaveBeenCalledTimes(2);
+    } finally {
+      parse.mockRestore();
+    }
+  });
+
   it('reads the hours with usage three times for a run of seals one at a time, not once a record', async () => {
     const { clock, ledger } = setup(H10 + 60_000);
     for (let h = 0; h < 4; h++) {
