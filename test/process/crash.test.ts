@@ -168,7 +168,8 @@ describe('crash safety (built CLI, SIGKILL and restart)', () => {
     const second = fixture.spawn({ METERING_SOCKET: join(fixture.dir, 'second.sock') });
     const exit = await second.exited;
     expect(exit.code).toBe(78);
-    expect(second.fatal()).toMatchObject({ code: 'ERR_STATE_LOCKED' });
+    // The error's class by name, as the bundled command logs it.
+    expect(second.fatal()).toMatchObject({ code: 'ERR_STATE_LOCKED', err: { type: 'StateLockedError' } });
     expect(String(second.fatal()['msg'])).toContain('another sidecar is running on METERING_STATE_DIR');
     // The first one carries on undisturbed.
     expect((await client.report({ dimension: 'gb', quantity: 4 })).status).toBe(202);
