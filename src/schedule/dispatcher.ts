@@ -4,7 +4,7 @@
  * runs; this module decides what it does.
  */
 import { sleepUntil, type Clock } from '../clock.js';
-import { CODES } from '../errors.js';
+import { CODES, errorCode } from '../errors.js';
 import { windowEnd } from '../ledger/hours.js';
 import type { SendLedger, StoredRecord } from '../ledger/ledger.js';
 import type { Logger } from '../log.js';
@@ -174,7 +174,7 @@ export class Dispatcher {
         ...(resumeAtMs !== undefined ? { resumeAtMs } : {}),
       };
     };
-    if (pacing.kind === 'wait') await sealAll();
+    if (pacing.kind === 'wait' && !signal.aborted) await sealAll();
     const spreadFromMs = clock.now();
     const spreadCount = due.length;
     for (let index = 0; ; index++) {
@@ -182,6 +182,7 @@ export class Dispatcher {
       while (index === due.length && sealing) await sealNext();
       const record = due[index];
       if (record === undefined) break;
+      if (signal.aborted) break; // stopped while the record was sealed: no send starts
       if (pacing.kind === 'wait' && pacing.spreadUntilMs > spreadFromMs) {
         const shareMs = (pacing.spreadUntilMs - spreadFromMs) / spreadCount;
         await sleepUntil(clock, Math.round(spreadFromMs + (index + random()) * shareMs), signal);
@@ -235,7 +236,15 @@ export class Dispatcher {
         (error: unknown) => ({ error }),
       );
       const sealFailure = await sealedMeanwhile;
-      if ('error' in settled) throw settled.error;
+      if ('error' in settled) {
+        if (sealFailure !== undefined) {
+          logger.error(
+            { err: sealFailure.error, code: errorCode(sealFailure.error) },
+            'the next seal failed too',
+          );
+        }
+        throw settled.error;
+      }
       counts[settled.kind]++;
       if (sealFailure !== undefined) throw sealFailure.error;
       if (throttled && pacing.kind === 'wait') return summary(true);

@@ -47,7 +47,9 @@ async function setup() {
   });
   cleanups.push(() => client.destroy());
   const steps: Step[] = [];
-  const fault: { failSealCall: number; stopOnAnswer?: AbortController } = { failSealCall: 0 };
+  const fault: { failSealCall: number; stopOnAnswer?: AbortController; stopOnSeal?: AbortController } = {
+    failSealCall: 0,
+  };
   let sealCalls = 0;
   // The real ledger and sender, with what they do written down, and a seal that can be made to fail.
   class WatchedLedger extends InProcessLedger {
@@ -56,7 +58,9 @@ async function setup() {
       if (++sealCalls === fault.failSealCall) {
         return Promise.reject(new StorageUnavailableError('the ledger could not seal (disk I/O error)'));
       }
-      return super.seal(clockMs, includeOpen, limit);
+      const sealed = super.seal(clockMs, includeOpen, limit);
+      fault.stopOnSeal?.abort();
+      return sealed;
     }
   }
   const ledger = new WatchedLedger(sqlite);
@@ -152,6 +156,28 @@ describe('send pass', () => {
     fault.stopOnAnswer = undefined;
     expect(await pass()).toMatchObject({ sealed: 2, sent: 3, failed: 0 });
     expect(emulator.records).toHaveLength(4);
+    expect(Object.fromEntries(emulator.totals())).toEqual(
+      Object.fromEntries(DIMENSIONS.map((d) => [d, HOUR_TOTAL])),
+    );
+  });
+
+  it('starts no send once the pass is stopped while a record is being sealed', async () => {
+    const { emulator, sqlite, steps, fault, pass, clock } = await setup();
+    const stop = new AbortController();
+    fault.stopOnSeal = stop; // the deadline passes while the first (dimension, hour) is sealed
+
+    expect(await pass(stop.signal)).toMatchObject({ sealed: 1, sent: 0, retrying: 0, failed: 0 });
+
+    expect(steps).toEqual(['seal']);
+    expect(emulator.records).toHaveLength(0);
+    // The sealed record waits, never marked in flight; the rest of the hour waits unsealed.
+    const left = sqlite.status(clock.now());
+    expect(left.records).toMatchObject({ pending: 1, sent: 0 });
+    expect(sqlite.due(clock.now()).map((r) => r.maybeDelivered)).toEqual([false]);
+    expect(left.open).toHaveLength(3);
+
+    fault.stopOnSeal = undefined;
+    expect(await pass()).toMatchObject({ sealed: 3, sent: 4, failed: 0 });
     expect(Object.fromEntries(emulator.totals())).toEqual(
       Object.fromEntries(DIMENSIONS.map((d) => [d, HOUR_TOTAL])),
     );
